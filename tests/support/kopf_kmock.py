@@ -1,0 +1,141 @@
+"""Run kopf operator modules against kmock's KubernetesEmulator (real HTTP, watch streams).
+
+Facts this relies on (kopf 1.45, kmock 0.8; see shared ENVIRONMENT.md): kopf must run
+`clusterwide=True` (in namespaced mode kmock answers `GET /api/v1/namespaces` with a 500); the
+emulator merges patches as plain dicts and does no garbage collection, defaulting or schema
+validation, so tests that need those check them elsewhere (builders, CRD validation).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import sys
+from collections.abc import AsyncIterator, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import kopf
+
+# plural path -> kind, scope, subresources: what the operator's children and its own kinds need.
+CORE_RESOURCES: dict[str, tuple[str, bool, tuple[str, ...]]] = {
+    "v1/namespaces": ("Namespace", False, ()),
+    "v1/events": ("Event", True, ()),
+    "v1/configmaps": ("ConfigMap", True, ()),
+    "v1/services": ("Service", True, ("status",)),
+    "v1/persistentvolumeclaims": ("PersistentVolumeClaim", True, ("status",)),
+    "v1/pods": ("Pod", True, ("status",)),
+    "batch/v1/jobs": ("Job", True, ("status",)),
+    "apps/v1/statefulsets": ("StatefulSet", True, ("status", "scale")),
+    "apps/v1/deployments": ("Deployment", True, ("status", "scale")),
+    "networking.k8s.io/v1/networkpolicies": ("NetworkPolicy", True, ()),
+}
+M2RL_RESOURCES: dict[str, tuple[str, bool, tuple[str, ...]]] = {
+    "m2rl.io/v1alpha1/rlvrruns": ("RLVRRun", True, ("status",)),
+    "m2rl.io/v1alpha1/mergejobs": ("MergeJob", True, ("status",)),
+    "m2rl.io/v1alpha1/evalsuites": ("EvalSuite", True, ("status",)),
+}
+VERBS = ["list", "watch", "get", "create", "patch", "update", "delete"]
+
+
+def declare_resources(kmock: Any, resources: Mapping[str, tuple[str, bool, tuple[str, ...]]]) -> None:
+    """Make the emulator serve discovery, list, watch and CRUD for these resources."""
+    for path, (kind, namespaced, subresources) in resources.items():
+        kmock.resources[path] = {
+            "kind": kind,
+            "namespaced": namespaced,
+            "verbs": VERBS,
+            "subresources": list(subresources),
+        }
+
+
+def fast_settings() -> kopf.OperatorSettings:
+    """Settings for tests: bounded watches (kopf's defaults can hang silently), quick retries."""
+    settings = kopf.OperatorSettings()
+    settings.watching.server_timeout = 10  # seconds the server keeps a watch open
+    settings.watching.client_timeout = 15  # seconds before the client gives up on a silent watch
+    settings.watching.connect_timeout = 5
+    settings.networking.request_timeout = 10
+    settings.batching.idle_timeout = 0.1
+    settings.batching.batch_window = 0.05
+    settings.posting.level = 20  # INFO events are posted as Kubernetes Events
+    return settings
+
+
+def load_handlers(modules: Iterable[str]) -> kopf.OperatorRegistry:
+    """Import (or re-import) handler modules into a fresh registry, so tests do not share handlers."""
+    registry = kopf.OperatorRegistry()
+    previous = kopf.get_default_registry()
+    kopf.set_default_registry(registry)
+    try:
+        for name in modules:
+            if name in sys.modules:
+                importlib.reload(sys.modules[name])
+            else:
+                importlib.import_module(name)
+    finally:
+        kopf.set_default_registry(previous)
+    return registry
+
+
+@dataclass
+class RunningOperator:
+    """Handle of an operator task: `task`, and `memo` as the handlers see it."""
+
+    task: asyncio.Task[None]
+    memo: kopf.Memo
+
+
+@contextlib.asynccontextmanager
+async def running_operator(
+    kmock: Any, modules: Iterable[str], memo: Mapping[str, Any] | None = None, start_timeout_s: float = 15.0
+) -> AsyncIterator[RunningOperator]:
+    """Run kopf with the given handler modules against `kmock` until the block exits."""
+    registry = load_handlers(modules)
+    server = str(kmock.url).rstrip("/")
+
+    @kopf.on.login(registry=registry)
+    def _login(**_: Any) -> kopf.ConnectionInfo:
+        return kopf.ConnectionInfo(server=server, insecure=True)
+
+    operator_memo = kopf.Memo(kube_server=server, **dict(memo or {}))
+    stop_flag: asyncio.Event = asyncio.Event()
+    ready_flag: asyncio.Event = asyncio.Event()
+    task = asyncio.create_task(
+        kopf.operator(
+            registry=registry,
+            settings=fast_settings(),
+            clusterwide=True,
+            standalone=True,
+            stop_flag=stop_flag,
+            ready_flag=ready_flag,
+            memo=operator_memo,
+        )
+    )
+    try:
+        await asyncio.wait_for(ready_flag.wait(), start_timeout_s)
+        yield RunningOperator(task=task, memo=operator_memo)
+    finally:
+        stop_flag.set()
+        try:
+            await asyncio.wait_for(task, 15)
+        except TimeoutError:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+async def eventually(check: Any, timeout_s: float = 10.0, interval_s: float = 0.1) -> Any:
+    """Call `check()` until it returns a truthy value (then return it) or raise after `timeout_s`."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    last_error: BaseException | None = None
+    while asyncio.get_running_loop().time() < deadline:
+        try:
+            value = check()
+            if value:
+                return value
+        except (KeyError, AssertionError, LookupError) as error:
+            last_error = error
+        await asyncio.sleep(interval_s)
+    raise AssertionError(f"condition not met within {timeout_s} s (last error: {last_error!r})")

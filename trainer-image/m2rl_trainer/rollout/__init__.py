@@ -1,0 +1,1 @@
+"""Rollout: generating grouped completions with log-probabilities (vLLM servers or in-process)."""
