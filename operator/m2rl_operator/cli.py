@@ -1,15 +1,179 @@
-"""The `m2rl` command line."""
+"""The `m2rl` command line: thin subcommands over library functions.
+
+Each subcommand is a `Command` in `COMMANDS`: a name, a one-line help, a function that declares
+its arguments and a function that runs it and returns the exit code. Adding one (e.g. `render`,
+`run`) means writing those two functions and appending a `Command`.
+"""
+
+from __future__ import annotations
 
 import argparse
+import json
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Command:
+    """One subcommand."""
+
+    name: str
+    help: str
+    configure: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+# ---- m2rl validate ---------------------------------------------------------------------------------
+
+
+def _configure_validate(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-f",
+        "--filename",
+        dest="paths",
+        action="append",
+        type=Path,
+        required=True,
+        metavar="FILE_OR_DIR",
+        help="a YAML file, or a directory searched recursively for *.yaml/*.yml (repeatable)",
+    )
+    parser.add_argument(
+        "--old",
+        type=Path,
+        metavar="FILE_OR_DIR",
+        help="validate as updates of these objects (same kind/namespace/name): runs immutability rules",
+    )
+    parser.add_argument("-o", "--output", choices=("text", "json"), default="text", help="output format")
+    parser.add_argument("-q", "--quiet", action="store_true", help="print only problems and the summary")
+
+
+def _run_validate(args: argparse.Namespace) -> int:
+    from m2rl_operator.api.offline import validate_path
+
+    reports = [r for path in args.paths for r in validate_path(path, args.old)]
+    if args.output == "json":
+        print(
+            json.dumps(
+                [
+                    {
+                        "source": r.source,
+                        "object": r.identity,
+                        "ok": r.ok,
+                        "skipped": r.skipped,
+                        "violations": [
+                            {"path": v.path, "message": v.message, "rule": v.rule} for v in r.violations
+                        ],
+                        "notEvaluated": [
+                            {"path": n.path, "rule": n.rule, "reason": n.reason} for n in r.not_evaluated
+                        ],
+                    }
+                    for r in reports
+                ],
+                indent=2,
+            )
+        )
+    else:
+        for r in reports:
+            where = f"{r.source}: {r.identity}"
+            if r.skipped:
+                if not args.quiet:
+                    print(f"{where}: skipped ({r.skipped})")
+            elif r.violations:
+                count = len(r.violations)
+                print(f"{where}: invalid, {count} violation{'s' if count != 1 else ''}")
+                for v in r.violations:
+                    print(f"  {v}")
+            elif not args.quiet:
+                print(f"{where}: valid")
+            for n in r.not_evaluated:
+                print(f"  warning: {n}")
+        checked = [r for r in reports if not r.skipped]
+        invalid = [r for r in checked if r.violations]
+        total = sum(len(r.violations) for r in invalid)
+        skipped = len(reports) - len(checked)
+        print(
+            f"{len(checked)} checked, {len(invalid)} invalid ({total} violation{'s' if total != 1 else ''}), "
+            f"{skipped} skipped"
+        )
+    return 1 if any(r.violations for r in reports) else 0
+
+
+# ---- m2rl crds -------------------------------------------------------------------------------------
+
+
+def _configure_crds(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--out", type=Path, default=Path("crds"), help="directory for the CRD files (default crds/)"
+    )
+    parser.add_argument(
+        "--chart",
+        type=Path,
+        metavar="CHART_DIR",
+        help="also write the chart's CRD templates into CHART_DIR/templates/crds/",
+    )
+    parser.add_argument(
+        "--docs", type=Path, metavar="FILE", help="also write the API reference (docs/api.md)"
+    )
+    parser.add_argument(
+        "--check", action="store_true", help="write nothing; exit 1 and list the files that are stale"
+    )
+
+
+def _run_crds(args: argparse.Namespace) -> int:
+    from m2rl_operator.api.crd import chart_crd_texts, crd_file_texts, stale_files, write_files
+    from m2rl_operator.api.docs import api_markdown
+
+    targets: list[tuple[dict[str, str], Path]] = [(crd_file_texts(), args.out)]
+    if args.chart:
+        targets.append((chart_crd_texts(), args.chart / "templates" / "crds"))
+    if args.docs:
+        targets.append(({args.docs.name: api_markdown()}, args.docs.parent))
+    if args.check:
+        stale = [p for texts, directory in targets for p in stale_files(texts, directory)]
+        for path in stale:
+            print(f"stale: {path} (run `m2rl crds` to regenerate)")
+        return 1 if stale else 0
+    for texts, directory in targets:
+        for path in write_files(texts, directory):
+            print(f"wrote {path}")
+    return 0
+
+
+COMMANDS: list[Command] = [
+    Command(
+        "validate",
+        "check M2RL resources offline against the CRD schemas and CEL rules",
+        _configure_validate,
+        _run_validate,
+    ),
+    Command(
+        "crds",
+        "generate the CRDs (and optionally chart templates and docs) from the API models",
+        _configure_crds,
+        _run_crds,
+    ),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="m2rl", description=__doc__.splitlines()[0])
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for command in COMMANDS:
+        sub = subparsers.add_parser(command.name, help=command.help, description=command.help)
+        command.configure(sub)
+        sub.set_defaults(run=command.run)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="m2rl", description=__doc__)
-    parser.add_subparsers(dest="command")
-    parser.parse_args(argv)
-    parser.print_help()
-    return 0
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "run"):
+        parser.print_help()
+        return 2
+    return int(args.run(args))
 
 
 if __name__ == "__main__":

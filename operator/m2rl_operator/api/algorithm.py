@@ -1,0 +1,229 @@
+"""The RL algorithm of an RLVRRun: GRPO and its DAPO and Dr. GRPO variants.
+
+`type` picks a preset; any field left unset takes the preset's value (`PRESETS`), and
+`resolve_algorithm` returns the fully resolved settings that the trainer config is built from.
+The presets are also written into CEL rules (e.g. clipHigh >= clipLow after resolution), so the
+API server checks the values the trainer will actually use.
+
+References: GRPO, Shao et al. 2024 (arXiv:2402.03300); DAPO, Yu et al. 2025 (arXiv:2503.14476:
+clip-higher, dynamic sampling, token-level loss, overlong reward shaping); Dr. GRPO, Liu et al.
+2025 (arXiv:2503.20783: no length or std normalisation).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import Field
+
+from m2rl_operator.api.base import ApiModel, Rule, field_rules, model_rules
+
+AlgorithmType = Literal["grpo", "dapo", "dr_grpo"]
+LossAggregation = Literal[
+    "token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"
+]
+KLEstimator = Literal["k1", "k2", "k3"]
+ScheduleType = Literal["constant", "cosine", "linear"]
+
+
+@dataclass(frozen=True)
+class Preset:
+    """The values an algorithm type gives to the fields the user leaves unset."""
+
+    clip_low: float
+    clip_high: float
+    kl_coef: float
+    loss_aggregation: LossAggregation
+    dynamic_sampling: bool
+    overlong_buffer_tokens: int
+    normalize_advantage_std: bool
+
+
+PRESETS: dict[str, Preset] = {
+    # GRPO as commonly run today: symmetric clip, sequence-mean of token-mean losses, no KL.
+    "grpo": Preset(0.2, 0.2, 0.0, "seq-mean-token-mean", False, 0, True),
+    # DAPO: clip-higher 0.28, token-level loss, dynamic sampling, 4,096-token overlong buffer.
+    "dapo": Preset(0.2, 0.28, 0.0, "token-mean", True, 4096, True),
+    # Dr. GRPO: constant normaliser instead of response length, no std scaling of advantages.
+    "dr_grpo": Preset(0.2, 0.2, 0.0, "seq-mean-token-sum-norm", False, 0, False),
+}
+
+
+def _preset_expr(field: str, attr: str, *, integer: bool = False) -> str:
+    """CEL for a field's effective value: the user's if set, else the preset of self.type.
+
+    Literals are typed like the field (CEL does not compare int with double).
+    """
+
+    def literal(value: float) -> str:
+        return str(int(value)) if integer else repr(float(value))
+
+    fallback = getattr(PRESETS["grpo"], attr)
+    expr = literal(fallback)
+    for name in ("dr_grpo", "dapo"):
+        value = getattr(PRESETS[name], attr)
+        if value != fallback:
+            expr = f"(self.type == '{name}' ? {literal(value)} : {expr})"
+    return f"(has(self.{field}) ? self.{field} : {expr})"
+
+
+_CLIP_HIGH = _preset_expr("clipHigh", "clip_high")
+_CLIP_LOW = _preset_expr("clipLow", "clip_low")
+
+
+class LearningRateSchedule(ApiModel):
+    """How the learning rate changes over the run."""
+
+    type: ScheduleType = "constant"
+    """type is constant, cosine (decay to minRatio x learningRate) or linear (likewise). Default
+    constant."""
+    warmup_steps: int = Field(0, ge=0)
+    """warmupSteps ramps the learning rate linearly from 0 over this many steps. Default 0 (none)."""
+    min_ratio: float = Field(0.0, ge=0.0, le=1.0)
+    """minRatio is the final learning rate of cosine and linear decay, as a fraction of
+    learningRate. Default 0. Ignored by constant."""
+
+
+class AlgorithmSpec(ApiModel):
+    """GRPO-family settings: sampling, loss, regularisation and optimisation."""
+
+    model_config = model_rules(
+        Rule(
+            rule=f"{_CLIP_HIGH} >= {_CLIP_LOW}",
+            message="clipHigh must be greater than or equal to clipLow, after unset fields take the preset "
+            "of `type` (clipLow 0.2; clipHigh 0.28 for dapo, else 0.2): clip-higher widens the upper "
+            "bound of the ratio, it never narrows it",
+            message_expression=f"'clipHigh (' + string({_CLIP_HIGH}) + ') must be greater than or equal to "
+            f"clipLow (' + string({_CLIP_LOW}) + '), after unset fields take the preset of type ' "
+            "+ self.type",
+            field_path=".clipHigh",
+        ),
+        Rule(
+            rule="self.schedule.warmupSteps < self.steps",
+            message="schedule.warmupSteps must be smaller than steps: warm-up would never finish",
+            field_path=".schedule.warmupSteps",
+        ),
+        Rule(
+            rule=f"{_preset_expr('overlongBufferTokens', 'overlong_buffer_tokens', integer=True)}"
+            " < self.maxResponseTokens",
+            message="overlongBufferTokens (after applying the preset of `type`: dapo uses 4096) must be "
+            "smaller than maxResponseTokens: the penalty ramps up over the last overlongBufferTokens",
+            field_path=".overlongBufferTokens",
+        ),
+    )
+
+    type: AlgorithmType = "grpo"
+    """type is the algorithm: grpo, dapo or dr_grpo. It sets the defaults of clipLow, clipHigh,
+    klCoef, lossAggregation, dynamicSampling, overlongBufferTokens and normalizeAdvantageStd (see
+    the presets table in docs/api.md). Default grpo."""
+    group_size: int = Field(
+        16,
+        le=1024,
+        json_schema_extra=field_rules(
+            Rule(
+                rule="self >= 2",
+                message="groupSize must be at least 2: GRPO scores each response against the other "
+                "responses to the same prompt, so a group of one has no baseline",
+            )
+        ),
+    )
+    """groupSize is the number of responses sampled per prompt (G). Default 16."""
+    prompts_per_step: int = Field(128, ge=1, le=65536)
+    """promptsPerStep is the number of prompts per training step; a step trains on
+    promptsPerStep x groupSize responses. Default 128."""
+    update_epochs: int = Field(1, ge=1, le=64)
+    """updateEpochs is the number of optimisation passes over each step's responses, one optimizer
+    update per pass. Default 1 (strictly on-policy); more passes reuse the samples with importance
+    ratios, clipped by clipLow/clipHigh."""
+    steps: int = Field(ge=1, le=10_000_000)
+    """steps is the number of training steps of the run. Required."""
+    learning_rate: float = Field(2e-6, gt=0.0, le=1.0)
+    """learningRate is the AdamW peak learning rate. Default 2e-6."""
+    schedule: LearningRateSchedule = Field(default_factory=LearningRateSchedule)
+    """schedule shapes the learning rate over steps. Default: constant, no warm-up."""
+    weight_decay: float = Field(0.0, ge=0.0, le=1.0)
+    """weightDecay is AdamW's decoupled weight decay. Default 0."""
+    max_grad_norm: float = Field(1.0, gt=0.0)
+    """maxGradNorm clips the global gradient norm. Default 1.0."""
+    clip_low: float | None = Field(None, ge=0.0, le=1.0)
+    """clipLow is epsilon_low of the clipped objective (ratio >= 1 - clipLow). Unset means the
+    preset's (0.2)."""
+    clip_high: float | None = Field(None, ge=0.0, le=10.0)
+    """clipHigh is epsilon_high (ratio <= 1 + clipHigh); DAPO's clip-higher uses 0.28. Unset means
+    the preset's (grpo 0.2, dapo 0.28, dr_grpo 0.2)."""
+    kl_coef: float | None = Field(None, ge=0.0, le=10.0)
+    """klCoef is the weight of the KL penalty to the reference (initial) model; 0 disables it and
+    the reference model is not loaded. Unset means the preset's (0 for all three)."""
+    kl_estimator: KLEstimator = "k3"
+    """klEstimator is the per-token KL estimator (Schulman's k1, k2 or k3). Default k3. Used only
+    when klCoef > 0."""
+    entropy_coef: float = Field(0.0, ge=0.0, le=1.0)
+    """entropyCoef is the weight of an entropy bonus. Default 0 (none)."""
+    loss_aggregation: LossAggregation | None = None
+    """lossAggregation reduces per-token losses to a scalar (verl's names): token-mean (all tokens
+    of the step weigh the same), seq-mean-token-mean (mean per response, then over responses),
+    seq-mean-token-sum (sum per response, mean over responses) or seq-mean-token-sum-norm (sum per
+    response divided by the constant maxResponseTokens). Unset means the preset's (grpo
+    seq-mean-token-mean, dapo token-mean, dr_grpo seq-mean-token-sum-norm)."""
+    normalize_advantage_std: bool | None = None
+    """normalizeAdvantageStd divides group-centred rewards by the group's standard deviation.
+    Unset means the preset's (true, except dr_grpo)."""
+    dynamic_sampling: bool | None = None
+    """dynamicSampling drops prompts whose responses all got the same reward (zero advantage) and
+    samples more until the step is full. Unset means the preset's (dapo true, others false)."""
+    overlong_buffer_tokens: int | None = Field(None, ge=0)
+    """overlongBufferTokens enables DAPO's soft overlong punishment: responses longer than
+    maxResponseTokens - overlongBufferTokens lose up to overlongPenalty reward, linearly. 0
+    disables it. Unset means the preset's (dapo 4096, others 0)."""
+    overlong_penalty: float = Field(1.0, ge=0.0, le=100.0)
+    """overlongPenalty is the reward lost by a response of maxResponseTokens tokens under overlong
+    shaping. Default 1.0."""
+    temperature: float = Field(1.0, gt=0.0, le=10.0)
+    """temperature of rollout sampling. Default 1.0."""
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    """topP is the nucleus-sampling mass of rollouts. Default 1.0 (off)."""
+    max_prompt_tokens: int = Field(2048, ge=1, le=1_048_576)
+    """maxPromptTokens drops prompts longer than this many tokens. Default 2048."""
+    max_response_tokens: int = Field(32768, ge=1, le=1_048_576)
+    """maxResponseTokens is the generation limit per response. Default 32768."""
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    """seed drives data order and sampling; runs with equal seeds see prompts in the same order.
+    Default 0."""
+
+
+@dataclass(frozen=True)
+class ResolvedAlgorithm:
+    """An AlgorithmSpec with every preset-dependent field filled in."""
+
+    spec: AlgorithmSpec
+    clip_low: float
+    clip_high: float
+    kl_coef: float
+    loss_aggregation: LossAggregation
+    dynamic_sampling: bool
+    overlong_buffer_tokens: int
+    normalize_advantage_std: bool
+
+
+def resolve_algorithm(spec: AlgorithmSpec) -> ResolvedAlgorithm:
+    """Fill every unset preset-dependent field from PRESETS[spec.type]."""
+    preset = PRESETS[spec.type]
+    return ResolvedAlgorithm(
+        spec=spec,
+        clip_low=preset.clip_low if spec.clip_low is None else spec.clip_low,
+        clip_high=preset.clip_high if spec.clip_high is None else spec.clip_high,
+        kl_coef=preset.kl_coef if spec.kl_coef is None else spec.kl_coef,
+        loss_aggregation=preset.loss_aggregation if spec.loss_aggregation is None else spec.loss_aggregation,
+        dynamic_sampling=preset.dynamic_sampling if spec.dynamic_sampling is None else spec.dynamic_sampling,
+        overlong_buffer_tokens=(
+            preset.overlong_buffer_tokens
+            if spec.overlong_buffer_tokens is None
+            else spec.overlong_buffer_tokens
+        ),
+        normalize_advantage_std=(
+            preset.normalize_advantage_std
+            if spec.normalize_advantage_std is None
+            else spec.normalize_advantage_std
+        ),
+    )

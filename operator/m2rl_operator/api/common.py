@@ -1,0 +1,290 @@
+"""Types shared by the three kinds: URIs, quantities, pod placement, datasets, verifiers, status."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, Field, StringConstraints, WithJsonSchema
+
+from m2rl_operator.api.base import (
+    MAX_LIST_ITEMS,
+    NAME_MAX_LENGTH,
+    SHORT_TEXT_MAX_LENGTH,
+    URI_MAX_LENGTH,
+    ApiModel,
+    Rule,
+    model_rules,
+)
+from m2rl_operator.api.uri import URI_PATTERN, WRITABLE_URI_PATTERN
+
+# ---- strings -------------------------------------------------------------------------------------
+
+DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+
+URI = Annotated[str, StringConstraints(max_length=URI_MAX_LENGTH, pattern=URI_PATTERN)]
+"""A model or dataset URI: pvc://CLAIM/PATH, hf://ORG/NAME[@REVISION] or file:///ABS/PATH."""
+WritableURI = Annotated[str, StringConstraints(max_length=URI_MAX_LENGTH, pattern=WRITABLE_URI_PATTERN)]
+"""A location the operator writes to: pvc://CLAIM/PATH or file:///ABS/PATH."""
+ObjectName = Annotated[
+    str, StringConstraints(min_length=1, max_length=NAME_MAX_LENGTH, pattern=DNS_LABEL_PATTERN)
+]
+"""The name of another object in the same namespace (a DNS-1123 label)."""
+ShortName = Annotated[str, StringConstraints(min_length=1, max_length=32, pattern=DNS_LABEL_PATTERN)]
+"""A short identifier used in metric labels and file names (domain, model and benchmark names)."""
+
+# ---- quantities and free-form objects ------------------------------------------------------------
+
+QUANTITY_PATTERN = (  # the pattern Kubernetes' own CRDs use for resource.Quantity
+    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
+    r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+)
+
+
+def _check_quantity(value: int | str) -> int | str:
+    if isinstance(value, str) and re.fullmatch(QUANTITY_PATTERN, value) is None:
+        raise ValueError(f"{value!r} is not a Kubernetes quantity (e.g. 500m, 4, 16Gi)")
+    return value
+
+
+Quantity = Annotated[
+    int | str,
+    AfterValidator(_check_quantity),
+    WithJsonSchema({"x-kubernetes-int-or-string": True, "pattern": QUANTITY_PATTERN}),
+]
+"""A Kubernetes resource quantity: an integer or a string such as "500m", "16Gi"."""
+
+FreeForm = Annotated[
+    dict[str, Any],
+    Field(max_length=32),
+    WithJsonSchema({"type": "object", "maxProperties": 32, "x-kubernetes-preserve-unknown-fields": True}),
+]
+"""An object of at most 32 keys passed through as is (its owner documents its keys)."""
+
+Timestamp = datetime
+
+
+# ---- pod placement --------------------------------------------------------------------------------
+
+
+class ResourceRequirements(ApiModel):
+    """Compute resources of a container, as in a Pod's `resources`."""
+
+    requests: dict[str, Quantity] | None = Field(None, max_length=16)
+    """requests are the minimum resources (e.g. cpu: "8", memory: 64Gi). Unset means the operator's
+    default for the component; GPUs are set from the component's GPU count, not here."""
+    limits: dict[str, Quantity] | None = Field(None, max_length=16)
+    """limits are the maximum resources. Unset means no limits beyond the GPU count."""
+
+
+class Toleration(ApiModel):
+    """A toleration, as in a Pod's `tolerations`."""
+
+    key: str | None = Field(None, max_length=SHORT_TEXT_MAX_LENGTH)
+    """key is the taint key the toleration applies to. Unset (with operator Exists) matches all taints."""
+    operator: Literal["Exists", "Equal"] = "Equal"
+    """operator is Exists (any value) or Equal (the value must match). Default Equal."""
+    value: str | None = Field(None, max_length=SHORT_TEXT_MAX_LENGTH)
+    """value is the taint value to match with operator Equal. Unset means the empty value."""
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    """effect is the taint effect to match. Unset means all effects."""
+    toleration_seconds: int | None = Field(None, ge=0)
+    """tolerationSeconds is how long a NoExecute taint is tolerated. Unset means forever."""
+
+
+class KeySelector(ApiModel):
+    """A key of a Secret or ConfigMap in the same namespace."""
+
+    name: ObjectName
+    """name is the Secret's or ConfigMap's name."""
+    key: str = Field(max_length=SHORT_TEXT_MAX_LENGTH)
+    """key is the key inside it."""
+    optional: bool = False
+    """optional makes a missing object or key acceptable (the variable is then unset). Default false."""
+
+
+class EnvVarSource(ApiModel):
+    """Where an environment variable's value comes from."""
+
+    model_config = model_rules(
+        Rule(
+            rule="(has(self.secretKeyRef) ? 1 : 0) + (has(self.configMapKeyRef) ? 1 : 0) == 1",
+            message="valueFrom must set exactly one of `secretKeyRef`, `configMapKeyRef`",
+        )
+    )
+
+    secret_key_ref: KeySelector | None = None
+    """secretKeyRef reads the value from a Secret key (e.g. a Hugging Face token). Exactly one of
+    secretKeyRef and configMapKeyRef is set."""
+    config_map_key_ref: KeySelector | None = None
+    """configMapKeyRef reads the value from a ConfigMap key. Exactly one of secretKeyRef and
+    configMapKeyRef is set."""
+
+
+class EnvVar(ApiModel):
+    """An environment variable of a component's containers."""
+
+    model_config = model_rules(
+        Rule(
+            rule="!(has(self.value) && has(self.valueFrom))",
+            message="an environment variable sets either `value` or `valueFrom`, not both",
+        )
+    )
+
+    name: str = Field(max_length=SHORT_TEXT_MAX_LENGTH, pattern=r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
+    """name is the variable's name."""
+    value: str | None = Field(None, max_length=32768)
+    """value is the variable's value. Unset (without valueFrom) means the empty string."""
+    value_from: EnvVarSource | None = None
+    """valueFrom takes the value from a Secret or ConfigMap key instead of `value`. Unset means the
+    value is `value`."""
+
+
+class PodOptions(ApiModel):
+    """Placement and container options shared by every component that runs pods."""
+
+    image: str | None = Field(None, max_length=URI_MAX_LENGTH)
+    """image is the container image. Unset means the operator's default image for this component
+    (Helm value `images.<component>`)."""
+    resources: ResourceRequirements | None = None
+    """resources are CPU/memory requests and limits of the main container. Unset means the
+    operator's default; GPU counts come from the component's own GPU field."""
+    node_selector: dict[str, Annotated[str, StringConstraints(max_length=63)]] | None = Field(
+        None, max_length=32
+    )
+    """nodeSelector restricts the pods to nodes with these labels. Unset means any node."""
+    tolerations: list[Toleration] | None = Field(None, max_length=32)
+    """tolerations let the pods run on tainted nodes (e.g. GPU nodes). Unset means none."""
+    env: list[EnvVar] | None = Field(None, max_length=MAX_LIST_ITEMS)
+    """env adds environment variables to the main container. Unset means none beyond the operator's."""
+
+
+# ---- datasets and verifiers ----------------------------------------------------------------------
+
+VerifierType = Literal["math", "code", "multiple_choice", "ifeval"]
+"""The verifiers of the trainer image (m2rl_trainer.rewards.registry.VERIFIERS), by registered name."""
+
+
+class FieldMapping(ApiModel):
+    """Which columns of a dataset hold the prompt, the reference answer and an id."""
+
+    prompt: str = Field("prompt", max_length=SHORT_TEXT_MAX_LENGTH)
+    """prompt is the column with the prompt text (or chat messages). Default "prompt"."""
+    answer: str = Field("answer", max_length=SHORT_TEXT_MAX_LENGTH)
+    """answer is the column the verifier checks against: the final answer (math), the tests
+    (code), the correct letter (multiple_choice) or the instruction ids and arguments (ifeval).
+    Default "answer"."""
+    id: str | None = Field(None, max_length=SHORT_TEXT_MAX_LENGTH)
+    """id is a column with a stable row id, used in logs and per-sample results. Unset means the
+    row number."""
+
+
+class DatasetSpec(ApiModel):
+    """A dataset: where it is and how its columns map to prompt and answer."""
+
+    uri: URI
+    """uri locates the data: a JSONL/Parquet file or directory on a volume (pvc://CLAIM/PATH,
+    file:///PATH) or a Hub dataset (hf://ORG/NAME[@REVISION])."""
+    split: str = Field("train", max_length=64)
+    """split is the dataset split to read (Hub datasets and directories with split files).
+    Default "train"."""
+    config: str | None = Field(None, max_length=SHORT_TEXT_MAX_LENGTH)
+    """config is the Hub dataset configuration (subset). Unset means the default configuration."""
+    fields: FieldMapping = Field(default_factory=FieldMapping)
+    """fields maps dataset columns to prompt, answer and id. Default: columns "prompt", "answer"."""
+
+
+class VerifierRef(ApiModel):
+    """Which verifier scores a domain's or benchmark's responses."""
+
+    type: VerifierType
+    """type is the verifier: math (final-answer equivalence with math-verify, e.g. \\boxed{}), code
+    (runs the tests in the sandbox), multiple_choice (the chosen letter) or ifeval (IFEval
+    instruction checkers)."""
+    options: FreeForm | None = None
+    """options are passed to the verifier as is; each verifier documents its own keys and rejects
+    unknown ones (e.g. {"mode": "loose"} for ifeval). Unset means the verifier's defaults."""
+
+
+class VerifierServiceSpec(PodOptions):
+    """The sandboxed verifier service (code execution and other checks)."""
+
+    replicas: int = Field(1, ge=1, le=256)
+    """replicas is the number of verifier pods. Default 1."""
+    runtime_class_name: str | None = Field(None, max_length=NAME_MAX_LENGTH)
+    """runtimeClassName runs the verifier pods under this RuntimeClass (e.g. gvisor) for stronger
+    isolation of untrusted code. Unset means the cluster's default runtime."""
+    timeout_seconds: float = Field(10.0, gt=0, le=3600)
+    """timeoutSeconds is the wall-clock limit of one check (one response against its tests);
+    a check that runs longer scores 0. Default 10."""
+    concurrency: int = Field(8, ge=1, le=1024)
+    """concurrency is the number of checks one verifier pod runs at a time. Default 8."""
+
+
+# ---- status ---------------------------------------------------------------------------------------
+
+Phase = Literal["Pending", "Waiting", "Running", "Suspended", "Succeeded", "Failed"]
+"""Pending: accepted, children being created. Waiting: referenced runs or merges have not
+succeeded yet. Running, Suspended, Succeeded, Failed: as the words say."""
+
+
+class Condition(ApiModel):
+    """A condition of the resource (the shape of Kubernetes' metav1.Condition)."""
+
+    type: str = Field(
+        max_length=316,
+        pattern=r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])$",
+    )
+    """type of the condition in CamelCase, e.g. Ready, Succeeded, Suspended."""
+    status: Literal["True", "False", "Unknown"]
+    """status of the condition: True, False or Unknown."""
+    reason: str = Field(min_length=1, max_length=1024, pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$")
+    """reason is a CamelCase word for the last transition, for machines."""
+    message: str = Field(max_length=32768)
+    """message explains the last transition, for humans. May be empty."""
+    last_transition_time: Timestamp
+    """lastTransitionTime is when the status last changed."""
+    observed_generation: int | None = Field(None, ge=0)
+    """observedGeneration is the metadata.generation the condition was computed from."""
+
+
+def conditions_field() -> Any:
+    """The `conditions` field: a list map keyed by type, as Kubernetes' own APIs declare it."""
+    return Field(
+        None,
+        max_length=32,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+
+
+class StatusBase(ApiModel):
+    """Fields every status has."""
+
+    phase: Phase | None = None
+    """phase is a one-word summary of where the resource is in its life."""
+    conditions: list[Condition] | None = conditions_field()
+    """conditions are the latest observations of the resource's state, one per type."""
+    observed_generation: int | None = Field(None, ge=0)
+    """observedGeneration is the metadata.generation the operator last acted on."""
+    start_time: Timestamp | None = None
+    """startTime is when the operator started the work."""
+    completion_time: Timestamp | None = None
+    """completionTime is when the work succeeded or failed for good."""
+
+
+# ---- fields common to the three specs --------------------------------------------------------------
+
+
+class SchedulingOptions(ApiModel):
+    """Queueing and priority of the resource's workloads."""
+
+    queue_name: str | None = Field(None, max_length=NAME_MAX_LENGTH, pattern=DNS_SUBDOMAIN_PATTERN)
+    """queueName is the Kueue LocalQueue of the workloads; it is copied to the
+    kueue.x-k8s.io/queue-name label of every Job the operator creates. Unset means no Kueue."""
+    priority_class_name: str | None = Field(None, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN)
+    """priorityClassName is the PriorityClass of every pod. Unset means the cluster default."""
+    ttl_seconds_after_finished: int | None = Field(None, ge=0)
+    """ttlSecondsAfterFinished deletes the resource this long after it succeeded or failed (its
+    outputs on volumes stay). Unset means never; 0 means right away."""
