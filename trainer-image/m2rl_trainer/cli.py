@@ -1,13 +1,59 @@
-"""Command lines of the trainer image."""
+"""Command lines of the trainer image: `m2rl-train` and `m2rl-tiny-model`."""
 
+from __future__ import annotations
+
+import argparse
+import json
 import sys
+from pathlib import Path
 
 
 def train_main(argv: list[str] | None = None) -> int:
-    raise SystemExit("m2rl-train: not implemented yet")
+    """`m2rl-train --config FILE`: run (or resume) a GRPO run; launch with torchrun for several ranks."""
+    parser = argparse.ArgumentParser(prog="m2rl-train", description=train_main.__doc__)
+    parser.add_argument("--config", required=True, type=Path, help="trainer config (YAML or JSON)")
+    parser.add_argument("--check", action="store_true", help="validate the config and datasets, then exit")
+    args = parser.parse_args(argv)
+
+    from m2rl_trainer.config import ConfigError, load_config
+    from m2rl_trainer.data.datasets import DatasetError, load_domain
+
+    try:
+        config = load_config(args.config)
+        counts = {d.name: len(load_domain(d)) for d in config.data.domains}  # data errors before any GPU work
+    except (ConfigError, DatasetError) as error:
+        print(f"m2rl-train: {error}", file=sys.stderr)
+        return 2
+    if args.check:
+        print(json.dumps({"config": str(args.config), "prompts": counts}))
+        return 0
+
+    from m2rl_trainer.train.loop import train
+
+    record = train(config)
+    print(json.dumps({"final_step": record.get("step"), "accuracy": record.get("accuracy")}))
+    return 0
 
 
 def tiny_model_main(argv: list[str] | None = None) -> int:
+    """`m2rl-tiny-model OUT`: build the project's tiny Qwen2-style model (no download)."""
+    parser = argparse.ArgumentParser(prog="m2rl-tiny-model", description=tiny_model_main.__doc__)
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--size", choices=["tiny", "small"], default="tiny", help="tiny: ~0.35M, small: ~3M params"
+    )
+    args = parser.parse_args(argv)
+
+    from m2rl_trainer.models.tiny import SMALL, TinyModelSpec, build_tiny_model, parameter_count
+
+    spec = (
+        TinyModelSpec(seed=args.seed)
+        if args.size == "tiny"
+        else SMALL.__class__(**{**SMALL.__dict__, "seed": args.seed})
+    )
+    path = build_tiny_model(args.out, spec)
+    print(f"{path}: {parameter_count(path):,} parameters")
     return 0
 
 

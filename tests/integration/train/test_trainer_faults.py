@@ -1,0 +1,157 @@
+"""Trainer faults: bad data before any work, unreachable servers, non-finite losses, kill -9 + resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from m2rl_trainer.utils.processes import free_port
+from tests.integration.train.conftest import write_config
+
+TRAIN = [sys.executable, "-m", "m2rl_trainer.cli"]
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+
+
+def _run(args: list[str], timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=ENV)
+
+
+def test_missing_dataset_field_fails_before_any_work(tmp_path: Path, tiny_model_dir: Path) -> None:
+    data = tmp_path / "bad.jsonl"
+    data.write_text('{"prompt": "Q: max 1 2 3= A:", "answer": "3"}\n{"prompt": "Q: max 4 5 6= A:"}\n')
+    config = write_config(tmp_path / "c.yaml", tiny_model_dir, data, tmp_path / "out")
+    result = _run([*TRAIN, "--config", str(config)])
+    assert result.returncode == 2
+    assert "bad.jsonl" in result.stderr and "line 2" in result.stderr and "answer" in result.stderr
+    assert not (tmp_path / "out").exists()  # nothing was started or written
+
+
+def test_unreachable_rollout_server_is_a_clear_error(tmp_path: Path, tiny_model_dir: Path, max3_data) -> None:
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    config = write_config(
+        tmp_path / "c.yaml",
+        tiny_model_dir,
+        max3_data[0],
+        tmp_path / "out",
+        rollout={"mode": "server", "server_urls": [url], "max_retries": 2, "request_timeout_s": 5.0},
+    )
+    start = time.monotonic()
+    result = _run([*TRAIN, "--config", str(config)], timeout=300)
+    assert result.returncode != 0
+    assert url in result.stderr and "unreachable" in result.stderr
+    assert time.monotonic() - start < 240  # bounded retries, no hang
+
+
+def _final_weights(output_dir: Path, step: int) -> dict[str, torch.Tensor]:
+    return load_file(output_dir / "checkpoints" / f"step-{step:06d}" / "model" / "model.safetensors")
+
+
+def _by_step(metrics: Path) -> dict[int, dict]:
+    records = {}
+    for line in metrics.read_text().splitlines():
+        record = json.loads(line)
+        records[record["step"]] = record  # a re-run step after resume replaces the killed run's
+    return records
+
+
+DETERMINISTIC = ("reward", "accuracy", "response_length", "loss", "grad_norm", "learning_rate", "completions")
+
+
+def test_kill9_then_resume_matches_an_uninterrupted_run(
+    tmp_path: Path, max3_sft_model: Path, max3_data
+) -> None:
+    steps = 6
+    straight = write_config(tmp_path / "a.yaml", max3_sft_model, max3_data[0], tmp_path / "a")
+    result = _run([*TRAIN, "--config", str(straight)])
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    kill_after = random.Random(os.getpid()).randint(2, steps - 1)  # a random step, printed on failure
+    resumed = write_config(tmp_path / "b.yaml", max3_sft_model, max3_data[0], tmp_path / "b")
+    process = subprocess.Popen(
+        [*TRAIN, "--config", str(resumed)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV,
+        start_new_session=True,
+    )  # fmt: skip
+    metrics = tmp_path / "b" / "metrics.jsonl"
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= kill_after:
+            break
+        assert process.poll() is None, "the run ended before it could be killed"
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (tmp_path / "b" / "checkpoints" / f"step-{steps:06d}").exists(), (
+        f"killed too late ({kill_after})"
+    )
+
+    result = _run([*TRAIN, "--config", str(resumed)])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resumed from" in result.stdout
+
+    a, b = _final_weights(tmp_path / "a", steps), _final_weights(tmp_path / "b", steps)
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), f"{name} differs after kill at step {kill_after} and resume"
+    ma, mb = _by_step(tmp_path / "a" / "metrics.jsonl"), _by_step(metrics)
+    assert sorted(ma) == sorted(mb) == list(range(1, steps + 1))
+    for step in ma:
+        for key in DETERMINISTIC:
+            assert ma[step][key] == mb[step][key], (step, key, kill_after)
+    # The run really trained: weights moved from the initial model.
+    initial = load_file(max3_sft_model / "model.safetensors")
+    assert any(not torch.equal(initial[k], a[k]) for k in initial if k in a)
+
+
+def test_nonfinite_loss_skips_the_step_then_aborts(tmp_path: Path, max3_sft_model: Path, max3_data) -> None:
+    """Fault injection: the loss is made NaN at chosen steps (weights must not change on a skipped
+    step; the run aborts once more steps than `faults.max_skipped_steps` were skipped)."""
+    script = tmp_path / "nan_run.py"
+    script.write_text(
+        "import json, sys, torch\n"
+        "import m2rl_trainer.train.loop as loop\n"
+        "from m2rl_trainer.config import load_config\n"
+        "real = loop.policy_loss\n"
+        "NAN_STEPS = {2, 4, 5}\n"
+        "trainer = loop.GRPOTrainer(load_config(sys.argv[1]))\n"
+        "def poisoned(*a, **k):\n"
+        "    loss, stats = real(*a, **k)\n"
+        "    return (loss * float('nan') if trainer.step + 1 in NAN_STEPS else loss), stats\n"
+        "loop.policy_loss = poisoned\n"
+        "snapshots = {}\n"
+        "orig_step = trainer.train_step\n"
+        "def step_and_snapshot():\n"
+        "    before = {k: v.clone() for k, v in trainer.engine.module.state_dict().items()}\n"
+        "    record = orig_step()\n"
+        "    after = trainer.engine.module.state_dict()\n"
+        "    snapshots[record['step']] = all(torch.equal(before[k], after[k]) for k in before)\n"
+        "    return record\n"
+        "trainer.train_step = step_and_snapshot\n"
+        "try:\n"
+        "    trainer.train()\n"
+        "    print(json.dumps({'aborted': None, 'unchanged': snapshots}))\n"
+        "except loop.TrainingAborted as e:\n"
+        "    print(json.dumps({'aborted': str(e), 'unchanged': snapshots}))\n"
+    )
+    config = write_config(
+        tmp_path / "c.yaml", max3_sft_model, max3_data[0], tmp_path / "out", faults={"max_skipped_steps": 2}
+    )
+    result = _run([sys.executable, str(script), str(config)])
+    assert result.returncode == 0, result.stderr[-3000:]
+    outcome = json.loads(result.stdout.strip().splitlines()[-1])
+    assert outcome["aborted"] is not None and "non-finite loss in 3 steps" in outcome["aborted"]
+    unchanged = {int(k): v for k, v in outcome["unchanged"].items()}
+    assert unchanged == {1: False, 2: True, 3: False, 4: True, 5: True}
+    skipped = [
+        r["skipped_steps"]
+        for r in map(json.loads, (tmp_path / "out" / "metrics.jsonl").read_text().splitlines())
+    ]
+    assert skipped == [0, 1, 1, 2]  # step 5's record is not written: the run aborts on it

@@ -1,0 +1,77 @@
+"""The trainer config: loading, defaults, and errors that name the field."""
+
+from pathlib import Path
+
+import pytest
+
+from m2rl_trainer.config import ConfigError, load_config
+
+BASE = {
+    "model": "m",
+    "output_dir": "o",
+    "data": {"domains": [{"name": "math", "dataset": "x.jsonl", "verifier": "math"}]},
+    "rollout": {"mode": "colocated"},
+}
+
+
+def _with(path: str, value: object) -> dict:
+    config = {k: (dict(v) if isinstance(v, dict) else v) for k, v in BASE.items()}
+    node = config
+    keys = path.split(".")
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+    node[keys[-1]] = value
+    return config
+
+
+def test_defaults_follow_the_algorithm() -> None:
+    config = load_config(_with("algorithm", {"name": "dapo"}))
+    assert config.algorithm.resolved_aggregation() == "token-mean"
+    assert load_config(_with("algorithm", {"name": "dr_grpo"})).algorithm.resolved_aggregation() == (
+        "seq-mean-token-sum-norm"
+    )
+    assert not load_config(_with("algorithm", {"name": "dr_grpo"})).algorithm.scale_rewards()
+    assert load_config(BASE).algorithm.resolved_aggregation() == "seq-mean-token-mean"
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "message"),
+    [
+        ("algorithm.grop_size", 3, "algorithm.grop_size: unknown field"),
+        ("algorithm.name", "ppo", "algorithm.name: 'ppo' is not one of"),
+        ("algorithm.group_size", 1, "algorithm.group_size: must be at least 2"),
+        ("algorithm.clip_high", 0.1, "algorithm.clip_high: must be >= clip_low"),
+        ("algorithm.learning_rate", "fast", "algorithm.learning_rate: expected float"),
+        ("algorithm.top_p", 0.0, "algorithm.top_p: must be in (0, 1]"),
+        ("rollout.mode", "server", "rollout.server_urls: server mode needs"),
+        ("rollout.weight_sync", "nccl", "rollout.nccl_master_address"),
+        ("data.domains", [], "data.domains: at least one domain"),
+        ("data.mixing", "random", "data.mixing: 'random' is not one of"),
+    ],
+    ids=lambda v: str(v)[:24],
+)
+def test_bad_values_name_the_field(path: str, value: object, message: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        load_config(_with(path, value))
+    assert message in str(error.value)
+
+
+def test_duplicate_domains_and_bad_weights() -> None:
+    domain = {"name": "math", "dataset": "x.jsonl", "verifier": "math", "weight": -1.0}
+    with pytest.raises(ConfigError) as error:
+        load_config(_with("data.domains", [domain, domain]))
+    assert "data.domains[1].name: duplicate domain name 'math'" in str(error.value)
+    assert "data.domains[0].weight: must be > 0" in str(error.value)
+
+
+def test_file_errors_name_the_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: not valid YAML"):
+        load_config(bad)
+    missing = tmp_path / "m.yaml"
+    missing.write_text("output_dir: o\n")
+    with pytest.raises(ConfigError, match="model: required field is missing"):
+        load_config(missing)

@@ -1,0 +1,294 @@
+"""The trainer's config file: one dataclass tree, loaded from YAML or JSON, validated up front.
+
+The operator renders this file into a ConfigMap for an RLVRRun; the local runner writes it to
+disk. The trainer owns the schema. Unknown keys are errors that name their path (a typo must not
+silently fall back to a default); every default says its unit and why.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+Algorithm = Literal["grpo", "dr_grpo", "dapo"]
+# Loss aggregation, with verl's names and meanings (TRL: "grpo" = seq-mean-token-mean,
+# "dapo"/"bnpo" = token-mean, "dr_grpo" = seq-mean-token-sum-norm).
+LossAggregation = Literal[
+    "token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"
+]
+KLEstimator = Literal["k1", "k2", "k3"]
+MixingMode = Literal["weighted", "concat_shuffle"]
+RolloutMode = Literal["server", "colocated"]
+WeightSyncMode = Literal["filesystem", "nccl"]
+
+
+class ConfigError(ValueError):
+    """A config problem; the message names the field path."""
+
+
+@dataclass
+class FieldMapping:
+    """Which dataset columns hold the prompt and the reference answer."""
+
+    prompt: str = "prompt"  # a string, or a list of chat messages ({role, content})
+    reference: str = "answer"  # what the verifier compares against
+    id: str | None = None  # optional stable id column (default: the row index)
+
+
+@dataclass
+class DomainConfig:
+    """One domain: its data, its verifier and its share of each batch."""
+
+    name: str
+    dataset: str  # local path: .jsonl, .json (list) or .parquet
+    verifier: str  # verifier type, e.g. "math", "code", "multiple_choice", "ifeval"
+    fields: FieldMapping = field(default_factory=FieldMapping)
+    verifier_options: dict[str, Any] = field(default_factory=dict)
+    weight: float = 1.0  # relative sampling weight in "weighted" mixing
+    max_samples: int | None = None  # cap on prompts taken from this dataset (None: all)
+
+
+@dataclass
+class DataConfig:
+    domains: list[DomainConfig] = field(default_factory=list)
+    mixing: MixingMode = "concat_shuffle"  # the M2RL study concatenated and shuffled
+    chat_template: bool = False  # wrap prompts with the tokenizer's chat template
+    system_prompt: str | None = None  # prepended as a system message when chat_template is on
+
+
+@dataclass
+class AlgorithmConfig:
+    name: Algorithm = "grpo"
+    group_size: int = 8  # completions per prompt
+    prompts_per_step: int = 16
+    learning_rate: float = 1e-6
+    lr_schedule: Literal["constant", "linear", "cosine"] = "constant"
+    warmup_steps: int = 0
+    clip_low: float = 0.2  # epsilon_low of the clipped ratio
+    clip_high: float = 0.2  # epsilon_high; DAPO's clip-higher uses 0.28
+    kl_coef: float = 0.0  # 0: no reference model is loaded at all
+    kl_estimator: KLEstimator = "k3"
+    entropy_coef: float = 0.0
+    loss_aggregation: LossAggregation | None = None  # None: the algorithm's own (see defaults())
+    dynamic_sampling: bool = False  # DAPO: drop groups whose rewards are all equal, refill
+    max_refill_rounds: int = 3  # bound on extra generation rounds when dynamic sampling refills
+    overlong_buffer_tokens: int = 0  # DAPO soft overlong punishment window (0: off)
+    overlong_penalty: float = 1.0  # penalty at the hard limit, linear inside the buffer
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_prompt_tokens: int = 256
+    max_response_tokens: int = 64
+    steps: int = 100
+    update_epochs: int = 1  # optimisation passes over each rollout batch
+    micro_batch_size: int = 32  # sequences per forward/backward; accumulation covers the rest
+    max_grad_norm: float = 1.0
+    seed: int = 0
+
+    def resolved_aggregation(self) -> LossAggregation:
+        if self.loss_aggregation is not None:
+            return self.loss_aggregation
+        defaults: dict[str, LossAggregation] = {
+            "grpo": "seq-mean-token-mean",
+            "dr_grpo": "seq-mean-token-sum-norm",
+            "dapo": "token-mean",
+        }
+        return defaults[self.name]
+
+    def scale_rewards(self) -> bool:
+        """Divide advantages by the group's std (GRPO, DAPO) or not (Dr.GRPO)."""
+        return self.name != "dr_grpo"
+
+
+@dataclass
+class DeepSpeedConfig:
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    offload_optimizer: bool = False
+    offload_params: bool = False
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
+
+
+@dataclass
+class RolloutConfig:
+    mode: RolloutMode = "server"
+    server_urls: list[str] = field(default_factory=list)  # vLLM replicas (mode=server)
+    served_model_name: str | None = None  # the name the servers answer to (default: first model id)
+    request_timeout_s: float = 300.0
+    max_retries: int = 5  # per request, with exponential backoff, before the run fails
+    weight_sync: WeightSyncMode = "filesystem"
+    weight_sync_dir: str | None = None  # shared folder rank 0 writes weights to (filesystem sync)
+    nccl_master_address: str | None = None  # NCCL sync: where the trainer's rank 0 listens
+    nccl_port: int = 29600
+
+
+@dataclass
+class CheckpointConfig:
+    dir: str = "checkpoints"
+    every_steps: int = 50  # 0: only at the end
+    keep: int = 2  # newest checkpoints kept (0: keep all)
+
+
+@dataclass
+class MetricsConfig:
+    jsonl: str = "metrics.jsonl"
+    prometheus_port: int | None = None  # None: no endpoint (local runs); pods set 9400
+
+
+@dataclass
+class FaultConfig:
+    max_skipped_steps: int = 3  # NaN/inf losses skipped before the run aborts
+
+
+@dataclass
+class TrainerConfig:
+    """Everything one run of `m2rl-train` needs."""
+
+    model: str  # a Hugging Face folder
+    output_dir: str
+    run_name: str = "run"
+    data: DataConfig = field(default_factory=DataConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    faults: FaultConfig = field(default_factory=FaultConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _build(cls: Any, data: Any, path: str) -> Any:
+    """Build dataclass `cls` from plain data, checking types and rejecting unknown keys."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path or 'config'}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ConfigError(
+            f"{path + '.' if path else ''}{unknown[0]}: unknown field (known: {', '.join(known)})"
+        )
+    kwargs = {}
+    for name, f in known.items():
+        sub = f"{path}.{name}" if path else name
+        if name in data:
+            kwargs[name] = _convert(hints[name], data[name], sub)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{sub}: required field is missing")
+    return cls(**kwargs)
+
+
+def _convert(tp: Any, value: Any, path: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, path)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _convert(arg, value, path)
+            except ConfigError as error:
+                errors.append(str(error))
+        raise ConfigError(errors[0] if errors else f"{path}: invalid value {value!r}")
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise ConfigError(f"{path}: {value!r} is not one of {', '.join(map(repr, choices))}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{path}: expected a list, got {type(value).__name__}")
+        (item,) = typing.get_args(tp)
+        return [_convert(item, v, f"{path}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {type(value).__name__}")
+        return dict(value)
+    if tp is Any:
+        return value
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str):
+        # PyYAML (YAML 1.1) reads `5e-4` as a string; accept what float() reads, nothing else.
+        try:
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"{path}: expected float, got {value!r}") from None
+    if tp in (int, float, str, bool) and (
+        not isinstance(value, tp) or (tp is int and isinstance(value, bool))
+    ):
+        raise ConfigError(f"{path}: expected {tp.__name__}, got {value!r}")
+    return value
+
+
+def validate(config: TrainerConfig) -> list[str]:
+    """Cross-field problems, as messages that name the field (empty list: valid)."""
+    a, problems = config.algorithm, []
+    if a.group_size < 2:
+        problems.append("algorithm.group_size: must be at least 2 (advantages compare samples of a group)")
+    for name in ("prompts_per_step", "steps", "update_epochs", "micro_batch_size", "max_response_tokens"):
+        if getattr(a, name) < 1:
+            problems.append(f"algorithm.{name}: must be at least 1")
+    if a.clip_low < 0 or a.clip_high < a.clip_low:
+        problems.append("algorithm.clip_high: must be >= clip_low >= 0")
+    if not 0 < a.top_p <= 1:
+        problems.append("algorithm.top_p: must be in (0, 1]")
+    if a.temperature <= 0:
+        problems.append("algorithm.temperature: must be > 0")
+    if a.learning_rate <= 0:
+        problems.append("algorithm.learning_rate: must be > 0")
+    if a.overlong_buffer_tokens >= a.max_response_tokens and a.overlong_buffer_tokens:
+        problems.append("algorithm.overlong_buffer_tokens: must be smaller than max_response_tokens")
+    if not config.data.domains:
+        problems.append("data.domains: at least one domain is required")
+    if config.data.system_prompt is not None and not config.data.chat_template:
+        problems.append("data.system_prompt: needs data.chat_template (raw prompts have no system message)")
+    names = [d.name for d in config.data.domains]
+    for i, d in enumerate(config.data.domains):
+        if names.count(d.name) > 1:
+            problems.append(f"data.domains[{i}].name: duplicate domain name {d.name!r}")
+        if d.weight <= 0:
+            problems.append(f"data.domains[{i}].weight: must be > 0")
+        if d.max_samples is not None and d.max_samples < 1:
+            problems.append(f"data.domains[{i}].max_samples: must be at least 1 (or unset for all)")
+    if config.rollout.mode == "server" and not config.rollout.server_urls:
+        problems.append("rollout.server_urls: server mode needs at least one vLLM server URL")
+    if config.rollout.weight_sync == "nccl" and not config.rollout.nccl_master_address:
+        problems.append("rollout.nccl_master_address: NCCL weight sync needs the trainer's rank-0 address")
+    if config.checkpoint.every_steps < 0 or config.checkpoint.keep < 0:
+        problems.append("checkpoint: every_steps and keep must be >= 0")
+    return problems
+
+
+def load_config(source: str | Path | dict[str, Any]) -> TrainerConfig:
+    """Load and validate a config from a YAML/JSON file or a dict; raise ConfigError listing problems."""
+    if isinstance(source, dict):
+        data, where = source, "config"
+    else:
+        where = str(source)
+        try:
+            text = Path(source).read_text()
+        except OSError as error:
+            raise ConfigError(f"{where}: cannot read config file ({error.strerror})") from error
+        try:
+            data = json.loads(text) if str(source).endswith(".json") else yaml.safe_load(text)
+        except (yaml.YAMLError, json.JSONDecodeError) as error:
+            raise ConfigError(f"{where}: not valid YAML/JSON: {error}") from error
+    try:
+        config = _build(TrainerConfig, data, "")
+    except ConfigError as error:
+        raise ConfigError(f"{where}: {error}") from error
+    problems = validate(config)
+    if problems:
+        raise ConfigError(f"{where}: " + "; ".join(problems))
+    return config

@@ -1,0 +1,80 @@
+"""Prometheus metrics of the verifiers (one registry per scorer/service, so tests can run several)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from m2rl_trainer.rewards.types import Result
+
+# Seconds: from a 1 ms multiple-choice check to a batch of code runs near their limits.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class VerifierMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "m2rl_verifier_requests",
+            "HTTP requests by endpoint and status code.",
+            ["endpoint", "code"],
+            registry=r,
+        )
+        self.request_seconds = Histogram(
+            "m2rl_verifier_request_duration_seconds",
+            "HTTP request latency.",
+            ["endpoint"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.inflight = Gauge(
+            "m2rl_verifier_inflight_requests", "Score requests being processed.", registry=r
+        )
+        self.samples = Counter(
+            "m2rl_verifier_samples",
+            "Scored samples by verifier type and verdict.",
+            ["verifier", "verdict"],
+            registry=r,
+        )
+        self.sample_seconds = Histogram(
+            "m2rl_verifier_sample_duration_seconds",
+            "Time to check one sample.",
+            ["verifier"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.timeouts = Counter(
+            "m2rl_verifier_timeouts",
+            "Samples whose check or program ran past its limit.",
+            ["verifier"],
+            registry=r,
+        )
+        self.sandbox_kills = Counter(
+            "m2rl_verifier_sandbox_kills",
+            "Processes or sandboxes killed: timeout, output_limit (runs), leftover_processes "
+            "(background processes outliving a run), worker_timeout / worker_crashed (whole workers).",
+            ["verifier", "reason"],
+            registry=r,
+        )
+        self.rejected = Counter(
+            "m2rl_verifier_rejected_requests",
+            "Requests refused: saturated (429), too_large (413), invalid (400).",
+            ["reason"],
+            registry=r,
+        )
+
+    def observe(self, result: Result) -> None:
+        self.samples.labels(result.verifier, result.verdict).inc()
+        self.sample_seconds.labels(result.verifier).observe(result.time_s)
+        if result.verdict == "timeout":
+            self.timeouts.labels(result.verifier).inc()
+        if result.verifier == "code":
+            for test in result.details.get("tests", []):
+                if test.get("status") in ("timeout", "output_limit"):
+                    self.sandbox_kills.labels("code", test["status"]).inc()
+                if test.get("killed_processes"):
+                    self.sandbox_kills.labels("code", "leftover_processes").inc(test["killed_processes"])
+
+    def worker_killed(self, pool: str, reason: str) -> None:
+        verifier = "code" if pool == "sandbox" else "math_ifeval"
+        self.sandbox_kills.labels(verifier, f"worker_{reason}").inc()

@@ -1,0 +1,1 @@
+"""The GRPO training program: DeepSpeed engine, loop, weight sync, checkpoints and metrics."""
