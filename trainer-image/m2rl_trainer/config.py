@@ -125,6 +125,7 @@ class RolloutConfig:
     weight_sync_dir: str | None = None  # shared folder rank 0 writes weights to (filesystem sync)
     nccl_master_address: str | None = None  # NCCL sync: where the trainer's rank 0 listens
     nccl_port: int = 29600
+    nccl_workers_per_replica: int = 1  # tensor_parallel x pipeline_parallel of the replica
 
 
 @dataclass
@@ -263,8 +264,18 @@ def validate(config: TrainerConfig) -> list[str]:
             problems.append(f"data.domains[{i}].max_samples: must be at least 1 (or unset for all)")
     if config.rollout.mode == "server" and not config.rollout.server_urls:
         problems.append("rollout.server_urls: server mode needs at least one vLLM server URL")
-    if config.rollout.weight_sync == "nccl" and not config.rollout.nccl_master_address:
-        problems.append("rollout.nccl_master_address: NCCL weight sync needs the trainer's rank-0 address")
+    if config.rollout.weight_sync == "nccl":
+        if not config.rollout.nccl_master_address:
+            problems.append(
+                "rollout.nccl_master_address: NCCL weight sync needs the trainer's rank-0 address"
+            )
+        if len(config.rollout.server_urls) > 1:
+            problems.append(
+                "rollout.server_urls: NCCL weight sync serves one replica per trainer (vLLM 0.32's "
+                "trainer engine); use weight_sync=filesystem for several replicas"
+            )
+        if config.rollout.mode != "server":
+            problems.append("rollout.weight_sync: nccl applies to mode=server only")
     if config.checkpoint.every_steps < 0 or config.checkpoint.keep < 0:
         problems.append("checkpoint: every_steps and keep must be >= 0")
     return problems

@@ -8,8 +8,6 @@ from m2rl_trainer.train import checkpoint as ckpt
 from m2rl_trainer.train.weight_sync import (
     WeightSyncError,
     check_replicas,
-    nccl_init_request,
-    nccl_update_requests,
 )
 
 
@@ -61,34 +59,3 @@ def test_check_replicas_names_each_stale_replica() -> None:
     assert "http://a: probe logprob -2.5000" in message
     with pytest.raises(WeightSyncError, match="probe logprob nan"):
         check_replicas({"http://a": "3"}, {"http://a": float("nan")}, 3, expected=-2.0, tolerance=0.02)
-
-
-def test_nccl_requests_follow_vllm_weight_transfer_api() -> None:
-    meta = [
-        ("model.embed_tokens.weight", "bfloat16", [151936, 2560]),
-        ("lm_head.weight", "bfloat16", [151936, 2560]),
-    ]
-    requests = nccl_update_requests(meta, version=12)
-    assert [path for path, _ in requests] == [
-        "/pause?mode=wait",
-        "/start_weight_update",
-        "/update_weights",
-        "/finish_weight_update",
-        "/resume",
-    ]
-    assert requests[2][1] == {
-        "update_info": {
-            "names": ["model.embed_tokens.weight", "lm_head.weight"],
-            "dtype_names": ["bfloat16", "bfloat16"],
-            "shapes": [[151936, 2560], [151936, 2560]],
-        }
-    }
-    assert requests[3][1] == {"weight_version": "12"}
-    # Two replicas of TP 4: trainer rank 0 + 8 workers; replica 1 starts at rank 5.
-    assert nccl_init_request("trainer-0.svc", 29600, 1, replicas=2, tensor_parallel=4)["init_info"] == {
-        "master_address": "trainer-0.svc",
-        "master_port": 29600,
-        "rank_offset": 5,
-        "world_size": 9,
-        "packed": True,
-    }

@@ -132,6 +132,7 @@ class GRPOTrainer:
         weights = {d.name: d.weight for d in config.data.domains}
         self.mixer = DomainMixer(self.domains, weights, config.data.mixing, self.algo.seed)
         self.rollout = self._make_rollout()
+        self.nccl_engine: Any = None  # created at the first NCCL weight sync (GPU clusters)
         self.step = 0
         self.skipped_steps = 0
         self.metrics: MetricsSink | None = None

@@ -7,11 +7,11 @@ vLLM's `reload_weights` RPC, gets the version stamp `12`, and resumes. The run f
 a replica did not take the new weights: its version stamp differs, or its log-probability of a
 fixed probe differs from the trainer's own forward pass by more than the tolerance.
 
-nccl (GPU clusters): vLLM 0.32's weight-transfer endpoints (`/init_weight_transfer_engine` once,
-then `/start_weight_update`, `/update_weights` with the tensor metadata while rank 0 broadcasts
-the tensors over NCCL, `/finish_weight_update` with the version). `nccl_update_requests` builds
-those requests (unit-tested here); the broadcast itself needs GPUs and vLLM's
-`NCCLTrainerWeightTransferEngine`.
+nccl (GPU clusters): vLLM 0.32's own trainer-side engine (`NCCLTrainerWeightTransferEngine`)
+drives the replica's weight-transfer endpoints (`/init_weight_transfer_engine` once, then
+`/start_weight_update`, `/update_weights`, `/finish_weight_update` per round) while rank 0
+broadcasts the tensors, fed by `DeepSpeedWeightSource`. The same version and probe checks follow.
+The NCCL rendezvous needs GPUs; the source and the configuration are tested on CPU.
 """
 
 from __future__ import annotations
@@ -117,26 +117,36 @@ def check_replicas(
 def sync_to_servers(trainer: GRPOTrainer, version: int) -> None:
     """Filesystem sync of the trainer's weights to every replica (call on every rank)."""
     config = trainer.config
-    if config.rollout.weight_sync != "filesystem":
-        raise NotImplementedError(
-            "rollout.weight_sync=nccl needs GPUs and vLLM's NCCL engine; this machine has none "
-            "(the requests are built by nccl_update_requests)"
-        )
-    state = full_state_dict(trainer.engine, config.deepspeed.zero_stage)
+    nccl = config.rollout.weight_sync == "nccl"
+    if nccl:
+        if not torch.cuda.is_available():
+            raise WeightSyncError("rollout.weight_sync=nccl needs GPUs; use filesystem on CPU machines")
+        if trainer.nccl_engine is None:
+            trainer.nccl_engine = nccl_engine(trainer)
+    state = None if nccl else full_state_dict(trainer.engine, config.deepspeed.zero_stage)
     expected = trainer_probe_logprob(trainer.engine.module, trainer.tokenizer, trainer.device)
     error = ""
-    if trainer.is_main:
-        assert state is not None
-        root = Path(config.rollout.weight_sync_dir or Path(config.output_dir) / "weights")
-        path = write_weights(trainer.engine.module, state, root, version)
-        rollout = trainer.rollout
-        rollout.pause("wait")
+    if nccl:
+        if trainer.is_main:
+            trainer.rollout.pause("wait")
         try:
-            rollout.reload_weights(path)
-            for replica in rollout.replicas:
-                set_version(replica.url, version)
+            trainer.nccl_engine.send_weights()  # every rank: ZeRO-3 gathers are collective
         finally:
-            rollout.resume()
+            if trainer.is_main:
+                trainer.rollout.resume()
+    if trainer.is_main:
+        rollout = trainer.rollout
+        if not nccl:
+            assert state is not None
+            root = Path(config.rollout.weight_sync_dir or Path(config.output_dir) / "weights")
+            path = write_weights(trainer.engine.module, state, root, version)
+            rollout.pause("wait")
+            try:
+                rollout.reload_weights(path)
+            finally:
+                rollout.resume()
+        for replica in rollout.replicas:
+            set_version(replica.url, version)
         versions = {replica.url: get_version(replica.url) for replica in rollout.replicas}
         probes = rollout.probe_logprobs(PROBE_PROMPT, PROBE_CONTINUATION)
         try:
@@ -156,44 +166,58 @@ def sync_to_servers(trainer: GRPOTrainer, version: int) -> None:
         raise WeightSyncError(flag[0])
 
 
-def nccl_update_requests(
-    state_meta: list[tuple[str, str, list[int]]], version: int
-) -> list[tuple[str, dict[str, Any] | None]]:
-    """The HTTP calls of one NCCL weight update, in order: (path, JSON body).
+class DeepSpeedWeightSource:
+    """vLLM `WeightSource` over a DeepSpeed engine's module, for the NCCL path.
 
-    `state_meta` lists (name, dtype name, shape) of every tensor rank 0 will broadcast, in order.
+    `metadata()` reads full shapes without gathering (ZeRO-3 keeps them as `ds_shape`); iteration
+    yields each full parameter, gathering it from its ZeRO-3 partitions first (a collective: every
+    rank iterates in the same order).
     """
-    names = [name for name, _, _ in state_meta]
-    return [
-        ("/pause?mode=wait", None),
-        ("/start_weight_update", None),
-        (
-            "/update_weights",
-            {
-                "update_info": {
-                    "names": names,
-                    "dtype_names": [dtype for _, dtype, _ in state_meta],
-                    "shapes": [list(shape) for _, _, shape in state_meta],
-                }
-            },
-        ),
-        ("/finish_weight_update", {"weight_version": str(version)}),
-        ("/resume", None),
-    ]
+
+    def __init__(self, module: torch.nn.Module, zero_stage: int) -> None:
+        self.module = module
+        self.zero_stage = zero_stage
+
+    def metadata(self) -> list[Any]:
+        from vllm.distributed.weight_transfer.base import ParamMeta
+
+        return [
+            ParamMeta(name, p.dtype, tuple(getattr(p, "ds_shape", p.shape)))
+            for name, p in self.module.named_parameters()
+        ]
+
+    def __iter__(self) -> Any:
+        import deepspeed
+
+        for name, param in self.module.named_parameters():
+            if self.zero_stage == 3:
+                with deepspeed.zero.GatheredParameters([param], modifier_rank=None):
+                    yield name, param.detach().clone()
+            else:
+                yield name, param.detach()
 
 
-def nccl_init_request(
-    master_address: str, master_port: int, replica_index: int, replicas: int, tensor_parallel: int
-) -> dict[str, Any]:
-    """Body of `/init_weight_transfer_engine` for one replica: the NCCL world is the trainer's rank 0
-    (the sender, rank 0) plus every replica's workers; replica i's workers start at rank
-    1 + i * tensor_parallel. Packed transfer, as vLLM's trainer side defaults to."""
-    return {
-        "init_info": {
-            "master_address": master_address,
-            "master_port": master_port,
-            "rank_offset": 1 + replica_index * tensor_parallel,
-            "world_size": 1 + replicas * tensor_parallel,
-            "packed": True,
-        }
-    }
+def nccl_engine(trainer: GRPOTrainer) -> Any:
+    """Rendezvous with the (single) rollout replica over NCCL; call on every trainer rank.
+
+    vLLM 0.32's trainer-side engine places the replica's workers right after the trainer's
+    sender rank, so one NCCL group serves one replica (`validate` refuses more).
+    """
+    from vllm.distributed.weight_transfer.clients import HTTPVLLMWeightSyncClient
+    from vllm.distributed.weight_transfer.nccl_engine import (
+        NCCLTrainerInitInfo,
+        NCCLTrainerWeightTransferEngine,
+    )
+
+    rollout = trainer.config.rollout
+    init_info = NCCLTrainerInitInfo(
+        master_address=str(rollout.nccl_master_address),
+        master_port=rollout.nccl_port,
+        world_size=1 + rollout.nccl_workers_per_replica,
+        rank=trainer.dist.rank,
+    )
+    return NCCLTrainerWeightTransferEngine.trainer_init(
+        init_info,
+        client=HTTPVLLMWeightSyncClient(rollout.server_urls[0], timeout=rollout.request_timeout_s),
+        source=DeepSpeedWeightSource(trainer.engine.module, trainer.config.deepspeed.zero_stage),
+    )
