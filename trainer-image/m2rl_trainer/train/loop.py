@@ -279,24 +279,28 @@ class GRPOTrainer:
         return rows
 
     def _micro_batch(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        """Right-padded tensors; `mask` marks response tokens (the positions predicted)."""
+        """Right-padded tensors. Only positions from the earliest response start on are scored, so
+        the model computes logits (vocabulary-wide, the costly part on large vocabularies) for
+        those alone (`logits_to_keep`); `mask` marks response tokens among them."""
         length = max(len(r["ids"]) for r in rows)
+        first = min(r["prompt_len"] for r in rows) - 1  # first position that predicts a response token
         pad = self.tokenizer.pad_token_id or 0
         ids = torch.full((len(rows), length), pad, dtype=torch.long)
         attention = torch.zeros((len(rows), length), dtype=torch.long)
-        mask = torch.zeros((len(rows), length - 1))
-        old = torch.zeros((len(rows), length - 1))
+        mask = torch.zeros((len(rows), length - 1 - first))
+        old = torch.zeros((len(rows), length - 1 - first))
         for i, r in enumerate(rows):
             n = len(r["ids"])
             ids[i, :n] = torch.tensor(r["ids"])
             attention[i, :n] = 1
-            # logits at position t predict token t+1: the response occupies targets prompt_len-1 .. n-2
-            start = r["prompt_len"] - 1
-            mask[i, start : n - 1] = 1.0
-            old[i, start : n - 1] = torch.tensor(r["old_logprobs"], dtype=torch.float32)
+            # logits at position t predict token t+1: the response is predicted at prompt_len-1 .. n-2
+            start = r["prompt_len"] - 1 - first
+            mask[i, start : n - 1 - first] = 1.0
+            old[i, start : n - 1 - first] = torch.tensor(r["old_logprobs"], dtype=torch.float32)
         return {
             "ids": ids.to(self.device),
             "attention": attention.to(self.device),
+            "targets": ids[:, first + 1 :].to(self.device),  # [B, length - 1 - first]
             "mask": mask.to(self.device),
             "old_logprobs": old.to(self.device),
             "advantages": torch.tensor([r["advantage"] for r in rows], device=self.device),
@@ -305,9 +309,10 @@ class GRPOTrainer:
     def _policy_logprobs(
         self, model: Any, batch: dict[str, torch.Tensor]
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = model(input_ids=batch["ids"], attention_mask=batch["attention"]).logits[:, :-1].float()
-        logits = logits / self.algo.temperature  # the distribution the completions were sampled from
-        return selective_log_softmax(logits, batch["ids"][:, 1:]), logits
+        keep = batch["targets"].shape[1] + 1  # positions first .. length-1; the last predicts nothing
+        logits = model(input_ids=batch["ids"], attention_mask=batch["attention"], logits_to_keep=keep).logits
+        logits = logits[:, :-1].float() / self.algo.temperature  # the distribution sampled from
+        return selective_log_softmax(logits, batch["targets"]), logits
 
     def _watch_lm_head_grad(self) -> torch.Tensor | None:
         """A buffer summing the output layer's gradient over micro-batches (ZeRO 0-2, where DeepSpeed
