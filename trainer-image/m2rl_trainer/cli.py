@@ -30,7 +30,11 @@ def train_main(argv: list[str] | None = None) -> int:
 
     from m2rl_trainer.train.loop import train
 
-    record = train(config)
+    try:
+        record = train(config)
+    except DatasetError as error:  # found once the tokenizer is loaded (e.g. prompts over the limit)
+        print(f"m2rl-train: {error}", file=sys.stderr)
+        return 2
     print(json.dumps({"final_step": record.get("step"), "accuracy": record.get("accuracy")}))
     return 0
 

@@ -155,3 +155,19 @@ def test_nonfinite_loss_skips_the_step_then_aborts(tmp_path: Path, max3_sft_mode
         for r in map(json.loads, (tmp_path / "out" / "metrics.jsonl").read_text().splitlines())
     ]
     assert skipped == [0, 1, 1, 2]  # step 5's record is not written: the run aborts on it
+
+
+def test_prompts_over_the_token_limit_are_left_out_or_refused(
+    tmp_path: Path, max3_sft_model: Path, max3_data
+) -> None:
+    # "Q: max 1 2 3= A:" is 15 tokens with the tiny tokenizer: a limit of 5 leaves nothing to train on.
+    config = write_config(
+        tmp_path / "c.yaml",
+        max3_sft_model,
+        max3_data[0],
+        tmp_path / "out",
+        algorithm={"max_prompt_tokens": 5},
+    )
+    result = _run([*TRAIN, "--config", str(config)])
+    assert result.returncode == 2
+    assert "every prompt is longer than algorithm.max_prompt_tokens (5)" in result.stderr

@@ -33,7 +33,7 @@ import torch
 import torch.distributed as dist
 
 from m2rl_trainer.config import TrainerConfig
-from m2rl_trainer.data.datasets import Prompt, load_domain, render_prompt
+from m2rl_trainer.data.datasets import DatasetError, Prompt, load_domain, render_prompt
 from m2rl_trainer.data.mixer import DomainMixer
 from m2rl_trainer.grpo import (
     group_advantages,
@@ -109,13 +109,14 @@ class GRPOTrainer:
         self.scorer = Scorer(
             ScorerConfig(verifiers={d.verifier: {} for d in config.data.domains}, warm_up=False)
         )
-        self.dist: DistInfo = init_distributed(self.on_gpu)
-        self.is_main = self.dist.is_main
-        _seed_everything(self.algo.seed)
-
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(config.model)
+        self.dist: DistInfo = init_distributed(self.on_gpu)
+        self.is_main = self.dist.is_main
+        self._drop_long_prompts()  # still before the model is loaded
+        _seed_everything(self.algo.seed)
+
         dtype = resolve_dtype(config.deepspeed, self.on_gpu)
         model = AutoModelForCausalLM.from_pretrained(config.model, dtype=dtype)
         self.ref_model = None
@@ -127,6 +128,8 @@ class GRPOTrainer:
         )
         self.engine = build_engine(model, ds, self.algo)
         self.device = self.engine.device
+        if self.ref_model is not None:
+            self.ref_model.to(self.device)
         self._lm_head_grad = self._watch_lm_head_grad()
 
         weights = {d.name: d.weight for d in config.data.domains}
@@ -142,6 +145,26 @@ class GRPOTrainer:
             self.metrics = MetricsSink(
                 self.out / config.metrics.jsonl, config.metrics.prometheus_port, config.run_name
             )
+
+    def _drop_long_prompts(self) -> None:
+        """Leave out prompts longer than `algorithm.max_prompt_tokens` (as verl's filter does), and
+        say how many; a domain left empty is an error naming it."""
+        limit = self.algo.max_prompt_tokens
+        for name, prompts in self.domains.items():
+            lengths = [
+                len(self.tokenizer(render_prompt(p, self.tokenizer, self.config.data.chat_template,
+                                                 self.config.data.system_prompt))["input_ids"])
+                for p in prompts
+            ]  # fmt: skip
+            kept = [p for p, n in zip(prompts, lengths, strict=True) if n <= limit]
+            if not kept:
+                raise DatasetError(
+                    f"data.domains[{name}]: every prompt is longer than algorithm.max_prompt_tokens ({limit})"
+                )
+            if len(kept) < len(prompts) and self.is_main:
+                print(f"[m2rl-train] domain {name}: {len(prompts) - len(kept)} of {len(prompts)} prompts "
+                      f"longer than {limit} tokens left out", flush=True)  # fmt: skip
+            self.domains[name] = kept
 
     # ---------------------------------------------------------------- rollout and rewards
     def _make_rollout(self) -> Any:
