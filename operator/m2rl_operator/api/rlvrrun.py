@@ -137,6 +137,12 @@ class RolloutSpec(PodOptions):
             field_path=".tensorParallelSize",
         ),
         Rule(
+            rule="self.weightSync != 'nccl' || self.replicas == 1",
+            message="weightSync nccl serves one replica (vLLM 0.32's trainer-side NCCL engine connects to "
+            "one server): use replicas 1 or weightSync filesystem",
+            field_path=".weightSync",
+        ),
+        Rule(
             rule="self.gpusPerReplica == 0 || self.gpusPerReplica % self.tensorParallelSize == 0",
             message="gpusPerReplica must be a multiple of tensorParallelSize: vLLM runs "
             "gpusPerReplica / tensorParallelSize data-parallel engines per replica",
@@ -154,10 +160,11 @@ class RolloutSpec(PodOptions):
     """gpusPerReplica is the number of GPUs per server. Default 1; 0 runs vLLM on CPU."""
     tensor_parallel_size: int = Field(1, ge=1, le=16)
     """tensorParallelSize shards the model over this many GPUs of a replica. Default 1."""
-    weight_sync: Literal["nccl", "filesystem"] = "nccl"
-    """weightSync is how new weights reach the servers after each step: nccl (broadcast from
-    trainer rank 0 over GPUs) or filesystem (safetensors on the checkpoint volume, then a reload;
-    slower, works without GPUs). Default nccl."""
+    weight_sync: Literal["nccl", "filesystem"] = "filesystem"
+    """weightSync is how new weights reach the servers after each step: filesystem (safetensors on
+    the checkpoint volume, then an in-place reload on every replica; works everywhere) or nccl
+    (broadcast from trainer rank 0 over GPUs; one replica only, as vLLM 0.32's trainer-side
+    engine connects to one server). Default filesystem."""
     gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0)
     """gpuMemoryUtilization is the fraction of GPU memory vLLM may use. Default 0.9."""
     extra_args: list[Annotated[str, StringConstraints(max_length=1024)]] | None = Field(None, max_length=64)

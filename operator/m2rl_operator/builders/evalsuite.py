@@ -1,0 +1,129 @@
+"""EvalSuite -> ConfigMap (eval.yaml) + one Indexed Job: pod i serves model i with vLLM and scores
+every benchmark with the training verifiers (`m2rl-eval`, the trainer image's evaluation entry)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from m2rl_operator import naming
+from m2rl_operator.api.evalsuite import EvalSuiteSpec
+from m2rl_operator.builders.common import (
+    Manifest,
+    claim_volumes,
+    config_volume,
+    dump,
+    local_path,
+    metadata,
+    pod_placement,
+    resources,
+    shm_volume,
+)
+from m2rl_operator.builders.references import Resolved, merge_key, run_key
+from m2rl_operator.settings import OperatorOptions
+
+KIND = "EvalSuite"
+
+
+def model_uris(spec: EvalSuiteSpec, resolved: Resolved) -> list[str]:
+    return [
+        m.model or resolved[run_key(m.run_ref) if m.run_ref else merge_key(m.merge_ref or "")]
+        for m in spec.models
+    ]
+
+
+def build_eval_config(spec: EvalSuiteSpec, *, resolved: Resolved, options: OperatorOptions) -> dict[str, Any]:
+    return {
+        "models": [
+            {"name": m.name, "path": local_path(uri, options), "chat_template": m.chat_template}
+            for m, uri in zip(spec.models, model_uris(spec, resolved), strict=True)
+        ],
+        "benchmarks": [
+            {
+                "name": b.name,
+                "dataset": local_path(b.dataset.uri, options),
+                "fields": {
+                    "prompt": b.dataset.fields.prompt,
+                    "reference": b.dataset.fields.answer,
+                    "id": b.dataset.fields.id,
+                },
+                "verifier": b.verifier.type,
+                "verifier_options": dict(b.verifier.options or {}),
+                "samples": b.samples,
+                "metrics": list(b.metrics),
+                "max_response_tokens": b.max_response_tokens or spec.sampling.max_response_tokens,
+            }
+            for b in spec.benchmarks
+        ],
+        "sampling": dump(spec.sampling),
+        "vllm": {
+            "tensor_parallel_size": spec.worker.tensor_parallel_size,
+            "gpu_memory_utilization": spec.worker.gpu_memory_utilization,
+            "extra_args": list(spec.worker.extra_args or []),
+        },
+    }
+
+
+def build_evalsuite(
+    spec: EvalSuiteSpec, *, name: str, namespace: str, resolved: Resolved, options: OperatorOptions
+) -> list[Manifest]:
+    config = build_eval_config(spec, resolved=resolved, options=options)
+    config_map = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": metadata(naming.config_map(name), namespace, KIND, name, naming.CONFIG),
+        "data": {naming.CONFIG_FILE[KIND]: yaml.safe_dump(config, sort_keys=False)},
+    }
+    w = spec.worker
+    uris = [*model_uris(spec, resolved), *(b.dataset.uri for b in spec.benchmarks)]
+    claim_vols, claim_mounts = claim_volumes(uris, [], options)
+    config_vol, config_mount = config_volume(naming.config_map(name), options)
+    shm_vol, shm_mount = shm_volume(options)
+    container: dict[str, Any] = {
+        "name": "eval",
+        "image": w.image or options.images.eval,
+        "command": ["m2rl-eval"],
+        "args": [
+            "--config",
+            f"{options.config_dir}/{naming.CONFIG_FILE[KIND]}",
+            "--model-index",
+            "$(JOB_COMPLETION_INDEX)",
+        ],
+        "env": [
+            {
+                "name": "JOB_COMPLETION_INDEX",
+                "valueFrom": {
+                    "fieldRef": {
+                        "fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+                    }
+                },
+            },
+            *(dump(e) for e in w.env or []),
+        ],
+        "volumeMounts": [config_mount, shm_mount, *claim_mounts],
+    }
+    if res := resources(w, w.gpus):
+        container["resources"] = res
+    job = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": metadata(naming.eval_job(name), namespace, KIND, name, naming.EVAL, spec.queue_name),
+        "spec": {
+            "completionMode": "Indexed",
+            "completions": len(spec.models),
+            "parallelism": min(w.parallelism, len(spec.models)),
+            "backoffLimitPerIndex": 1,
+            "maxFailedIndexes": len(spec.models),
+            "template": {
+                "metadata": {"labels": naming.labels(KIND, name, naming.EVAL, spec.queue_name)},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "containers": [container],
+                    "volumes": [config_vol, shm_vol, *claim_vols],
+                    **pod_placement(w, spec.priority_class_name),
+                },
+            },
+        },
+    }
+    return [config_map, job]

@@ -1,0 +1,127 @@
+"""The trainer's config file (schema owned by m2rl_trainer.config.TrainerConfig), as a plain dict.
+
+Only keys with a counterpart in the RLVRRun spec (or that the operator decides, such as paths,
+server URLs and ports) are written; the trainer's own defaults cover the rest. A test loads the
+rendered dict with `m2rl_trainer.config.load_config`, so the two schemas cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from m2rl_operator import naming
+from m2rl_operator.api.algorithm import resolve_algorithm
+from m2rl_operator.api.rlvrrun import RLVRRunSpec
+from m2rl_operator.builders.common import local_path
+from m2rl_operator.settings import OperatorOptions
+
+
+def run_output_uri(name: str, spec: RLVRRunSpec) -> str:
+    """The directory the run writes into: spec.checkpoint.uri, else pvc://<run>-checkpoints/<run>."""
+    if spec.checkpoint.uri:
+        return spec.checkpoint.uri.rstrip("/")
+    return f"pvc://{naming.checkpoints_claim(name)}/{name}"
+
+
+def checkpoint_uri(name: str, spec: RLVRRunSpec, step: int) -> str:
+    """URI of the Hugging Face model folder of the checkpoint after `step`."""
+    return f"{run_output_uri(name, spec)}/checkpoints/step-{step:06d}/model"
+
+
+def final_model_uri(name: str, spec: RLVRRunSpec) -> str:
+    """The trained model: the trainer always checkpoints after the last step (algorithm.steps)."""
+    return checkpoint_uri(name, spec, spec.algorithm.steps)
+
+
+def rollout_urls(name: str, namespace: str, spec: RLVRRunSpec, options: OperatorOptions) -> list[str]:
+    if spec.rollout.mode != "server":
+        return []
+    return [
+        f"http://{naming.rollout_host(name, namespace, i)}:{options.ports.rollout}"
+        for i in range(spec.rollout.replicas)
+    ]
+
+
+def build_trainer_config(
+    spec: RLVRRunSpec, *, name: str, namespace: str, options: OperatorOptions
+) -> dict[str, Any]:
+    """The dict written as trainer.yaml into the run's ConfigMap."""
+    out = local_path(run_output_uri(name, spec), options)
+    algo = resolve_algorithm(spec.algorithm)
+    a = spec.algorithm
+    server = spec.rollout.mode == "server"
+    weight_sync = spec.rollout.weight_sync if server else "filesystem"
+    rollout: dict[str, Any] = {
+        "mode": spec.rollout.mode,
+        "server_urls": rollout_urls(name, namespace, spec, options),
+        "served_model_name": name if server else None,
+        "weight_sync": weight_sync,
+        "weight_sync_dir": f"{out}/weights" if server and weight_sync == "filesystem" else None,
+        "nccl_master_address": naming.trainer_host(name, namespace) if weight_sync == "nccl" else None,
+        "nccl_port": options.ports.nccl_weight_sync,
+    }
+    return {
+        "model": local_path(spec.model.uri, options),
+        "output_dir": out,
+        "run_name": name,
+        "data": {
+            "domains": [
+                {
+                    "name": d.name,
+                    "dataset": local_path(d.dataset.uri, options),
+                    "verifier": d.verifier.type,
+                    "fields": {
+                        "prompt": d.dataset.fields.prompt,
+                        "reference": d.dataset.fields.answer,
+                        "id": d.dataset.fields.id,
+                    },
+                    "verifier_options": dict(d.verifier.options or {}),
+                    "weight": d.weight,
+                    "max_samples": d.max_samples,
+                }
+                for d in spec.domains
+            ],
+            "mixing": spec.mixing,
+            "chat_template": spec.model.chat_template,
+            "system_prompt": spec.model.system_prompt,
+        },
+        "algorithm": {
+            "name": a.type,
+            "group_size": a.group_size,
+            "prompts_per_step": a.prompts_per_step,
+            "learning_rate": a.learning_rate,
+            "lr_schedule": a.schedule.type,
+            "warmup_steps": a.schedule.warmup_steps,
+            "clip_low": algo.clip_low,
+            "clip_high": algo.clip_high,
+            "kl_coef": algo.kl_coef,
+            "kl_estimator": a.kl_estimator,
+            "entropy_coef": a.entropy_coef,
+            "loss_aggregation": algo.loss_aggregation,
+            "dynamic_sampling": algo.dynamic_sampling,
+            "overlong_buffer_tokens": algo.overlong_buffer_tokens,
+            "overlong_penalty": a.overlong_penalty,
+            "temperature": a.temperature,
+            "top_p": a.top_p,
+            "max_prompt_tokens": a.max_prompt_tokens,
+            "max_response_tokens": a.max_response_tokens,
+            "steps": a.steps,
+            "update_epochs": a.update_epochs,
+            "micro_batch_size": spec.trainer.micro_batch_size,
+            "max_grad_norm": a.max_grad_norm,
+            "seed": a.seed,
+        },
+        "deepspeed": {
+            "zero_stage": spec.trainer.deepspeed.zero_stage,
+            "offload_optimizer": spec.trainer.deepspeed.offload_optimizer,
+            "offload_params": spec.trainer.deepspeed.offload_params,
+            "dtype": spec.model.dtype,
+        },
+        "rollout": rollout,
+        "checkpoint": {
+            "dir": f"{out}/checkpoints",
+            "every_steps": spec.checkpoint.every_steps,
+            "keep": spec.checkpoint.keep,
+        },
+        "metrics": {"jsonl": "metrics.jsonl", "prometheus_port": options.ports.trainer_metrics},
+    }

@@ -1,0 +1,46 @@
+"""What the CRD schema cannot check but the operator must refuse: pure functions returning problems.
+
+Each problem names the field. The handler turns a non-empty list into a PermanentError (the
+resource gets phase Failed, reason InvalidSpec); `m2rl render` prints them and exits 1.
+"""
+
+from __future__ import annotations
+
+from m2rl_operator.api.algorithm import PRESETS
+from m2rl_operator.api.rlvrrun import RLVRRunSpec
+from m2rl_operator.api.uri import parse_uri
+
+
+def rlvrrun_problems(spec: RLVRRunSpec) -> list[str]:
+    """Spec values the trainer image (m2rl_trainer 0.1) cannot honour yet."""
+    problems: list[str] = []
+    for i, domain in enumerate(spec.domains):
+        if parse_uri(domain.dataset.uri).scheme == "hf":
+            problems.append(
+                f"spec.domains[{i}].dataset.uri: {domain.dataset.uri}: the trainer reads dataset files "
+                "(.jsonl, .json, .parquet) from a volume; copy the Hub dataset to a pvc:// path"
+            )
+        if domain.dataset.config is not None:
+            problems.append(f"spec.domains[{i}].dataset.config: Hub dataset configurations are not supported")
+    a = spec.algorithm
+    if a.weight_decay != 0.0:
+        problems.append("spec.algorithm.weightDecay: the trainer image does not support weight decay yet")
+    if a.schedule.min_ratio != 0.0:
+        problems.append("spec.algorithm.schedule.minRatio: the trainer image decays to 0 only")
+    preset_std = PRESETS[a.type].normalize_advantage_std
+    if a.normalize_advantage_std is not None and a.normalize_advantage_std != preset_std:
+        problems.append(
+            f"spec.algorithm.normalizeAdvantageStd: the trainer ties it to the algorithm type "
+            f"({a.type}: {str(preset_std).lower()}); choose the type instead"
+        )
+    if spec.model.dtype == "float16":
+        problems.append("spec.model.dtype: float16 is not supported by the trainer (use bfloat16 or float32)")
+    if spec.model.tokenizer is not None:
+        problems.append("spec.model.tokenizer: a separate tokenizer is not supported by the trainer yet")
+    if (
+        spec.rollout.mode == "server"
+        and spec.rollout.weight_sync == "nccl"
+        and spec.rollout.gpus_per_replica == 0
+    ):
+        problems.append("spec.rollout.weightSync: nccl needs GPUs; use filesystem with gpusPerReplica 0")
+    return problems

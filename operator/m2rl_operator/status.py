@@ -1,0 +1,247 @@
+"""Level-based status: phase and conditions computed from the children's observed state only.
+
+Pure functions: the same observations always give the same status (except timestamps, which are
+kept from the previous status while a condition does not change). The handlers observe, call these
+and patch the result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from m2rl_operator.api.rlvrrun import RLVRRunSpec
+
+Status = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Training progress read from the trainer's metrics endpoint."""
+
+    step: int
+    domains: dict[str, dict[str, float]] = field(default_factory=dict)  # name -> reward, accuracy
+
+
+@dataclass(frozen=True)
+class RunObservation:
+    """What the operator saw of an RLVRRun's children."""
+
+    job: Mapping[str, Any] | None  # the trainer Job, None when it does not exist (yet)
+    rollout_ready: int | None  # readyReplicas of the rollout StatefulSet; None in colocated mode
+    verifier_ready: int
+    progress: Progress | None = None
+
+
+def job_state(job: Mapping[str, Any] | None) -> str:
+    """Missing, Suspended, Succeeded, Failed, Running or Pending, from a Job's status."""
+    if job is None:
+        return "Missing"
+    status = job.get("status") or {}
+    conditions = {c.get("type"): c.get("status") for c in status.get("conditions") or []}
+    if conditions.get("Complete") == "True":
+        return "Succeeded"
+    if conditions.get("Failed") == "True":
+        return "Failed"
+    if (job.get("spec") or {}).get("suspend"):
+        return "Suspended"
+    if (status.get("active") or 0) > 0:
+        return "Running"
+    return "Pending"
+
+
+def condition(
+    old: Status, type_: str, ok: bool, reason: str, message: str, generation: int | None, now: str
+) -> dict[str, Any]:
+    """A metav1.Condition; lastTransitionTime moves only when the status flips."""
+    status = "True" if ok else "False"
+    previous = next((c for c in old.get("conditions") or [] if c.get("type") == type_), None)
+    since = previous["lastTransitionTime"] if previous and previous.get("status") == status else now
+    result = {
+        "type": type_,
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": since,
+    }
+    if generation is not None:
+        result["observedGeneration"] = generation
+    return result
+
+
+def latest_checkpoint_step(step: int, every_steps: int, total: int) -> int | None:
+    """The newest checkpoint the trainer has written after `step` completed steps (every K, and the last)."""
+    if step >= total:
+        return total
+    last = step - step % every_steps
+    return last if last > 0 else None
+
+
+def run_status(
+    spec: RLVRRunSpec,
+    observed: RunObservation,
+    *,
+    old: Status,
+    generation: int | None,
+    now: str,
+    restarts: int,
+    final_model: str,
+    checkpoint_uri: Any,
+) -> Status:
+    """The whole status of an RLVRRun. `checkpoint_uri(step)` gives a checkpoint's model URI."""
+    state = job_state(observed.job)
+    phase = {
+        "Missing": "Pending",
+        "Pending": "Pending",
+        "Running": "Running",
+        "Suspended": "Suspended",
+        "Succeeded": "Succeeded",
+        "Failed": "Failed",
+    }[state]
+    if spec.suspend and phase not in ("Succeeded", "Failed"):
+        phase = "Suspended"
+    rollout_needed = spec.rollout.mode == "server"
+    rollout_ok = not rollout_needed or (observed.rollout_ready or 0) >= spec.rollout.replicas
+    verifier_ok = observed.verifier_ready >= spec.verifier.replicas
+    total = spec.algorithm.steps
+    step = (
+        total if phase == "Succeeded" else (observed.progress.step if observed.progress else old.get("step"))
+    )
+    created, suspended = observed.job is not None, phase == "Suspended"
+    training, succeeded, failed = phase == "Running", phase == "Succeeded", phase == "Failed"
+    ready = observed.rollout_ready or 0
+    # (type, true?, reason, message) of each condition, in a fixed order.
+    rows: list[tuple[str, bool, str, str]] = [
+        (
+            "Created",
+            created,
+            "ChildrenCreated" if created else "Creating",
+            "trainer, rollout and verifier objects exist" if created else "creating children",
+        )
+    ]
+    if rollout_needed:
+        rows.append(
+            (
+                "RolloutReady",
+                rollout_ok,
+                "ReplicasReady" if rollout_ok else "ReplicasNotReady",
+                f"{ready}/{spec.rollout.replicas} vLLM servers ready",
+            )
+        )
+    rows += [
+        (
+            "VerifierReady",
+            verifier_ok,
+            "ReplicasReady" if verifier_ok else "ReplicasNotReady",
+            f"{observed.verifier_ready}/{spec.verifier.replicas} verifier pods ready",
+        ),
+        (
+            "Training",
+            training,
+            "TrainerRunning" if training else f"Trainer{state}",
+            f"step {step or 0}/{total}" if training else f"trainer Job is {state.lower()}",
+        ),
+        (
+            "Suspended",
+            suspended,
+            "SpecSuspend" if suspended else "NotSuspended",
+            "spec.suspend is true: pods stopped, checkpoints kept" if suspended else "",
+        ),
+        (
+            "Succeeded",
+            succeeded,
+            "TrainingComplete" if succeeded else "NotComplete",
+            f"trained {total} steps; final model {final_model}" if succeeded else "",
+        ),
+        (
+            "Failed",
+            failed,
+            "TrainerFailed" if failed else "NotFailed",
+            f"trainer Job failed after {restarts} restart(s) (maxRestarts {spec.max_restarts})"
+            if failed
+            else "",
+        ),
+    ]
+    c = [condition(old, type_, ok, reason, message, generation, now) for type_, ok, reason, message in rows]
+    status: Status = {
+        "phase": phase,
+        "conditions": c,
+        "observedGeneration": generation,
+        "totalSteps": total,
+        "restarts": restarts,
+        "startTime": old.get("startTime") or now,
+    }
+    if step is not None:
+        status["step"] = step
+        ckpt = latest_checkpoint_step(step, spec.checkpoint.every_steps, total)
+        if ckpt is not None:
+            status["latestCheckpoint"] = {"uri": checkpoint_uri(ckpt), "step": ckpt}
+    if observed.progress and observed.progress.domains:
+        status["domains"] = [{"name": n, **v} for n, v in sorted(observed.progress.domains.items())]
+    elif old.get("domains"):
+        status["domains"] = old["domains"]
+    if phase in ("Succeeded", "Failed"):
+        status["completionTime"] = old.get("completionTime") or now
+    if phase == "Succeeded":
+        status["finalModel"] = final_model
+    return status
+
+
+def dependency_conditions(
+    old: Status, waiting_for: list[str], failed: list[str], generation: int | None, now: str
+) -> list[dict[str, Any]]:
+    """The WaitingForDependencies condition of a MergeJob or EvalSuite."""
+    if failed:
+        return [condition(old, "WaitingForDependencies", False, "DependencyFailed",
+                          f"referenced {', '.join(failed)} failed", generation, now)]  # fmt: skip
+    waiting = bool(waiting_for)
+    message = f"waiting for {', '.join(waiting_for)} to succeed" if waiting else "all references succeeded"
+    return [condition(old, "WaitingForDependencies", waiting, "Waiting" if waiting else "DependenciesReady",
+                      message, generation, now)]  # fmt: skip
+
+
+def job_phase_status(
+    job: Mapping[str, Any] | None,
+    *,
+    old: Status,
+    generation: int | None,
+    now: str,
+    output: str | None,
+    what: str,
+) -> Status:
+    """Status of a MergeJob/EvalSuite whose dependencies are resolved, from its one Job."""
+    state = job_state(job)
+    phase = {"Missing": "Pending", "Pending": "Pending", "Suspended": "Pending"}.get(state, state)
+    done = phase in ("Succeeded", "Failed")
+    old_conditions = [c for c in old.get("conditions") or [] if c.get("type") == "WaitingForDependencies"]
+    status: Status = {
+        "phase": phase,
+        "observedGeneration": generation,
+        "startTime": old.get("startTime") or now,
+        "conditions": [
+            *old_conditions,
+            condition(
+                old,
+                "Succeeded",
+                phase == "Succeeded",
+                f"{what}Complete" if phase == "Succeeded" else "NotComplete",
+                f"output {output}" if phase == "Succeeded" and output else "",
+                generation,
+                now,
+            ),
+            condition(
+                old,
+                "Failed",
+                phase == "Failed",
+                f"{what}Failed" if phase == "Failed" else "NotFailed",
+                f"the {what.lower()} Job failed" if phase == "Failed" else "",
+                generation,
+                now,
+            ),
+        ],
+        "waitingFor": [],
+    }
+    if done:
+        status["completionTime"] = old.get("completionTime") or now
+    return status

@@ -1,0 +1,209 @@
+"""Level-based status (pure), progress parsing, naming, settings and the operator's metrics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import prometheus_client
+import pytest
+import yaml
+
+from m2rl_operator import metrics, naming
+from m2rl_operator.api.rlvrrun import RLVRRunSpec
+from m2rl_operator.progress import parse_progress
+from m2rl_operator.settings import Images, OperatorOptions
+from m2rl_operator.status import Progress, RunObservation, job_state, latest_checkpoint_step, run_status
+
+TINY = yaml.safe_load((Path(__file__).parent / "cases" / "tiny-cpu.yaml").read_text())
+NOW, LATER = "2026-11-22T03:00:00Z", "2026-11-22T03:05:00Z"
+
+
+def _status(job: dict[str, Any] | None, old: dict[str, Any] | None = None, **spec: Any) -> dict[str, Any]:
+    parsed = RLVRRunSpec.model_validate({**TINY["spec"], **spec})
+    return run_status(
+        parsed,
+        RunObservation(
+            job=job, rollout_ready=None, verifier_ready=1, progress=Progress(7, {"arith": {"reward": 0.5}})
+        ),
+        old=old or {},
+        generation=3,
+        now=NOW if old is None else LATER,
+        restarts=0,
+        final_model="pvc://c/final",
+        checkpoint_uri=lambda step: f"pvc://c/step-{step}",
+    )
+
+
+@pytest.mark.parametrize(
+    ("job", "state"),
+    [
+        (None, "Missing"),
+        ({"spec": {}, "status": {}}, "Pending"),
+        ({"spec": {"suspend": True}, "status": {}}, "Suspended"),
+        ({"spec": {}, "status": {"active": 2}}, "Running"),
+        ({"spec": {}, "status": {"conditions": [{"type": "Complete", "status": "True"}]}}, "Succeeded"),
+        ({"spec": {}, "status": {"conditions": [{"type": "Failed", "status": "True"}]}}, "Failed"),
+    ],
+    ids=["missing", "pending", "suspended", "running", "succeeded", "failed"],
+)
+def test_job_state(job: dict[str, Any] | None, state: str) -> None:
+    assert job_state(job) == state
+
+
+def test_running_status_is_the_whole_expected_object() -> None:
+    status = _status({"spec": {}, "status": {"active": 1}})
+    condition = {"lastTransitionTime": NOW, "observedGeneration": 3}
+    assert status == {
+        "phase": "Running",
+        "conditions": [
+            {
+                "type": "Created",
+                "status": "True",
+                "reason": "ChildrenCreated",
+                "message": "trainer, rollout and verifier objects exist",
+                **condition,
+            },
+            {
+                "type": "VerifierReady",
+                "status": "True",
+                "reason": "ReplicasReady",
+                "message": "1/1 verifier pods ready",
+                **condition,
+            },
+            {
+                "type": "Training",
+                "status": "True",
+                "reason": "TrainerRunning",
+                "message": "step 7/20",
+                **condition,
+            },
+            {"type": "Suspended", "status": "False", "reason": "NotSuspended", "message": "", **condition},
+            {"type": "Succeeded", "status": "False", "reason": "NotComplete", "message": "", **condition},
+            {"type": "Failed", "status": "False", "reason": "NotFailed", "message": "", **condition},
+        ],
+        "observedGeneration": 3,
+        "totalSteps": 20,
+        "restarts": 0,
+        "startTime": NOW,
+        "step": 7,
+        "domains": [{"name": "arith", "reward": 0.5}],
+    }
+
+
+def test_transition_times_move_only_when_a_condition_flips() -> None:
+    running = _status({"spec": {}, "status": {"active": 1}})
+    done = _status(
+        {"spec": {}, "status": {"conditions": [{"type": "Complete", "status": "True"}]}}, old=running
+    )
+    times = {c["type"]: c["lastTransitionTime"] for c in done["conditions"]}
+    assert times == {
+        "Created": NOW,
+        "VerifierReady": NOW,
+        "Training": LATER,
+        "Suspended": NOW,
+        "Succeeded": LATER,
+        "Failed": NOW,
+    }
+    assert (done["phase"], done["step"], done["finalModel"], done["completionTime"], done["startTime"]) == (
+        "Succeeded",
+        20,
+        "pvc://c/final",
+        LATER,
+        NOW,
+    )
+    assert done["latestCheckpoint"] == {"uri": "pvc://c/step-20", "step": 20}
+
+
+def test_suspended_spec_wins_over_a_pending_job() -> None:
+    status = _status({"spec": {"suspend": True}, "status": {}}, suspend=True)
+    assert status["phase"] == "Suspended"
+    assert next(c for c in status["conditions"] if c["type"] == "Suspended")["status"] == "True"
+
+
+@pytest.mark.parametrize(
+    ("step", "every", "total", "expected"),
+    [
+        (0, 10, 20, None),
+        (9, 10, 20, None),
+        (10, 10, 20, 10),
+        (19, 10, 20, 10),
+        (20, 10, 20, 20),
+        (25, 50, 25, 25),
+    ],
+)
+def test_latest_checkpoint_step(step: int, every: int, total: int, expected: int | None) -> None:
+    assert latest_checkpoint_step(step, every, total) == expected
+
+
+def test_progress_from_the_trainers_metric_names() -> None:
+    registry = prometheus_client.CollectorRegistry()
+    step = prometheus_client.Gauge("m2rl_train_step", "", ("run",), registry=registry)
+    reward = prometheus_client.Gauge("m2rl_train_domain_reward", "", ("run", "domain"), registry=registry)
+    accuracy = prometheus_client.Gauge("m2rl_train_domain_accuracy", "", ("run", "domain"), registry=registry)
+    step.labels("a").set(42)
+    step.labels("other").set(7)
+    reward.labels("a", "math").set(0.75)
+    accuracy.labels("a", "math").set(0.5)
+    reward.labels("a", "code").set(0.25)
+    text = prometheus_client.generate_latest(registry).decode()
+    assert parse_progress(text, "a") == Progress(
+        42, {"math": {"reward": 0.75, "accuracy": 0.5}, "code": {"reward": 0.25}}
+    )
+    assert parse_progress(text, "missing") is None
+
+
+def test_child_names_and_labels() -> None:
+    assert [
+        naming.trainer("r"),
+        naming.rollout("r"),
+        naming.verifier("r"),
+        naming.checkpoints_claim("r"),
+    ] == [
+        "r-trainer",
+        "r-rollout",
+        "r-verifier",
+        "r-checkpoints",
+    ]
+    assert naming.trainer_host("r", "ns", 1) == "r-trainer-1.r-trainer.ns.svc"
+    assert naming.labels("RLVRRun", "r", "trainer", "q") == {
+        "app.kubernetes.io/name": "m2rl",
+        "app.kubernetes.io/instance": "r",
+        "app.kubernetes.io/component": "trainer",
+        "app.kubernetes.io/part-of": "m2rl",
+        "app.kubernetes.io/managed-by": "m2rl-operator",
+        "m2rl.io/rlvrrun": "r",
+        "kueue.x-k8s.io/queue-name": "q",
+    }
+    # The longest allowed owner name (40) keeps every child name within a DNS label (63).
+    longest = "x" * 40
+    assert max(len(n) for n in (naming.checkpoints_claim(longest), f"{naming.rollout(longest)}-1023")) <= 63
+
+
+def test_options_from_the_charts_environment() -> None:
+    env = {"M2RL_IMAGE_TRAINER": "t:1", "M2RL_IMAGE_EVAL": "e:1", "M2RL_METRICS_PORT": "9090"}
+    options = OperatorOptions.from_env(env)
+    assert options.images == Images(trainer="t:1", eval="e:1")
+    assert (options.metrics_port, options.status_interval_s) == (9090, 30.0)
+    assert OperatorOptions.from_env({}).metrics_port is None
+
+
+def test_reconcile_metrics_count_time_and_phase() -> None:
+    def value(name: str, labels: dict[str, str]) -> float:
+        return metrics.REGISTRY.get_sample_value(name, labels) or 0.0
+
+    before = value("m2rl_operator_reconciles_total", {"kind": "Test", "result": "ok"})
+    with metrics.reconcile("Test"):
+        pass
+    with pytest.raises(ValueError), metrics.reconcile("Test"):
+        raise ValueError("boom")
+    assert value("m2rl_operator_reconciles_total", {"kind": "Test", "result": "ok"}) == before + 1
+    assert value("m2rl_operator_reconcile_errors_total", {"kind": "Test", "error": "ValueError"}) >= 1
+    assert value("m2rl_operator_reconcile_duration_seconds_count", {"kind": "Test"}) >= 2
+    metrics.set_phase("Test", "ns", "a", "Running")
+    metrics.set_phase("Test", "ns", "b", "Running")
+    metrics.set_phase("Test", "ns", "b", "Succeeded")
+    assert value("m2rl_operator_resources", {"kind": "Test", "phase": "Running"}) == 1
+    assert value("m2rl_operator_resources", {"kind": "Test", "phase": "Succeeded"}) == 1
+    metrics.set_phase("Test", "ns", "a", None)
+    assert value("m2rl_operator_resources", {"kind": "Test", "phase": "Running"}) == 0
