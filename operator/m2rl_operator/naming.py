@@ -65,6 +65,11 @@ def verifier(owner: str) -> str:
     return f"{owner}-verifier"
 
 
+def verifier_url(owner: str, namespace: str, port: int) -> str:
+    """The verifier Service as the trainer reaches it."""
+    return f"http://{verifier(owner)}.{namespace}.svc:{port}"
+
+
 def checkpoints_claim(run: str) -> str:
     """The PVC the operator creates when spec.checkpoint.uri is unset."""
     return f"{run}-checkpoints"

@@ -129,6 +129,12 @@ class RolloutConfig:
 
 
 @dataclass
+class RewardsConfig:
+    service_url: str | None = None  # the sandboxed verifier service (pods); None: score in-process
+    request_timeout_s: float = 600.0  # per batch; a step's batch waits for its slowest code test
+
+
+@dataclass
 class CheckpointConfig:
     dir: str = "checkpoints"
     every_steps: int = 50  # 0: only at the end
@@ -157,6 +163,7 @@ class TrainerConfig:
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    rewards: RewardsConfig = field(default_factory=RewardsConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     faults: FaultConfig = field(default_factory=FaultConfig)

@@ -118,6 +118,8 @@ def build_trainer_config(
             "dtype": spec.model.dtype,
         },
         "rollout": rollout,
+        # Model-written code runs in the run's sandboxed verifier Deployment, not in the trainer pod.
+        "rewards": {"service_url": naming.verifier_url(name, namespace, options.ports.verifier)},
         "checkpoint": {
             "dir": f"{out}/checkpoints",
             "every_steps": spec.checkpoint.every_steps,

@@ -186,6 +186,7 @@ def test_trainer_config_of_the_tiny_cpu_run() -> None:
             "nccl_master_address": None,
             "nccl_port": 29600,
         },
+        "rewards": {"service_url": "http://tiny-verifier.research.svc:8080"},
         "checkpoint": {"dir": "/mnt/pvc/checkpoints/runs/tiny/checkpoints", "every_steps": 10, "keep": 0},
         "metrics": {"jsonl": "metrics.jsonl", "prometheus_port": 9400},
     }

@@ -43,6 +43,7 @@ from m2rl_trainer.grpo import (
     token_entropy_from_logits,
     zero_variance_groups,
 )
+from m2rl_trainer.rewards.client import HttpScorer
 from m2rl_trainer.rewards.scorer import Scorer, ScorerConfig
 from m2rl_trainer.rewards.types import Sample
 from m2rl_trainer.rollout.base import Completion, SamplingParams
@@ -106,9 +107,7 @@ class GRPOTrainer:
         self.checkpoint_root = checkpoints if checkpoints.is_absolute() else self.out / checkpoints
         # 1. Everything that can be wrong with the input fails here, before any GPU work.
         self.domains = {d.name: load_domain(d) for d in config.data.domains}
-        self.scorer = Scorer(
-            ScorerConfig(verifiers={d.verifier: {} for d in config.data.domains}, warm_up=False)
-        )
+        self.scorer: Any = self._make_scorer()
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(config.model)
@@ -145,6 +144,16 @@ class GRPOTrainer:
             self.metrics = MetricsSink(
                 self.out / config.metrics.jsonl, config.metrics.prometheus_port, config.run_name
             )
+
+    def _make_scorer(self) -> Any:
+        """The verifier service when one is configured (cluster pods: model-written code runs in the
+        sandboxed Deployment, not beside the trainer), else the same library in-process."""
+        rewards = self.config.rewards
+        if rewards.service_url:
+            return HttpScorer(rewards.service_url, timeout_s=rewards.request_timeout_s)
+        return Scorer(
+            ScorerConfig(verifiers={d.verifier: {} for d in self.config.data.domains}, warm_up=False)
+        )
 
     def _drop_long_prompts(self) -> None:
         """Leave out prompts longer than `algorithm.max_prompt_tokens` (as verl's filter does), and
