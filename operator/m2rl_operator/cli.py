@@ -25,10 +25,8 @@ class Command:
     run: Callable[[argparse.Namespace], int]
 
 
-# ---- m2rl validate ---------------------------------------------------------------------------------
-
-
-def _configure_validate(parser: argparse.ArgumentParser) -> None:
+def _add_filename_argument(parser: argparse.ArgumentParser, more_help: str = "") -> None:
+    """`-f/--filename FILE_OR_DIR`, repeatable, as kubectl spells it."""
     parser.add_argument(
         "-f",
         "--filename",
@@ -37,8 +35,15 @@ def _configure_validate(parser: argparse.ArgumentParser) -> None:
         type=Path,
         required=True,
         metavar="FILE_OR_DIR",
-        help="a YAML file, or a directory searched recursively for *.yaml/*.yml (repeatable)",
+        help="a YAML file, or a directory searched recursively for *.yaml/*.yml (repeatable)" + more_help,
     )
+
+
+# ---- m2rl validate ---------------------------------------------------------------------------------
+
+
+def _configure_validate(parser: argparse.ArgumentParser) -> None:
+    _add_filename_argument(parser)
     parser.add_argument(
         "--old",
         type=Path,
@@ -145,17 +150,7 @@ def _run_crds(args: argparse.Namespace) -> int:
 
 
 def _configure_render(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "-f",
-        "--filename",
-        dest="paths",
-        action="append",
-        type=Path,
-        required=True,
-        metavar="FILE_OR_DIR",
-        help="a YAML file, or a directory searched recursively for *.yaml/*.yml (repeatable); "
-        "references resolve against the resources of all of them",
-    )
+    _add_filename_argument(parser, "; references resolve against the resources of all of them")
     parser.add_argument(
         "-n",
         "--namespace",

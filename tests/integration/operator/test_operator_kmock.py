@@ -20,12 +20,12 @@ from kubernetes_asyncio import client
 
 from m2rl_operator.settings import OperatorOptions
 from m2rl_trainer.utils.processes import free_port
-from tests.integration.operator.kopf_thread import operator_thread
 from tests.support.kopf_kmock import (
     CORE_RESOURCES,
     M2RL_RESOURCES,
     declare_resources,
     eventually,
+    running_operator,
 )
 
 HANDLERS = ["m2rl_operator.handlers"]
@@ -131,7 +131,7 @@ async def test_run_lifecycle_children_status_progress_and_success(
     kmock: Any, api: Any, trainer_metrics: Any
 ) -> None:
     url, step, reward, accuracy = trainer_metrics
-    async with operator_thread(kmock, HANDLERS, memo(url)):
+    async with running_operator(kmock, HANDLERS, memo(url)):
         await create(api, "rlvrruns", tiny_run())
         for plural, name in RUN_CHILDREN:
             child = await eventually(lambda p=plural, n=name: kmock.objects[p, NS, n])
@@ -197,7 +197,7 @@ async def test_run_lifecycle_children_status_progress_and_success(
 
 
 async def test_suspend_and_resume(kmock: Any, api: Any) -> None:
-    async with operator_thread(kmock, HANDLERS, memo()):
+    async with running_operator(kmock, HANDLERS, memo()):
         await create(api, "rlvrruns", tiny_run())
         await eventually(lambda: kmock.objects["batch/v1/jobs", NS, "tiny-trainer"])
         await patch_custom(
@@ -227,7 +227,7 @@ async def test_suspend_and_resume(kmock: Any, api: Any) -> None:
 
 
 async def test_trainer_failure_is_retried_then_fails(kmock: Any, api: Any) -> None:
-    async with operator_thread(kmock, HANDLERS, memo()):
+    async with running_operator(kmock, HANDLERS, memo()):
         await create(api, "rlvrruns", tiny_run(maxRestarts=1))
         await eventually(lambda: kmock.objects["batch/v1/jobs", NS, "tiny-trainer"])
         await set_job_status(api, "tiny-trainer", FAILED)
@@ -261,7 +261,7 @@ async def test_trainer_failure_is_retried_then_fails(kmock: Any, api: Any) -> No
 async def test_invalid_spec_fails_permanently_without_children(kmock: Any, api: Any) -> None:
     run = tiny_run()
     run["spec"]["domains"][0]["dataset"]["uri"] = "hf://org/data"
-    async with operator_thread(kmock, HANDLERS, memo()):
+    async with running_operator(kmock, HANDLERS, memo()):
         await create(api, "rlvrruns", run)
         status = await eventually(
             lambda: (
@@ -274,13 +274,13 @@ async def test_invalid_spec_fails_permanently_without_children(kmock: Any, api: 
 
 
 async def test_operator_restart_mid_reconcile_creates_no_duplicates(kmock: Any, api: Any) -> None:
-    async with operator_thread(kmock, HANDLERS, memo()):
+    async with running_operator(kmock, HANDLERS, memo()):
         await create(api, "rlvrruns", tiny_run())
         await eventually(lambda: kmock.objects["batch/v1/jobs", NS, "tiny-trainer"])
     # As if the operator died after creating only part of the children:
     await client.BatchV1Api(api).delete_namespaced_job("tiny-trainer", NS)
     await client.CoreV1Api(api).delete_namespaced_service("tiny-trainer", NS)
-    async with operator_thread(kmock, HANDLERS, memo()):
+    async with running_operator(kmock, HANDLERS, memo()):
         await eventually(lambda: kmock.objects["batch/v1/jobs", NS, "tiny-trainer"])
     owned = [
         (obj["kind"], key[2])
@@ -327,7 +327,7 @@ EVAL = {
 
 
 async def test_merge_and_eval_wait_for_dependencies(kmock: Any, api: Any) -> None:
-    async with operator_thread(kmock, HANDLERS, memo()):
+    async with running_operator(kmock, HANDLERS, memo()):
         await create(api, "mergejobs", copy.deepcopy(MERGE))
         await create(api, "evalsuites", copy.deepcopy(EVAL))
         status = await eventually(
@@ -387,7 +387,7 @@ async def test_merge_and_eval_wait_for_dependencies(kmock: Any, api: Any) -> Non
 
 
 async def test_failed_dependency_fails_the_merge(kmock: Any, api: Any) -> None:
-    async with operator_thread(kmock, HANDLERS, memo()):
+    async with running_operator(kmock, HANDLERS, memo()):
         await create(api, "rlvrruns", tiny_run(maxRestarts=0))
         await eventually(lambda: kmock.objects["batch/v1/jobs", NS, "tiny-trainer"])
         await set_job_status(api, "tiny-trainer", FAILED)
@@ -408,7 +408,7 @@ async def test_injected_500_and_409_answers_are_retried(kmock: Any, api: Any) ->
     # retries with backoff and still converges to exactly one trainer Job and a status.
     kmock["post /apis/batch/v1/namespaces/default/jobs"][:2] << 500
     kmock["patch /apis/m2rl.io/v1alpha1/namespaces/default/rlvrruns/tiny/status"][:1] << 409
-    async with operator_thread(kmock, HANDLERS, memo()):
+    async with running_operator(kmock, HANDLERS, memo()):
         await create(api, "rlvrruns", tiny_run())
         job = await eventually(lambda: kmock.objects["batch/v1/jobs", NS, "tiny-trainer"])
         assert job["metadata"]["annotations"] == {"m2rl.io/attempt": "0"}
@@ -425,7 +425,7 @@ async def test_injected_500_and_409_answers_are_retried(kmock: Any, api: Any) ->
 
 
 async def test_finished_run_is_deleted_after_its_ttl(kmock: Any, api: Any) -> None:
-    async with operator_thread(kmock, HANDLERS, memo()):
+    async with running_operator(kmock, HANDLERS, memo()):
         await create(api, "rlvrruns", tiny_run(ttlSecondsAfterFinished=0))
         await eventually(lambda: kmock.objects["batch/v1/jobs", NS, "tiny-trainer"])
         await set_job_status(api, "tiny-trainer", COMPLETE)
