@@ -33,8 +33,12 @@ from kmock import KubernetesEmulator, Server  # noqa: E402
 from kubernetes_asyncio import client  # noqa: E402
 
 from m2rl_operator.settings import OperatorOptions  # noqa: E402
-from tests.integration.operator.kopf_thread import operator_thread  # noqa: E402
-from tests.support.kopf_kmock import CORE_RESOURCES, M2RL_RESOURCES, declare_resources  # noqa: E402
+from tests.support.kopf_kmock import (  # noqa: E402
+    CORE_RESOURCES,
+    M2RL_RESOURCES,
+    declare_resources,
+    running_operator,
+)
 
 TINY = yaml.safe_load((ROOT / "tests" / "unit" / "operator" / "cases" / "tiny-cpu.yaml").read_text())
 
@@ -63,7 +67,7 @@ async def bench(runs: int, concurrency: int, timeout_s: float) -> dict[str, Any]
             "trainer_metrics_url": lambda ns, n: "http://127.0.0.1:9/",
         }
         async with (
-            operator_thread(kmock, ["m2rl_operator.handlers"], memo),
+            running_operator(kmock, ["m2rl_operator.handlers"], memo),
             client.ApiClient(client.Configuration(host=str(kmock.url).rstrip("/"))) as api,
         ):
             custom = client.CustomObjectsApi(api)
