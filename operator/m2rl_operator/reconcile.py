@@ -309,13 +309,20 @@ async def ensure_dependent(ctx: Context, kind: str, body: dict[str, Any]) -> Non
     created = await apply_children(ctx.kube, body, children)
     if created:
         kopf.info(as_body(body), reason="Created", message=f"created {', '.join(created)}")
-    conditions = dependency_conditions(old, [], [], generation, now_iso())
-    await ctx.kube.patch_status(kind, namespace, name, {"conditions": conditions, "waitingFor": []})
     await refresh_dependent(ctx, kind, namespace, name)
 
 
 async def refresh_dependent(ctx: Context, kind: str, namespace: str, name: str) -> None:
-    """Status of a MergeJob/EvalSuite from its Job (nothing to do while it waits)."""
+    """Status of a MergeJob/EvalSuite from its Job (nothing to do while it waits).
+
+    Serialized per object: a Job event and the create handler both land here, and a status computed
+    from a stale read must not overwrite a newer one.
+    """
+    async with ctx.lock(kind, namespace, name):
+        await _refresh_dependent(ctx, kind, namespace, name)
+
+
+async def _refresh_dependent(ctx: Context, kind: str, namespace: str, name: str) -> None:
     obj = await ctx.kube.get_custom(kind, namespace, name)
     if obj is None:
         metrics.set_phase(kind, namespace, name, None)

@@ -210,17 +210,20 @@ def job_phase_status(
     output: str | None,
     what: str,
 ) -> Status:
-    """Status of a MergeJob/EvalSuite whose dependencies are resolved, from its one Job."""
+    """Status of a MergeJob/EvalSuite whose dependencies are resolved, from its one Job.
+
+    The Job is created only once every reference resolved, so WaitingForDependencies is derived
+    here (False, DependenciesReady) rather than carried over from an older status.
+    """
     state = job_state(job)
     phase = {"Missing": "Pending", "Pending": "Pending", "Suspended": "Pending"}.get(state, state)
     done = phase in ("Succeeded", "Failed")
-    old_conditions = [c for c in old.get("conditions") or [] if c.get("type") == "WaitingForDependencies"]
     status: Status = {
         "phase": phase,
         "observedGeneration": generation,
         "startTime": old.get("startTime") or now,
         "conditions": [
-            *old_conditions,
+            *dependency_conditions(old, [], [], generation, now),
             condition(
                 old,
                 "Succeeded",

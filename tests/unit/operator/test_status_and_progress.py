@@ -13,7 +13,14 @@ from m2rl_operator import metrics, naming
 from m2rl_operator.api.rlvrrun import RLVRRunSpec
 from m2rl_operator.progress import parse_progress
 from m2rl_operator.settings import Images, OperatorOptions
-from m2rl_operator.status import Progress, RunObservation, job_state, latest_checkpoint_step, run_status
+from m2rl_operator.status import (
+    Progress,
+    RunObservation,
+    job_phase_status,
+    job_state,
+    latest_checkpoint_step,
+    run_status,
+)
 
 TINY = yaml.safe_load((Path(__file__).parent / "cases" / "tiny-cpu.yaml").read_text())
 NOW, LATER = "2026-11-22T03:00:00Z", "2026-11-22T03:05:00Z"
@@ -119,6 +126,33 @@ def test_suspended_spec_wins_over_a_pending_job() -> None:
     status = _status({"spec": {"suspend": True}, "status": {}}, suspend=True)
     assert status["phase"] == "Suspended"
     assert next(c for c in status["conditions"] if c["type"] == "Suspended")["status"] == "True"
+
+
+def test_a_dependents_job_status_derives_dependencies_ready_from_a_stale_waiting_status() -> None:
+    # The Job exists only once every reference resolved: an older status saying Waiting (read before
+    # the Job was created) must not survive into the Job's status (a race CI once hit).
+    stale = {
+        "phase": "Waiting",
+        "startTime": NOW,
+        "conditions": [
+            {
+                "type": "WaitingForDependencies",
+                "status": "True",
+                "reason": "Waiting",
+                "message": "w",
+                "lastTransitionTime": NOW,
+                "observedGeneration": 1,
+            }
+        ],
+    }
+    complete = {"status": {"conditions": [{"type": "Complete", "status": "True"}]}}
+    status = job_phase_status(complete, old=stale, generation=1, now=LATER, output="pvc://c/m", what="Merge")
+    assert status["phase"] == "Succeeded"
+    assert {c["type"]: (c["status"], c["reason"], c["lastTransitionTime"]) for c in status["conditions"]} == {
+        "WaitingForDependencies": ("False", "DependenciesReady", LATER),
+        "Succeeded": ("True", "MergeComplete", LATER),
+        "Failed": ("False", "NotFailed", LATER),
+    }
 
 
 @pytest.mark.parametrize(
