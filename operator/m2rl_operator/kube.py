@@ -8,6 +8,7 @@ outside a cluster); tests pass the emulator's URL (`memo.kube_server`).
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -119,6 +120,16 @@ class Kube:
             if error.status != 404:
                 raise
 
+    async def job_results(self, namespace: str, job_name: str) -> list[dict[str, Any]]:
+        """The JSON results of a Job's succeeded pods (their termination messages; see
+        m2rl_trainer.utils.results), in completion-index order. Pods without one are left out."""
+        pods = await with_retries(
+            lambda: client.CoreV1Api(self.api).list_namespaced_pod(
+                namespace, label_selector=f"job-name={job_name}"
+            )
+        )
+        return results_of_pods(self._plain(pods).get("items") or [], job_name)
+
     async def get_custom(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         try:
             obj = await with_retries(
@@ -155,6 +166,30 @@ class Kube:
                 _content_type=MERGE_PATCH,
             )
         )
+
+
+def results_of_pods(pods: list[dict[str, Any]], job_name: str) -> list[dict[str, Any]]:
+    """Parse the termination messages of the Job's succeeded pods; one result per completion index
+    (the latest pod wins when an index ran twice). A message that is not a JSON object is skipped."""
+    by_index: dict[int, tuple[str, dict[str, Any]]] = {}
+    for pod in pods:
+        meta = pod.get("metadata") or {}
+        if (meta.get("labels") or {}).get("job-name") != job_name:
+            continue  # the label selector already did this on a real API server
+        if (pod.get("status") or {}).get("phase") != "Succeeded":
+            continue
+        index = int((meta.get("annotations") or {}).get("batch.kubernetes.io/job-completion-index", 0))
+        for container in (pod.get("status") or {}).get("containerStatuses") or []:
+            message = ((container.get("state") or {}).get("terminated") or {}).get("message")
+            try:
+                result = json.loads(message) if message else None
+            except ValueError:
+                result = None
+            if isinstance(result, dict):
+                created = str(meta.get("creationTimestamp") or "")
+                if index not in by_index or by_index[index][0] <= created:
+                    by_index[index] = (created, result)
+    return [by_index[i][1] for i in sorted(by_index)]
 
 
 class _Final(ApiException):

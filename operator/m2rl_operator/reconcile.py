@@ -34,8 +34,10 @@ from m2rl_operator.status import (
     RunObservation,
     condition,
     dependency_conditions,
+    eval_results_table,
     job_phase_status,
     job_state,
+    merge_analysis,
     run_status,
 )
 
@@ -337,10 +339,23 @@ async def _refresh_dependent(ctx: Context, kind: str, namespace: str, name: str)
     status = job_phase_status(
         job, old=old, generation=obj["metadata"].get("generation"), now=now_iso(), output=output, what=what
     )
+    results = await ctx.kube.job_results(namespace, job_name)
     if kind == "MergeJob" and status["phase"] == "Succeeded":
         status["outputModel"] = output
+        if (analysis := merge_analysis(results, output or "")) is not None:
+            status["analysis"] = analysis
     if kind == "EvalSuite":
         spec = obj["spec"]
-        status["cellsTotal"] = len(spec["models"]) * len(spec["benchmarks"])
+        table = eval_results_table(
+            [m["name"] for m in spec["models"]],
+            [b["name"] for b in spec["benchmarks"]],
+            results,
+            job_phase=status["phase"],
+            old=old,
+            now=now_iso(),
+        )
+        status["results"] = table
+        status["cellsTotal"] = len(table)
+        status["cellsSucceeded"] = sum(c["phase"] == "Succeeded" for c in table)
     await _publish(ctx, kind, obj, old, status)
     await expire(ctx, kind, obj, status)

@@ -248,3 +248,49 @@ def job_phase_status(
     if done:
         status["completionTime"] = old.get("completionTime") or now
     return status
+
+
+def merge_analysis(results: list[Status], output_uri: str) -> Status | None:
+    """status.analysis of a MergeJob from its pod's result ({"analysis": {..., "reportFile": name}})."""
+    analysis = next((r["analysis"] for r in results if isinstance(r.get("analysis"), dict)), None)
+    if analysis is None:
+        return None
+    summary = {k: v for k, v in analysis.items() if k != "reportFile"}
+    if report := analysis.get("reportFile"):
+        summary["reportUri"] = f"{output_uri.rstrip('/')}/{report}"
+    return summary
+
+
+def eval_results_table(
+    models: list[str], benchmarks: list[str], results: list[Status], *, job_phase: str, old: Status, now: str
+) -> list[Status]:
+    """The models x benchmarks table of an EvalSuite, from its pods' results.
+
+    Each pod reports one model: {"model": name, "results": [{"benchmark", "metrics", "prompts"}]}.
+    A cell without a result is Pending or Running with the Job, and Failed once the Job failed or
+    finished without it.
+    """
+    reported = {
+        (r.get("model"), cell.get("benchmark")): cell for r in results for cell in r.get("results") or []
+    }
+    old_cells = {(c.get("model"), c.get("benchmark")): c for c in old.get("results") or []}
+    unreported = {"Pending": "Pending", "Running": "Running"}.get(job_phase, "Failed")
+    table = []
+    for model in models:
+        for benchmark in benchmarks:
+            cell = reported.get((model, benchmark))
+            if cell is None:
+                table.append({"model": model, "benchmark": benchmark, "phase": unreported})
+                continue
+            previous = old_cells.get((model, benchmark)) or {}
+            table.append(
+                {
+                    "model": model,
+                    "benchmark": benchmark,
+                    "phase": "Succeeded",
+                    "metrics": dict(cell.get("metrics") or {}),
+                    "prompts": int(cell.get("prompts") or 0),
+                    "completionTime": previous.get("completionTime") or now,
+                }
+            )
+    return table

@@ -9,6 +9,7 @@ in tests/unit/operator.
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -105,6 +106,39 @@ async def patch_custom(api: client.ApiClient, plural: str, name: str, patch: dic
 
 async def set_job_status(api: client.ApiClient, name: str, status: dict[str, Any]) -> None:
     await client.BatchV1Api(api).patch_namespaced_job_status(name, NS, {"status": status})
+
+
+async def create_finished_pod(api: client.ApiClient, job: str, index: int, result: dict[str, Any]) -> None:
+    """A succeeded pod of `job` whose container left `result` as its termination message (as the
+    kubelet reports it)."""
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": f"{job}-{index}-x",
+            "namespace": NS,
+            "labels": {"job-name": job},
+            "annotations": {"batch.kubernetes.io/job-completion-index": str(index)},
+            "creationTimestamp": "2026-11-22T03:00:00Z",
+        },
+        "spec": {"containers": [{"name": "main", "image": "m2rl"}]},
+    }
+    await client.CoreV1Api(api).create_namespaced_pod(NS, pod)
+    terminated = {"exitCode": 0, "reason": "Completed", "message": json.dumps(result)}
+    status = {
+        "phase": "Succeeded",
+        "containerStatuses": [
+            {
+                "name": "main",
+                "image": "m2rl",
+                "imageID": "m2rl@sha256:0",
+                "ready": False,
+                "restartCount": 0,
+                "state": {"terminated": terminated},
+            }
+        ],
+    }
+    await client.CoreV1Api(api).patch_namespaced_pod_status(f"{job}-{index}-x", NS, {"status": status})
 
 
 def exists(kmock: Any, resource: str, name: str) -> bool:
@@ -362,6 +396,14 @@ async def test_merge_and_eval_wait_for_dependencies(kmock: Any, api: Any) -> Non
             "dtype": "bfloat16",
         }
         assert not exists(kmock, "batch/v1/jobs", "ev-eval")
+        analysis = {
+            "taskVectorNorms": {"tiny": 1.5, "other": 0.5},
+            "pairwiseCosine": [{"first": "tiny", "second": "other", "cosine": 0.25}],
+            "signConflictFraction": 0.125,
+            "reportFile": "m2rl-analysis/report.json",
+        }
+        await create_finished_pod(api, "avg-merge", 0, {"analysis": analysis})
+        await create_finished_pod(api, "unrelated-job", 0, {"analysis": {"taskVectorNorms": {}}})
         await set_job_status(api, "avg-merge", COMPLETE)
         status = await eventually(
             lambda: (
@@ -370,12 +412,40 @@ async def test_merge_and_eval_wait_for_dependencies(kmock: Any, api: Any) -> Non
             )
         )
         assert status["outputModel"] == "pvc://checkpoints/merges/avg"
+        assert status["analysis"] == {
+            "taskVectorNorms": {"tiny": 1.5, "other": 0.5},
+            "pairwiseCosine": [{"first": "tiny", "second": "other", "cosine": 0.25}],
+            "signConflictFraction": 0.125,
+            "reportUri": "pvc://checkpoints/merges/avg/m2rl-analysis/report.json",
+        }
         assert conditions(status) == {
             "WaitingForDependencies": ("False", "DependenciesReady"),
             "Succeeded": ("True", "MergeComplete"),
             "Failed": ("False", "NotFailed"),
         }
         await eventually(lambda: kmock.objects["batch/v1/jobs", NS, "ev-eval"], timeout_s=15)
+        # Index 1 (model "merged") finishes first; the table fills as pods report.
+        row = {
+            "model": "merged",
+            "results": [{"benchmark": "arith", "metrics": {"avg@k": 0.75}, "prompts": 40}],
+        }
+        await create_finished_pod(api, "ev-eval", 1, row)
+        await set_job_status(api, "ev-eval", {"active": 1, "succeeded": 1})
+        status = await eventually(
+            lambda: (
+                status_of(kmock, "evalsuites", "ev").get("cellsSucceeded") == 1
+                and status_of(kmock, "evalsuites", "ev").get("phase") == "Running"
+                and status_of(kmock, "evalsuites", "ev")
+            )
+        )
+        assert [(c["model"], c["benchmark"], c["phase"]) for c in status["results"]] == [
+            ("base", "arith", "Running"),
+            ("merged", "arith", "Succeeded"),
+        ]
+        assert status["results"][1]["metrics"] == {"avg@k": 0.75}
+        assert status["results"][1]["prompts"] == 40
+        row = {"model": "base", "results": [{"benchmark": "arith", "metrics": {"avg@k": 0.5}, "prompts": 40}]}
+        await create_finished_pod(api, "ev-eval", 0, row)
         await set_job_status(api, "ev-eval", COMPLETE)
         status = await eventually(
             lambda: (
@@ -384,6 +454,8 @@ async def test_merge_and_eval_wait_for_dependencies(kmock: Any, api: Any) -> Non
             )
         )
         assert status["cellsTotal"] == 2
+        assert status["cellsSucceeded"] == 2
+        assert {c["model"]: c["metrics"]["avg@k"] for c in status["results"]} == {"base": 0.5, "merged": 0.75}
 
 
 async def test_failed_dependency_fails_the_merge(kmock: Any, api: Any) -> None:

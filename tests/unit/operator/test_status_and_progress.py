@@ -11,14 +11,17 @@ import yaml
 
 from m2rl_operator import metrics, naming
 from m2rl_operator.api.rlvrrun import RLVRRunSpec
+from m2rl_operator.kube import results_of_pods
 from m2rl_operator.progress import parse_progress
 from m2rl_operator.settings import Images, OperatorOptions
 from m2rl_operator.status import (
     Progress,
     RunObservation,
+    eval_results_table,
     job_phase_status,
     job_state,
     latest_checkpoint_step,
+    merge_analysis,
     run_status,
 )
 
@@ -241,3 +244,51 @@ def test_reconcile_metrics_count_time_and_phase() -> None:
     assert value("m2rl_operator_resources", {"kind": "Test", "phase": "Succeeded"}) == 1
     metrics.set_phase("Test", "ns", "a", None)
     assert value("m2rl_operator_resources", {"kind": "Test", "phase": "Running"}) == 0
+
+
+def _pod(job: str, index: int, created: str, message: str | None, phase: str = "Succeeded") -> dict[str, Any]:
+    terminated = {"exitCode": 0} | ({"message": message} if message is not None else {})
+    return {
+        "metadata": {
+            "labels": {"job-name": job},
+            "annotations": {"batch.kubernetes.io/job-completion-index": str(index)},
+            "creationTimestamp": created,
+        },
+        "status": {"phase": phase, "containerStatuses": [{"state": {"terminated": terminated}}]},
+    }
+
+
+def test_results_of_pods_one_per_index_latest_wins_and_junk_is_skipped() -> None:
+    pods = [
+        _pod("ev-eval", 1, NOW, '{"model": "b", "try": 1}'),
+        _pod("ev-eval", 1, LATER, '{"model": "b", "try": 2}'),  # index 1 ran again: the later pod wins
+        _pod("ev-eval", 0, NOW, '{"model": "a"}'),
+        _pod("ev-eval", 2, NOW, "Traceback (most recent call last): ..."),  # logs, not a result
+        _pod("ev-eval", 3, NOW, '{"model": "d"}', phase="Failed"),
+        _pod("ev-eval", 4, NOW, None),
+        _pod("other-job", 5, NOW, '{"model": "x"}'),
+    ]
+    assert results_of_pods(pods, "ev-eval") == [{"model": "a"}, {"model": "b", "try": 2}]
+
+
+def test_eval_table_marks_missing_cells_by_the_jobs_phase_and_keeps_completion_times() -> None:
+    results = [{"model": "m1", "results": [{"benchmark": "b1", "metrics": {"avg@k": 0.5}, "prompts": 8}]}]
+    old = {"results": [{"model": "m1", "benchmark": "b1", "phase": "Succeeded", "completionTime": NOW}]}
+    running = eval_results_table(["m1", "m2"], ["b1"], results, job_phase="Running", old=old, now=LATER)
+    assert running == [
+        {"model": "m1", "benchmark": "b1", "phase": "Succeeded", "metrics": {"avg@k": 0.5}, "prompts": 8,
+         "completionTime": NOW},
+        {"model": "m2", "benchmark": "b1", "phase": "Running"},
+    ]  # fmt: skip
+    failed = eval_results_table(["m1", "m2"], ["b1"], results, job_phase="Failed", old={}, now=LATER)
+    assert [c["phase"] for c in failed] == ["Succeeded", "Failed"]
+    assert failed[0]["completionTime"] == LATER
+
+
+def test_merge_analysis_points_at_the_report_next_to_the_output() -> None:
+    result = {"analysis": {"taskVectorNorms": {"a": 1.0}, "reportFile": "analysis/report.json"}}
+    assert merge_analysis([result], "pvc://c/merges/x/") == {
+        "taskVectorNorms": {"a": 1.0},
+        "reportUri": "pvc://c/merges/x/analysis/report.json",
+    }
+    assert merge_analysis([], "pvc://c/m") is None
