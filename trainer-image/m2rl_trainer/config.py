@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -90,6 +91,9 @@ class AlgorithmConfig:
     micro_batch_size: int = 32  # sequences per forward/backward; accumulation covers the rest
     max_grad_norm: float = 1.0
     seed: int = 0
+    # 1: step t+1's first batch is generated and scored (with the weights before update t) while
+    # update t runs; the importance ratio against the sampling logprobs accounts for the lag.
+    off_policy_steps: int = 0
 
     def resolved_aggregation(self) -> LossAggregation:
         if self.loss_aggregation is not None:
@@ -283,6 +287,20 @@ def validate(config: TrainerConfig) -> list[str]:
             )
         if config.rollout.mode != "server":
             problems.append("rollout.weight_sync: nccl applies to mode=server only")
+    if a.off_policy_steps not in (0, 1):
+        problems.append(
+            "algorithm.off_policy_steps: must be 0 (on-policy) or 1 (generation overlaps the update)"
+        )
+    elif (
+        a.off_policy_steps
+        and config.rollout.mode == "colocated"
+        and config.deepspeed.zero_stage == 3
+        and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    ):
+        problems.append(
+            "algorithm.off_policy_steps: colocated rollout with ZeRO-3 on several ranks cannot overlap "
+            "(each rank's generator needs the full weights); use zero_stage 2 or rollout.mode server"
+        )
     if config.checkpoint.every_steps < 0 or config.checkpoint.keep < 0:
         problems.append("checkpoint: every_steps and keep must be >= 0")
     return problems

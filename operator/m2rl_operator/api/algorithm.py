@@ -136,6 +136,11 @@ class AlgorithmSpec(ApiModel):
     """updateEpochs is the number of optimisation passes over each step's responses, one optimizer
     update per pass. Default 1 (strictly on-policy); more passes reuse the samples with importance
     ratios, clipped by clipLow/clipHigh."""
+    off_policy_steps: int = Field(0, ge=0, le=1)
+    """offPolicySteps lets generation run ahead of training. 0 (default): each step samples with the
+    current weights. 1: step t+1's responses are generated and scored, with the weights before update
+    t, while update t runs (one-step off-policy; the importance ratio against the sampling policy
+    accounts for the lag). Faster when generation and the update use different resources."""
     steps: int = Field(ge=1, le=10_000_000)
     """steps is the number of training steps of the run. Required."""
     learning_rate: float = Field(2e-6, gt=0.0, le=1.0)

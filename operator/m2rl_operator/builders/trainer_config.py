@@ -107,6 +107,7 @@ def build_trainer_config(
             "max_response_tokens": a.max_response_tokens,
             "steps": a.steps,
             "update_epochs": a.update_epochs,
+            "off_policy_steps": a.off_policy_steps,
             "micro_batch_size": spec.trainer.micro_batch_size,
             "max_grad_norm": a.max_grad_norm,
             "seed": a.seed,

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -66,16 +67,23 @@ def _by_step(metrics: Path) -> dict[int, dict]:
 DETERMINISTIC = ("reward", "accuracy", "response_length", "loss", "grad_norm", "learning_rate", "completions")
 
 
+@pytest.mark.parametrize("off_policy_steps", [0, 1], ids=["on-policy", "one-step-off-policy"])
 def test_kill9_then_resume_matches_an_uninterrupted_run(
-    tmp_path: Path, max3_sft_model: Path, max3_data
+    tmp_path: Path, max3_sft_model: Path, max3_data, off_policy_steps: int
 ) -> None:
+    # One-step off-policy: the batch generated during the last update is in the checkpoint.
     steps = 6
-    straight = write_config(tmp_path / "a.yaml", max3_sft_model, max3_data[0], tmp_path / "a")
+    algorithm = {"off_policy_steps": off_policy_steps}  # merged into write_config's defaults
+    straight = write_config(
+        tmp_path / "a.yaml", max3_sft_model, max3_data[0], tmp_path / "a", algorithm=algorithm
+    )
     result = _run([*TRAIN, "--config", str(straight)])
     assert result.returncode == 0, result.stderr[-3000:]
 
     kill_after = random.Random(os.getpid()).randint(2, steps - 1)  # a random step, printed on failure
-    resumed = write_config(tmp_path / "b.yaml", max3_sft_model, max3_data[0], tmp_path / "b")
+    resumed = write_config(
+        tmp_path / "b.yaml", max3_sft_model, max3_data[0], tmp_path / "b", algorithm=algorithm
+    )
     process = subprocess.Popen(
         [*TRAIN, "--config", str(resumed)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV,
         start_new_session=True,

@@ -47,6 +47,7 @@ def test_defaults_follow_the_algorithm() -> None:
         ("rollout.weight_sync", "nccl", "rollout.nccl_master_address"),
         ("data.domains", [], "data.domains: at least one domain"),
         ("data.mixing", "random", "data.mixing: 'random' is not one of"),
+        ("algorithm.off_policy_steps", 2, "algorithm.off_policy_steps: must be 0 (on-policy) or 1"),
     ],
     ids=lambda v: str(v)[:24],
 )
@@ -75,3 +76,14 @@ def test_file_errors_name_the_file(tmp_path: Path) -> None:
     missing.write_text("output_dir: o\n")
     with pytest.raises(ConfigError, match="model: required field is missing"):
         load_config(missing)
+
+
+def test_overlap_needs_full_weights_on_each_colocated_rank(monkeypatch: pytest.MonkeyPatch) -> None:
+    config = _with("algorithm", {"off_policy_steps": 1})
+    config["deepspeed"] = {"zero_stage": 3}
+    assert load_config(config).algorithm.off_policy_steps == 1  # one rank: it gathers the weights
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match=r"algorithm\.off_policy_steps: colocated rollout with ZeRO-3"):
+        load_config(config)
+    config["deepspeed"] = {"zero_stage": 2}
+    assert load_config(config).algorithm.off_policy_steps == 1

@@ -11,6 +11,13 @@ communication. Loss normalisers (tokens, sequences) are all-reduced, so the grad
 full-batch gradient whatever the split into ranks and micro-batches (DeepSpeed averages gradients
 over ranks; the loss is multiplied by the world size to undo that).
 
+One-step off-policy (`algorithm.off_policy_steps: 1`): right after step t's batch is collected,
+step t+1's first batch is drawn and generated + scored in a background thread (the rollout engine
+still holds the weights before update t) while update t runs; the thread is joined before the
+weight sync, so every batch comes from one set of weights. Colocated runs then generate in a
+child process (`rollout.process`), not on the policy being updated. The batch in flight is saved
+with each checkpoint, so resume stays exact.
+
 Deviations from the papers are listed in `m2rl_trainer.grpo.losses`. Here: the importance ratio
 uses the rollout engine's logprobs as pi_old (no recomputation pass; the cost is a small
 engine mismatch, visible as `ratio_mean` in the metrics); one optimiser update per epoch over the
@@ -24,6 +31,7 @@ import math
 import random
 import shutil
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,6 +91,9 @@ class Rollouts:
                 self.correct.append(other.correct[i])
 
 
+RoundResult = tuple[Rollouts, dict[str, float]]  # one generation round and its timings
+
+
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -134,6 +145,11 @@ class GRPOTrainer:
         weights = {d.name: d.weight for d in config.data.domains}
         self.mixer = DomainMixer(self.domains, weights, config.data.mixing, self.algo.seed)
         self.rollout = self._make_rollout()
+        # Step t+1's first batch, generated during update t (off_policy_steps = 1).
+        self.prefetcher = (
+            ThreadPoolExecutor(1, thread_name_prefix="m2rl-prefetch") if self.algo.off_policy_steps else None
+        )
+        self.prefetched: RoundResult | None = None
         self.nccl_engine: Any = None  # created at the first NCCL weight sync (GPU clusters)
         self.step = 0
         self.skipped_steps = 0
@@ -177,6 +193,11 @@ class GRPOTrainer:
 
     # ---------------------------------------------------------------- rollout and rewards
     def _make_rollout(self) -> Any:
+        if self.config.rollout.mode == "colocated" and self.algo.off_policy_steps:
+            from m2rl_trainer.rollout.process import ProcessRollout
+
+            dtype = resolve_dtype(self.config.deepspeed, self.on_gpu)
+            return ProcessRollout(self.config.model, dtype=str(dtype).removeprefix("torch."))
         if self.config.rollout.mode == "colocated":
             from m2rl_trainer.rollout.colocated import HFGenerateRollout
 
@@ -192,10 +213,10 @@ class GRPOTrainer:
             max_retries=r.max_retries,
         )
 
-    def _sampling(self, round_index: int) -> SamplingParams:
+    def _sampling(self, step: int, round_index: int) -> SamplingParams:
         # Seeds derive from (seed, step, rank, round), so a resumed run samples exactly as an
         # uninterrupted one, whatever RNG state the interruption left behind.
-        seed = (self.algo.seed * 1_000_003 + self.step * 1_009 + self.dist.rank * 101 + round_index) % 2**31
+        seed = (self.algo.seed * 1_000_003 + step * 1_009 + self.dist.rank * 101 + round_index) % 2**31
         return SamplingParams(
             n=self.algo.group_size,
             max_tokens=self.algo.max_response_tokens,
@@ -205,16 +226,15 @@ class GRPOTrainer:
             seed=seed,
         )
 
-    def _generate_and_score(
-        self, prompts: list[Prompt], round_index: int
-    ) -> tuple[Rollouts, dict[str, float]]:
+    def _generate_and_score(self, prompts: list[Prompt], step: int, round_index: int) -> RoundResult:
+        """Generate and score this rank's prompts. No collectives: it may run in the prefetch thread."""
         timings: dict[str, float] = {}
         texts = [
             render_prompt(p, self.tokenizer, self.config.data.chat_template, self.config.data.system_prompt)
             for p in prompts
         ]
         start = time.perf_counter()
-        groups = self.rollout.generate(texts, self._sampling(round_index)) if texts else []
+        groups = self.rollout.generate(texts, self._sampling(step, round_index)) if texts else []
         timings["time_generation_s"] = time.perf_counter() - start
 
         start = time.perf_counter()
@@ -247,13 +267,15 @@ class GRPOTrainer:
             rollouts.correct.append(correct)
         return rollouts, timings
 
-    def _collect(self) -> tuple[Rollouts, dict[str, float]]:
+    def _collect(self, first: RoundResult | None = None) -> RoundResult:
         """This rank's groups for the step; with dynamic sampling, zero-variance groups are dropped
-        and refilled with fresh prompts (all ranks draw the same extra batches) up to the target."""
+        and refilled with fresh prompts (all ranks draw the same extra batches) up to the target.
+        `first`: the step's first round, prefetched during the previous update."""
         world, rank = self.dist.world_size, self.dist.rank
         target = self.algo.prompts_per_step
-        batch = self.mixer.next_batch(target)
-        rollouts, timings = self._generate_and_score(batch[rank::world], 0)
+        if first is None:
+            first = self._generate_and_score(self.mixer.next_batch(target)[rank::world], self.step, 0)
+        rollouts, timings = first
         stats = {"zero_variance_fraction": 0.0, "refill_rounds": 0.0}
         if not self.algo.dynamic_sampling:
             zero_var = (
@@ -276,7 +298,7 @@ class GRPOTrainer:
             if total_kept >= target or round_index == self.algo.max_refill_rounds:
                 break
             extra = self.mixer.next_batch(int(target - total_kept))
-            rollouts, more = self._generate_and_score(extra[rank::world], round_index + 1)
+            rollouts, more = self._generate_and_score(extra[rank::world], self.step, round_index + 1)
             for key, value in more.items():
                 timings[key] += value
             stats["refill_rounds"] = float(round_index + 1)
@@ -473,6 +495,8 @@ class GRPOTrainer:
         self.engine.save_checkpoint(str(tmp / "deepspeed"), tag="state")
         (tmp / "rng").mkdir(exist_ok=True)
         torch.save(ckpt.rng_state(), tmp / "rng" / f"rank-{self.dist.rank}.pt")
+        if self.prefetched is not None:  # the next step's batch, drawn and generated already
+            torch.save(self.prefetched, tmp / "rng" / f"prefetched-rank-{self.dist.rank}.pt")
         dist.barrier()
         if self.is_main:
             trainer_state = {
@@ -498,6 +522,8 @@ class GRPOTrainer:
         self.skipped_steps = int(state["skipped_steps"])
         self.mixer.load_state_dict(state["mixer"])
         ckpt.set_rng_state(torch.load(latest / "rng" / f"rank-{self.dist.rank}.pt", weights_only=False))
+        prefetched = latest / "rng" / f"prefetched-rank-{self.dist.rank}.pt"
+        self.prefetched = torch.load(prefetched, weights_only=False) if prefetched.exists() else None
         if self.is_main:
             print(f"[m2rl-train] resumed from {latest} at step {self.step}", flush=True)
         return True
@@ -505,28 +531,50 @@ class GRPOTrainer:
     # ---------------------------------------------------------------- the loop
     def train_step(self) -> dict[str, Any]:
         start = time.perf_counter()
-        rollouts, timings = self._collect()
+        first, self.prefetched = self.prefetched, None
+        rollouts, timings = self._collect(first)
         rewards = torch.tensor(rollouts.rewards, dtype=torch.float32)
         advantages = group_advantages(rewards, scale_by_std=self.algo.scale_rewards())
         rows = self._sequences(rollouts, advantages)
+        next_batch = self._prefetch_next_batch()
 
         t_update = time.perf_counter()
         update = self._update(rows)
         timings["time_update_s"] = time.perf_counter() - t_update
 
+        if next_batch is not None:
+            t_wait = time.perf_counter()
+            self.prefetched = next_batch.result()  # joined before the sync: one weight set per batch
+            timings["time_prefetch_wait_s"] = time.perf_counter() - t_wait
         t_sync = time.perf_counter()
         if "nonfinite" not in update:
-            self.sync_weights()
+            self.sync_weights(version=self.step + 1)
         timings["time_sync_s"] = time.perf_counter() - t_sync
         return self._record(rollouts, update, timings, time.perf_counter() - start)
 
-    def sync_weights(self) -> None:
-        """Push the new weights to the rollout engine (colocated: it already uses them)."""
+    def _prefetch_next_batch(self) -> Future[RoundResult] | None:
+        """Draw step t+1's batch now and generate + score it in the background (off_policy_steps 1)."""
+        if self.prefetcher is None or self.step + 1 >= self.algo.steps:
+            return None
+        world, rank = self.dist.world_size, self.dist.rank
+        batch = self.mixer.next_batch(self.algo.prompts_per_step)[rank::world]
+        return self.prefetcher.submit(self._generate_and_score, batch, self.step + 1, 0)
+
+    def sync_weights(self, version: int) -> None:
+        """Push the weights to the rollout engine: vLLM servers, or the colocated generator process
+        (an in-process colocated rollout generates with the policy itself: nothing to do)."""
         if self.config.rollout.mode == "colocated":
+            if self.algo.off_policy_steps:
+                if self.config.deepspeed.zero_stage == 3:  # one rank (checked in config.validate)
+                    state = full_state_dict(self.engine, 3)
+                else:
+                    state = self.engine.module.state_dict()
+                assert state is not None
+                self.rollout.update_weights(state)
             return
         from m2rl_trainer.train.weight_sync import sync_to_servers
 
-        sync_to_servers(self, version=self.step + 1)
+        sync_to_servers(self, version=version)
 
     def _record(
         self, rollouts: Rollouts, update: dict[str, float], timings: dict[str, float], wall: float
@@ -574,7 +622,12 @@ class GRPOTrainer:
 
     def train(self) -> dict[str, Any]:
         """Run (or resume) until `algorithm.steps`; returns the last step's record."""
-        self.resume_if_possible()
+        resumed = self.resume_if_possible()
+        generator_process = self.config.rollout.mode == "colocated" and self.algo.off_policy_steps > 0
+        if resumed or generator_process:
+            # Rollout engines start from the base model: give them the checkpoint's weights (the
+            # generator process loaded the model folder, not the trainer's possibly resumed weights).
+            self.sync_weights(version=self.step)
         last: dict[str, Any] = {}
         every = self.config.checkpoint.every_steps
         try:
@@ -608,6 +661,8 @@ class GRPOTrainer:
         )
 
     def close(self) -> None:
+        if self.prefetcher is not None:
+            self.prefetcher.shutdown(wait=True, cancel_futures=True)
         self.scorer.close()
         if hasattr(self.rollout, "close"):
             self.rollout.close()
