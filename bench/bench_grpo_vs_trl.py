@@ -71,6 +71,7 @@ def _ours(spec: dict[str, Any]) -> dict[str, Any]:
                 "steps": spec["steps"],
                 "micro_batch_size": spec["micro"],
                 "seed": spec["seed"],
+                "off_policy_steps": spec["off_policy_steps"],
             },
             "rollout": rollout,
             "deepspeed": {"zero_stage": spec["zero_stage"]},
@@ -96,12 +97,19 @@ def _ours(spec: dict[str, Any]) -> dict[str, Any]:
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     model = out / "checkpoints" / f"step-{spec['steps']:06d}" / "model"
     heldout = [json.loads(line) for line in Path(spec["heldout"]).read_text().splitlines()]
-    keys = ("time_generation_s", "time_reward_s", "time_update_s", "time_sync_s", "time_step_s")
+    keys = (
+        "time_generation_s",
+        "time_reward_s",
+        "time_update_s",
+        "time_sync_s",
+        "time_prefetch_wait_s",
+        "time_step_s",
+    )
     return {
         "step_s": walls,
         "setup_s": setup_s,
         "train_s": train_s,
-        "parts": {k: [r[k] for r in records] for k in keys},
+        "parts": {k: [r[k] for r in records if k in r] for k in keys},
         "reward": [r["reward"] for r in records],
         "response_length": [r["response_length"] for r in records],
         "completions": [r["completions"] for r in records],
@@ -227,7 +235,7 @@ def _trl(spec: dict[str, Any]) -> dict[str, Any]:
 
 def _worker(kind: str, spec_path: Path) -> None:
     spec = json.loads(spec_path.read_text())
-    result = _ours(spec) if kind == "ours" else _trl(spec)
+    result = _trl(spec) if kind == "trl" else _ours(spec)
     Path(spec["result"]).write_text(json.dumps(result))
 
 
@@ -323,6 +331,13 @@ def main() -> int:
         help="torch/OpenMP threads per trainer process (both sides); 1: no spin-waiting on busy cores",
     )
     parser.add_argument("--rounds", type=int, default=1, help="alternating ours/TRL rounds")
+    parser.add_argument(
+        "--off-policy-steps",
+        type=int,
+        choices=[0, 1],
+        default=1,
+        help="this trainer's algorithm.off_policy_steps (1: next batch generated during the update)",
+    )
     parser.add_argument("--no-server", action="store_true", help="skip the vLLM server-mode run")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
     parser.add_argument("--worker", choices=["ours", "trl"], help=argparse.SUPPRESS)
@@ -355,11 +370,18 @@ def main() -> int:
         "zero_stage": args.zero_stage,
         "threads": args.threads,
         "server_url": None,
+        "off_policy_steps": args.off_policy_steps,
     }
-    runs: dict[str, list[dict[str, Any]]] = {"ours": [], "trl": []}
+    # "ours" runs with --off-policy-steps (default 1: generation overlaps the update); "ours-sync"
+    # is the same trainer strictly on-policy, as TRL is, to show what the overlap buys.
+    variants = {"ours": spec, "ours-sync": {**spec, "off_policy_steps": 0}, "trl": spec}
+    if args.off_policy_steps == 0:
+        variants.pop("ours-sync")
+    runs: dict[str, list[dict[str, Any]]] = {kind: [] for kind in variants}
     for r in range(args.rounds):
-        for kind in ("ours", "trl") if r % 2 == 0 else ("trl", "ours"):
-            result = _run_worker(kind, spec, work, f"{kind}-{r}")
+        order = list(variants) if r % 2 == 0 else list(reversed(variants))
+        for kind in order:
+            result = _run_worker("trl" if kind == "trl" else "ours", variants[kind], work, f"{kind}-{r}")
             if result is not None:
                 runs[kind].append(result)
 
@@ -405,20 +427,26 @@ def _report(
         values = res["step_s"] if key is None else res["parts"].get(key, [])
         return values[1:] if len(values) > 1 else values
 
-    ours, trl = runs["ours"], runs["trl"]
-    columns = [("ours colocated", ours), ("TRL", trl)] + ([("ours server", [server])] if server else [])
+    ours, trl, ours_sync = runs["ours"], runs["trl"], runs.get("ours-sync", [])
+    lag = f"off-policy {args.off_policy_steps}"
+    columns = (
+        [(f"ours ({lag})", ours)]
+        + ([("ours (on-policy)", ours_sync)] if ours_sync else [])
+        + [("TRL", trl)]
+        + ([(f"ours server ({lag})", [server])] if server else [])
+    )
     print()
     print(
         f"GRPO step, {args.prompts} prompts x {args.group} = {args.prompts * args.group} completions, "
         f"<= {args.max_tokens} new tokens, micro-batch {args.micro}, lr {args.lr}, {args.steps} steps; "
         f"medians over steps 2..{args.steps}"
     )
-    header = f"{'':34}" + "".join(f"{name:>16}" for name, _ in columns)
+    header = f"{'':34}" + "".join(f"{name:>22}" for name, _ in columns)
     print(header)
     print("-" * len(header))
 
     def row(label: str, values: list[str]) -> None:
-        print(f"{label:34}" + "".join(f"{v:>16}" for v in values))
+        print(f"{label:34}" + "".join(f"{v:>22}" for v in values))
 
     def fmt(x: float, spec: str = ".3f") -> str:
         return "n/a" if x != x else format(x, spec)
@@ -428,6 +456,7 @@ def _report(
     row("  reward (s)", [fmt(med(res, "time_reward_s")) for _, res in columns])
     row("  update (s)", [fmt(med(res, "time_update_s")) for _, res in columns])
     row("  weight sync (s)", [fmt(med(res, "time_sync_s")) for _, res in columns])
+    row("  waiting for the next batch (s)", [fmt(med(res, "time_prefetch_wait_s")) for _, res in columns])
     gen_tokens = [
         statistics.mean(v for res in res_list for v in res.get("response_length", [])[1:] if v == v)
         if res_list and any(res.get("response_length") for res in res_list)
@@ -450,15 +479,20 @@ def _report(
     if ours and trl:
         ratio = med(ours) / med(trl)
         print(
-            f"ratio ours/TRL, wall-clock per step (colocated, HF generate both): {ratio:.2f}  (goal <= 0.50)"
+            f"ratio ours ({lag})/TRL, wall-clock per step (colocated, HF generate both): {ratio:.2f}"
+            "  (goal <= 0.50)"
         )
+        if ours_sync:
+            print(f"ratio ours (on-policy)/TRL, wall-clock per step: {med(ours_sync) / med(trl):.2f}")
         gen_ratio = med(ours, "time_generation_s") / med(trl, "time_generation_s")
         print(f"ratio ours/TRL, generation time per step: {gen_ratio:.2f}")
         trl_rest = med(trl) - med(trl, "time_generation_s") - med(trl, "time_reward_s")
-        ours_rest = med(ours) - med(ours, "time_generation_s") - med(ours, "time_reward_s")
-        print(
-            f"ratio ours/TRL, all but generation and reward (update, bookkeeping): {ours_rest / trl_rest:.2f}"
-        )
+        if ours_sync:
+            sync_rest = med(ours_sync) - med(ours_sync, "time_generation_s") - med(ours_sync, "time_reward_s")
+            print(
+                "ratio ours (on-policy)/TRL, all but generation and reward (update, bookkeeping): "
+                f"{sync_rest / trl_rest:.2f}"
+            )
     if server and ours:
         print(f"ratio ours server/ours colocated, wall-clock per step: {med([server]) / med(ours):.2f}")
     if startup_s is not None:

@@ -101,6 +101,8 @@ def _seed_everything(seed: int) -> None:
 
 
 def _all_reduce(values: list[float], op: dist.ReduceOp = dist.ReduceOp.SUM) -> list[float]:
+    if dist.get_world_size() == 1:  # a gloo round trip costs ~2 ms even alone; ~13 per step
+        return list(values)
     tensor = torch.tensor(values, dtype=torch.float64)
     dist.all_reduce(tensor, op=op)
     return tensor.tolist()
@@ -404,6 +406,10 @@ class GRPOTrainer:
             *_all_reduce([local_tokens, float(len(rows))]),
             _all_reduce([float(math.ceil(len(rows) / micro))], dist.ReduceOp.MAX)[0],
         )
+        # Micro-batches of similar lengths waste less compute on padding (about a fifth of the
+        # update with the toy tasks' varied response lengths); the loss normalisers are global, so
+        # the grouping leaves the gradient unchanged.
+        rows = sorted(rows, key=lambda r: len(r["ids"]))
         chunks = [rows[i : i + micro] for i in range(0, len(rows), micro)]
         sums: dict[str, float] = {}
         weight = loss_sum = 0.0
