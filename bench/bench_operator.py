@@ -1,13 +1,23 @@
 """Operator scale: N RLVRRuns created at once against kmock's Kubernetes emulator (issue 4).
 
-Measures, for the real handlers (kopf, the same code as in a cluster, status interval 30 s):
-time until every run has its trainer Job and a status phase, the per-run latency from the create
-call to that point (p50, p99), and the peak RSS of this process. The emulator and the operator
-share the process (the operator in its own thread and event loop), so the RSS is an upper bound
-of the operator's; the emulator (pure Python, no indexes) is also the likely bottleneck on 2
-cores, so the figures bound a real API server from below. Not a timed test.
+Three processes, so that each figure belongs to one of them and none waits for another's GIL:
 
-    .venv/bin/python bench/bench_operator.py [--runs 500] [--concurrency 50]
+* the emulator (bench/kmock_fast.py: kmock's KubernetesEmulator without its O(requests) dispatch
+  and O(objects) lookups, and with resourceVersions as a real API server bumps them);
+* the operator: the real handlers under kopf with production settings (kopf's defaults, the
+  handlers' start-up timeouts, INFO logging to a file as `kopf run` logs, Events at INFO);
+* this driver: creates the runs (at most --concurrency calls in flight) and waits.
+
+Reported: time from the first create call until every run has its trainer Job and a status phase
+("all ready"); per run, the latency from its create call to that point (p50, p99), both stamped by
+the emulator at the write that completed the run; peak RSS and CPU time of operator and emulator
+separately; API requests per run by client (kopf itself vs the handlers' kubernetes_asyncio
+client) and verb; the emulator's service time per request; how often, and how long, each
+reconcile entry point ran. Not a timed test. Other jobs may share the cores: note the load.
+
+    .venv/bin/python bench/bench_operator.py --runs 500 [--concurrency 50] [--settle 0]
+        [--profile DIR] [--kopf-setting persistence.consistency_timeout=60]
+        [--emulator-variant slow-dispatch] [--operator-experiment no-trust-env]
 """
 
 from __future__ import annotations
@@ -16,31 +26,29 @@ import argparse
 import asyncio
 import copy
 import json
+import multiprocessing
 import os
-import resource
-import statistics
 import sys
+import tempfile
 import time
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # tests.support and the operator thread helper
+sys.path.insert(0, str(ROOT))  # bench.* and tests.support in the child processes too
 
-from kmock import KubernetesEmulator, Server  # noqa: E402
-from kubernetes_asyncio import client  # noqa: E402
+# Only stdlib (and what the driver needs) here: spawned children re-import this module.
+from bench import operator_bench_procs as procs  # noqa: E402
 
-from m2rl_operator.settings import OperatorOptions  # noqa: E402
-from tests.support.kopf_kmock import (  # noqa: E402
-    CORE_RESOURCES,
-    M2RL_RESOURCES,
-    declare_resources,
-    running_operator,
-)
-
-TINY = yaml.safe_load((ROOT / "tests" / "unit" / "operator" / "cases" / "tiny-cpu.yaml").read_text())
+CASE = ROOT / "tests" / "unit" / "operator" / "cases" / "tiny-cpu.yaml"
+RUNS_PATH = "/apis/m2rl.io/v1alpha1/namespaces/default/rlvrruns"
+DRIVER_AGENT = "bench-driver/1"
+VARIANTS = {  # --emulator-variant: undo one of kmock_fast's fixes, to measure what it is worth
+    "slow-dispatch": {"fast_dispatch": False},
+    "scan-objects": {"indexed": False},
+    "no-resource-versions": {"stamped": False},
+}
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -48,72 +56,72 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def ready(kmock: Any, name: str) -> bool:
-    try:
-        job = kmock.objects["batch/v1/jobs", "default", f"{name}-trainer"]
-        run = kmock.objects["m2rl.io/v1alpha1/rlvrruns", "default", name]
-        return not job.deleted and bool((run.get("status") or {}).get("phase"))
-    except KeyError:
-        return False
-
-
-async def bench(runs: int, concurrency: int, timeout_s: float) -> dict[str, Any]:
-    created: dict[str, float] = {}
-    done: dict[str, float] = {}
-    async with KubernetesEmulator() as kmock, Server(kmock):
-        declare_resources(kmock, CORE_RESOURCES | M2RL_RESOURCES)
-        memo = {
-            "options": OperatorOptions(metrics_port=None),
-            "trainer_metrics_url": lambda ns, n: "http://127.0.0.1:9/",
-        }
-        async with (
-            running_operator(kmock, ["m2rl_operator.handlers"], memo),
-            client.ApiClient(client.Configuration(host=str(kmock.url).rstrip("/"))) as api,
-        ):
-            custom = client.CustomObjectsApi(api)
-            names = [f"run-{i:04d}" for i in range(runs)]
-            limit = asyncio.Semaphore(concurrency)
-
-            async def create(name: str) -> None:
-                body = copy.deepcopy(TINY)
-                body["metadata"] = {
-                    "name": name,
-                    "namespace": "default",
-                    "uid": f"uid-{name}",
-                    "resourceVersion": "1",
-                }
-                async with limit:
-                    created[name] = time.perf_counter()
-                    await custom.create_namespaced_custom_object(
-                        "m2rl.io", "v1alpha1", "default", "rlvrruns", body
-                    )
-
-            start = last_report = time.perf_counter()
-            creating = asyncio.gather(*(create(n) for n in names))
-            while len(done) < runs:
-                now = time.perf_counter()
-                for name in names:
-                    if name not in done and name in created and ready(kmock, name):
-                        done[name] = now
-                if now - start > timeout_s:
-                    break  # reported as ready < runs
-                if now - last_report >= 30:
-                    last_report = now
-                    print(f"{now - start:.0f} s: {len(done)}/{runs} ready", file=sys.stderr, flush=True)
-                await asyncio.sleep(0.25)  # polling resolution; polls share the emulator's loop
-            await creating
-            total = time.perf_counter() - start
-    latencies = [done[n] - created[n] for n in done] or [float("nan")]
+def per_run(counts: dict[str, int], runs: int) -> dict[str, Any]:
+    """Requests by client, then by `verb resource`, divided by the number of runs."""
+    by_client: dict[str, dict[str, float]] = defaultdict(dict)
+    totals: dict[str, int] = defaultdict(int)
+    for key, n in counts.items():
+        client, action, path = key.split("|")
+        if client == DRIVER_AGENT.split("/")[0]:
+            continue
+        by_client[client][f"{action} {path}"] = round(n / runs, 2)
+        totals[client] += n
+    named = {"kopf": "kopf", "OpenAPI-Generator": "handlers (kubernetes_asyncio)"}
     return {
-        "runs": runs,
-        "ready": len(done),
-        "seconds_until_all_ready": round(total, 2),
-        "latency_p50_s": round(percentile(latencies, 0.5), 3),
-        "latency_p99_s": round(percentile(latencies, 0.99), 3),
-        "latency_mean_s": round(statistics.fmean(latencies), 3),
-        "peak_rss_mib_process": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "load_average_1m": round(os.getloadavg()[0], 2),
+        "total": round(sum(totals.values()) / runs, 2),
+        **{
+            named.get(client, client): {
+                "total": round(totals[client] / runs, 2),
+                **dict(sorted(calls.items(), key=lambda kv: -kv[1])),
+            }
+            for client, calls in by_client.items()
+        },
     }
+
+
+def run_body(template: dict[str, Any], name: str) -> dict[str, Any]:
+    body = copy.deepcopy(template)
+    body["metadata"] = {"name": name, "namespace": "default"}  # uid, rv: set by the emulator
+    return body
+
+
+async def drive(
+    runs: int, concurrency: int, timeout_s: float, settle_s: float, emulator: Any, server: str
+) -> dict[str, Any]:
+    import aiohttp
+    import yaml
+
+    template = yaml.safe_load(CASE.read_text())
+    names = [f"run-{i:04d}" for i in range(runs)]
+    created: dict[str, float] = {}
+    limit = asyncio.Semaphore(concurrency)
+
+    def ask(command: str) -> Any:
+        emulator.send(command)
+        return emulator.recv()
+
+    async with aiohttp.ClientSession(headers={"User-Agent": DRIVER_AGENT}) as session:
+
+        async def create(name: str) -> None:
+            async with limit:
+                created[name] = time.time()
+                async with session.post(server + RUNS_PATH, json=run_body(template, name)) as reply:
+                    assert reply.status < 300, (reply.status, await reply.text())
+
+        start = last_report = time.time()
+        creating = asyncio.gather(*(create(n) for n in names))
+        ready = 0
+        while ready < runs and time.time() - start < timeout_s:
+            await asyncio.sleep(1)
+            ready = await asyncio.to_thread(ask, "progress")
+            if time.time() - last_report >= 30:
+                last_report = time.time()
+                print(f"{last_report - start:.0f} s: {ready}/{runs} ready", file=sys.stderr, flush=True)
+        await creating
+        created_s = max(created.values()) - start
+    if settle_s:
+        await asyncio.sleep(settle_s)  # steady state: status timers, watch events, Events
+    return {"start": start, "created": created, "created_s": created_s}
 
 
 def main() -> None:
@@ -121,8 +129,96 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=500)
     parser.add_argument("--concurrency", type=int, default=50, help="create calls in flight at once")
     parser.add_argument("--timeout", type=float, default=1800, help="give up after this many seconds")
+    parser.add_argument("--settle", type=float, default=0, help="seconds to keep running after all ready")
+    parser.add_argument("--profile", help="cProfile both children; stats into this directory")
+    parser.add_argument("--log", help="operator log file (default: a temporary file)")
+    parser.add_argument(
+        "--kopf-setting",
+        action="append",
+        default=[],
+        metavar="SECTION.ATTR=JSON",
+        help="override a kopf setting in the operator, e.g. queueing.worker_limit=50",
+    )
+    parser.add_argument("--emulator-variant", choices=sorted(VARIANTS), action="append", default=[])
+    parser.add_argument(
+        "--operator-experiment",
+        choices=sorted(procs.EXPERIMENTS),
+        action="append",
+        default=[],
+        help="an operator-side change tried by monkeypatching in the operator process",
+    )
     args = parser.parse_args()
-    print(json.dumps(asyncio.run(bench(args.runs, args.concurrency, args.timeout)), indent=2))
+
+    overrides = {}
+    for item in args.kopf_setting:
+        key, _, value = item.partition("=")
+        overrides[key] = json.loads(value)
+    variant: dict[str, bool] = {}
+    for name in args.emulator_variant:
+        variant |= VARIANTS[name]
+    log_path = args.log or tempfile.mkstemp(prefix="bench-operator-", suffix=".log")[1]
+
+    from m2rl_operator import naming
+
+    assert naming.trainer("x") == "x" + procs.TRAINER_SUFFIX, "trainer Job name changed"
+
+    spawn = multiprocessing.get_context("spawn")  # fresh interpreters: RSS of their own
+    emulator, emulator_end = spawn.Pipe()
+    emulator_proc = spawn.Process(
+        target=procs.serve_emulator,
+        args=(emulator_end, args.profile, variant),
+        name="emulator",
+        daemon=True,
+    )
+    emulator_proc.start()
+    server = emulator.recv()
+    operator, operator_end = spawn.Pipe()
+    operator_proc = spawn.Process(
+        target=procs.run_operator,
+        args=(operator_end, server, args.profile, log_path, overrides, args.operator_experiment),
+        name="operator",
+        daemon=True,
+    )
+    operator_proc.start()
+    assert operator.recv() == "ready", "operator did not start"
+    load_before = os.getloadavg()[0]
+    try:
+        driven = asyncio.run(drive(args.runs, args.concurrency, args.timeout, args.settle, emulator, server))
+    finally:
+        operator.send("stop")
+        operator_stats = operator.recv()
+        emulator.send("stop")
+        emulator_stats = emulator.recv()
+        operator_proc.join(30)
+        emulator_proc.join(30)
+    load_after = os.getloadavg()
+
+    ready_at: dict[str, float] = emulator_stats.pop("ready_at")
+    created, start = driven["created"], driven["start"]
+    latencies = [ready_at[n] - created[n] for n in ready_at if n in created] or [float("nan")]
+    result = {
+        "runs": args.runs,
+        "ready": len(ready_at),
+        "seconds_until_all_ready": round(max(ready_at.values(), default=float("nan")) - start, 2),
+        "seconds_until_all_created": round(driven["created_s"], 2),
+        "latency_p50_s": round(percentile(latencies, 0.5), 3),
+        "latency_p99_s": round(percentile(latencies, 0.99), 3),
+        "latency_max_s": round(max(latencies), 3),
+        "operator": operator_stats,
+        "emulator": {
+            key: emulator_stats[key]
+            for key in ("peak_rss_mib", "cpu_s", "service", "objects", "recorded_requests")
+        },
+        "requests_per_run": per_run(emulator_stats["counts"], args.runs),
+        "settle_s": args.settle,
+        "kopf_settings": overrides,
+        "emulator_variant": variant,
+        "operator_experiments": args.operator_experiment,
+        "load_average_1m_before": round(load_before, 2),
+        "load_average_after": [round(x, 2) for x in load_after],
+        "operator_log": log_path,
+    }
+    print(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

@@ -30,18 +30,15 @@ _phases: dict[tuple[str, str, str], str] = {}  # (kind, namespace, name) -> phas
 
 
 def set_phase(kind: str, namespace: str, name: str, phase: str | None) -> None:
-    """Record a resource's phase (None: it is gone) and refresh the by-phase gauge of its kind."""
+    """Record a resource's phase (None: it is gone); the by-phase gauge moves by one, not recounted
+    (status refreshes call this for every resource, so a recount would be quadratic)."""
     key = (kind, namespace, name)
-    if phase is None:
-        _phases.pop(key, None)
-    else:
+    previous = _phases.pop(key, None)
+    if previous is not None:
+        BY_PHASE.labels(kind, previous).dec()
+    if phase is not None:
         _phases[key] = phase
-    counts: dict[str, int] = {}
-    for (k, _, _), p in _phases.items():
-        if k == kind:
-            counts[p] = counts.get(p, 0) + 1
-    for p in ("Pending", "Waiting", "Running", "Suspended", "Succeeded", "Failed"):
-        BY_PHASE.labels(kind, p).set(counts.get(p, 0))
+        BY_PHASE.labels(kind, phase).inc()
 
 
 @contextmanager

@@ -1,9 +1,10 @@
 """Training progress from the trainer's Prometheus endpoint (rank 0, port 9400).
 
-The operator scrapes `m2rl_train_step` and the per-domain `m2rl_train_domain_reward` /
-`m2rl_train_domain_accuracy` gauges (m2rl_trainer.train.metrics) through the trainer's headless
-Service: no exec into pods, no API write permission for the trainer, and the same numbers
-Prometheus sees. The handler does it on every status refresh (every status_interval_s, 30 s).
+The operator scrapes `m2rl_train_step`, `m2rl_train_checkpoint_step` and the per-domain
+`m2rl_train_domain_reward` / `m2rl_train_domain_accuracy` gauges (m2rl_trainer.train.metrics)
+through the trainer's headless Service: no exec into pods, no API write permission for the
+trainer, and the same numbers Prometheus sees. The handler does it on every status refresh
+(every status_interval_s, 30 s).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ DOMAIN_METRICS = {"m2rl_train_domain_reward": "reward", "m2rl_train_domain_accur
 def parse_progress(text: str, run: str) -> Progress | None:
     """Step and per-domain reward/accuracy of `run` from Prometheus text; None before the first step."""
     step: int | None = None
+    checkpoint: int | None = None
     domains: dict[str, dict[str, float]] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
@@ -26,11 +28,13 @@ def parse_progress(text: str, run: str) -> Progress | None:
                 continue
             if sample.name == "m2rl_train_step":
                 step = int(sample.value)
+            elif sample.name == "m2rl_train_checkpoint_step":
+                checkpoint = int(sample.value)
             elif sample.name in DOMAIN_METRICS and "domain" in sample.labels:
                 domains.setdefault(sample.labels["domain"], {})[DOMAIN_METRICS[sample.name]] = float(
                     sample.value
                 )
-    return None if step is None else Progress(step=step, domains=domains)
+    return None if step is None else Progress(step=step, domains=domains, checkpoint_step=checkpoint)
 
 
 async def scrape(url: str, run: str, timeout_s: float) -> Progress | None:

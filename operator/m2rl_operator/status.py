@@ -22,6 +22,7 @@ class Progress:
 
     step: int
     domains: dict[str, dict[str, float]] = field(default_factory=dict)  # name -> reward, accuracy
+    checkpoint_step: int | None = None  # the newest checkpoint the trainer finished writing
 
 
 @dataclass(frozen=True)
@@ -70,12 +71,14 @@ def condition(
     return result
 
 
-def latest_checkpoint_step(step: int, every_steps: int, total: int) -> int | None:
-    """The newest checkpoint the trainer has written after `step` completed steps (every K, and the last)."""
-    if step >= total:
+def latest_checkpoint_step(progress: Progress | None, old: Status, succeeded: bool, total: int) -> int | None:
+    """The newest complete checkpoint: as the trainer reports it (written after the rename that
+    completes it), else the last one seen (the trainer restarts), and the final one on success."""
+    if succeeded:
         return total
-    last = step - step % every_steps
-    return last if last > 0 else None
+    if progress is not None and progress.checkpoint_step is not None:
+        return progress.checkpoint_step
+    return (old.get("latestCheckpoint") or {}).get("step")
 
 
 def run_status(
@@ -174,9 +177,9 @@ def run_status(
     }
     if step is not None:
         status["step"] = step
-        ckpt = latest_checkpoint_step(step, spec.checkpoint.every_steps, total)
-        if ckpt is not None:
-            status["latestCheckpoint"] = {"uri": checkpoint_uri(ckpt), "step": ckpt}
+    ckpt = latest_checkpoint_step(observed.progress, old, succeeded, total)
+    if ckpt is not None:
+        status["latestCheckpoint"] = {"uri": checkpoint_uri(ckpt), "step": ckpt}
     if observed.progress and observed.progress.domains:
         status["domains"] = [{"name": n, **v} for n, v in sorted(observed.progress.domains.items())]
     elif old.get("domains"):

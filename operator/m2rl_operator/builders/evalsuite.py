@@ -102,6 +102,9 @@ def build_evalsuite(
             *(dump(e) for e in w.env or []),
         ],
         "volumeMounts": [config_mount, shm_mount, *claim_mounts],
+        # The summary is the termination message; a pod that fails before writing one shows the
+        # tail of its log there instead (the error m2rl-eval printed), in the pod's status.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     if res := resources(w, w.gpus):
         container["resources"] = res

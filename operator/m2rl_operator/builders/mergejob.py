@@ -1,13 +1,19 @@
-"""MergeJob -> ConfigMap (a mergekit config) + one Job running mergekit on the merge volume."""
+"""MergeJob -> ConfigMap (a mergekit config) + one Job running `m2rl-merge` on the merge volume.
+
+`m2rl-merge` (trainer image, m2rl_trainer.merge) runs mergekit into a temporary folder, analyses
+the experts' task vectors, renames the result into spec.output, and reports the analysis summary in
+its termination message (read by status.merge_analysis).
+"""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import yaml
 
 from m2rl_operator import naming
-from m2rl_operator.api.merge_methods import EXPERT_PARAMETERS, GLOBAL_PARAMETERS
+from m2rl_operator.api.merge_methods import EXPERT_PARAMETERS, GLOBAL_PARAMETERS, MERGE_METHODS
 from m2rl_operator.api.mergejob import MergeJobSpec
 from m2rl_operator.api.uri import parse_uri
 from m2rl_operator.builders.common import (
@@ -24,6 +30,8 @@ from m2rl_operator.builders.references import BASE_SUFFIX, Resolved, merge_key, 
 from m2rl_operator.settings import OperatorOptions
 
 KIND = "MergeJob"
+MAX_NAME = 63  # status.analysis.pairwiseCosine[].first/second
+INVALID_INPUT_EXIT_CODE = 2  # m2rl-merge: bad config, names or output path; a retry cannot help
 
 
 def _expert_uris(spec: MergeJobSpec, resolved: Resolved) -> list[str]:
@@ -42,6 +50,26 @@ def _base_uri(spec: MergeJobSpec, resolved: Resolved) -> str | None:
     return spec.base.model or resolved[run_key(spec.base.run_ref or "") + BASE_SUFFIX]
 
 
+def expert_names(spec: MergeJobSpec) -> list[str]:
+    """The experts' names in the analysis, in order: name, else runRef or mergeRef, else the last
+    path segment of model (a Hub id's repository name). Characters other than letters, digits, '.',
+    '_' and '-' become '-', and a name taken by an earlier expert gets -2, -3, ..."""
+    names: list[str] = []
+    for e in spec.experts:
+        if e.name or e.run_ref or e.merge_ref:
+            raw = e.name or e.run_ref or e.merge_ref or ""
+        else:
+            uri = parse_uri(e.model or "")
+            raw = (uri.repo if uri.scheme == "hf" else uri.path or uri.claim).rstrip("/").rsplit("/", 1)[-1]
+        name = re.sub(r"[^A-Za-z0-9._-]", "-", raw)[:MAX_NAME] or "expert"
+        unique, k = name, 2
+        while unique in names:
+            unique = f"{name[: MAX_NAME - len(str(k)) - 1]}-{k}"
+            k += 1
+        names.append(unique)
+    return names
+
+
 def build_merge_config(spec: MergeJobSpec, *, resolved: Resolved, options: OperatorOptions) -> dict[str, Any]:
     """mergekit's YAML config (merge_method, base_model, models[].parameters, parameters, dtype)."""
     params_in = dump(spec.parameters)
@@ -49,9 +77,11 @@ def build_merge_config(spec: MergeJobSpec, *, resolved: Resolved, options: Opera
     if (base := _base_uri(spec, resolved)) is not None:
         config["base_model"] = local_path(base, options)
     models = []
+    # mergekit 0.1.5 requires a weight per model for the methods that read one; the API's unset is 1.
+    default_weight = {"weight": 1.0} if "weight" in MERGE_METHODS[spec.method].expert_params else {}
     for expert, uri in zip(spec.experts, _expert_uris(spec, resolved), strict=True):
         entry: dict[str, Any] = {"model": local_path(uri, options)}
-        values = dump(expert)
+        values = {**default_weight, **dump(expert)}
         parameters = {kit: values[api] for api, kit in EXPERT_PARAMETERS.items() if api in values}
         if parameters:
             entry["parameters"] = parameters
@@ -84,14 +114,20 @@ def build_mergejob(
     container: dict[str, Any] = {
         "name": "merge",
         "image": w.image or options.images.merge,
-        "command": ["mergekit-yaml"],
+        "command": ["m2rl-merge"],
         "args": [
+            "--config",
             f"{options.config_dir}/{naming.CONFIG_FILE[KIND]}",
+            "--output",
             local_path(out, options),
-            "--lazy-unpickle",
-        ]
-        + (["--cuda"] if w.gpus > 0 else []),
+            *(["--cuda"] if w.gpus > 0 else []),
+            *([] if spec.analysis.enabled else ["--no-analysis"]),
+            "--expert-names",
+            ",".join(expert_names(spec)),
+        ],
         "volumeMounts": [config_mount, *claim_mounts],
+        # The summary is written to /dev/termination-log; a crash leaves the log's tail there instead.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     if w.env:
         container["env"] = [dump(e) for e in w.env]
@@ -103,6 +139,19 @@ def build_mergejob(
         "metadata": metadata(naming.merge_job(name), namespace, KIND, name, naming.MERGE, spec.queue_name),
         "spec": {
             "backoffLimit": 2,  # a merge is deterministic; retries cover evicted or OOM-killed pods
+            # ...but not an invalid config or an occupied output path, which fail the same way again.
+            "podFailurePolicy": {
+                "rules": [
+                    {
+                        "action": "FailJob",
+                        "onExitCodes": {
+                            "containerName": "merge",
+                            "operator": "In",
+                            "values": [INVALID_INPUT_EXIT_CODE],
+                        },
+                    }
+                ]
+            },
             "template": {
                 "metadata": {"labels": naming.labels(KIND, name, naming.MERGE, spec.queue_name)},
                 "spec": {

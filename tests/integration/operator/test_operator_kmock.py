@@ -14,12 +14,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import prometheus_client
 import pytest
 import yaml
 from kubernetes_asyncio import client
 
 from m2rl_operator.settings import OperatorOptions
+from m2rl_trainer.train.metrics import MetricsSink
 from m2rl_trainer.utils.processes import free_port
 from tests.support.kopf_kmock import (
     CORE_RESOURCES,
@@ -59,19 +59,12 @@ def tiny_run(name: str = "tiny", **spec_changes: Any) -> dict[str, Any]:
 
 
 @pytest.fixture
-def trainer_metrics() -> Any:
-    """A real Prometheus endpoint with the trainer's gauge names (what rank 0 serves on :9400)."""
-    registry = prometheus_client.CollectorRegistry()
-    step = prometheus_client.Gauge("m2rl_train_step", "step", ("run",), registry=registry)
-    reward = prometheus_client.Gauge("m2rl_train_domain_reward", "r", ("run", "domain"), registry=registry)
-    accuracy = prometheus_client.Gauge(
-        "m2rl_train_domain_accuracy", "a", ("run", "domain"), registry=registry
-    )
+def trainer_metrics(tmp_path: Path) -> Any:
+    """The trainer's own metrics endpoint (what rank 0 serves on :9400), for the run "tiny"."""
     port = free_port()
-    server, thread = prometheus_client.start_http_server(port, addr="127.0.0.1", registry=registry)
-    yield f"http://127.0.0.1:{port}/metrics", step, reward, accuracy
-    server.shutdown()
-    thread.join(timeout=5)
+    sink = MetricsSink(tmp_path / "metrics.jsonl", port, "tiny")
+    yield f"http://127.0.0.1:{port}/metrics", sink
+    sink.close()
 
 
 @pytest.fixture
@@ -164,7 +157,7 @@ FAILED = {"conditions": [{"type": "Failed", "status": "True", "reason": "Backoff
 async def test_run_lifecycle_children_status_progress_and_success(
     kmock: Any, api: Any, trainer_metrics: Any
 ) -> None:
-    url, step, reward, accuracy = trainer_metrics
+    url, trainer = trainer_metrics
     async with running_operator(kmock, HANDLERS, memo(url)):
         await create(api, "rlvrruns", tiny_run())
         for plural, name in RUN_CHILDREN:
@@ -198,9 +191,8 @@ async def test_run_lifecycle_children_status_progress_and_success(
         await client.AppsV1Api(api).patch_namespaced_deployment_status(
             "tiny-verifier", NS, {"status": {"readyReplicas": 1}}
         )
-        step.labels("tiny").set(12)
-        reward.labels("tiny", "arith").set(0.25)
-        accuracy.labels("tiny", "arith").set(0.5)
+        trainer.log({"step": 12, "per_domain": {"arith": {"reward": 0.25, "accuracy": 0.5}}})
+        trainer.checkpoint_written(10)
         await set_job_status(api, "tiny-trainer", {"active": 1})
         status = await eventually(
             lambda: (
@@ -390,11 +382,20 @@ async def test_merge_and_eval_wait_for_dependencies(kmock: Any, api: Any) -> Non
             "merge_method": "task_arithmetic",
             "base_model": "/models/tiny",
             "models": [
-                {"model": "/mnt/pvc/checkpoints/runs/tiny/checkpoints/step-000020/model"},
-                {"model": "/mnt/pvc/checkpoints/other"},
+                {
+                    "model": "/mnt/pvc/checkpoints/runs/tiny/checkpoints/step-000020/model",
+                    "parameters": {"weight": 1.0},  # mergekit requires one; the API's unset means 1
+                },
+                {"model": "/mnt/pvc/checkpoints/other", "parameters": {"weight": 1.0}},
             ],
             "dtype": "bfloat16",
         }
+        (container,) = job["spec"]["template"]["spec"]["containers"]
+        assert (container["command"], container["args"]) == (
+            ["m2rl-merge"],
+            ["--config", "/etc/m2rl/merge.yaml", "--output", "/mnt/pvc/checkpoints/merges/avg",
+             "--expert-names", "tiny,other"],
+        )  # fmt: skip
         assert not exists(kmock, "batch/v1/jobs", "ev-eval")
         analysis = {
             "taskVectorNorms": {"tiny": 1.5, "other": 0.5},

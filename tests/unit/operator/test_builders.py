@@ -167,6 +167,7 @@ def test_trainer_config_of_the_tiny_cpu_run() -> None:
             "max_response_tokens": 16,
             "steps": 20,
             "update_epochs": 1,
+            "off_policy_steps": 0,
             "micro_batch_size": 1,
             "max_grad_norm": 1.0,
             "seed": 0,

@@ -24,6 +24,7 @@ from m2rl_operator.status import (
     merge_analysis,
     run_status,
 )
+from m2rl_trainer.train.metrics import MetricsSink
 
 TINY = yaml.safe_load((Path(__file__).parent / "cases" / "tiny-cpu.yaml").read_text())
 NOW, LATER = "2026-11-22T03:00:00Z", "2026-11-22T03:05:00Z"
@@ -159,34 +160,36 @@ def test_a_dependents_job_status_derives_dependencies_ready_from_a_stale_waiting
 
 
 @pytest.mark.parametrize(
-    ("step", "every", "total", "expected"),
+    ("progress", "old", "succeeded", "expected"),
     [
-        (0, 10, 20, None),
-        (9, 10, 20, None),
-        (10, 10, 20, 10),
-        (19, 10, 20, 10),
-        (20, 10, 20, 20),
-        (25, 50, 25, 25),
+        (None, {}, False, None),
+        (Progress(12), {}, False, None),  # no checkpoint written yet
+        (Progress(12, checkpoint_step=10), {}, False, 10),  # as the trainer reports it
+        (None, {"latestCheckpoint": {"step": 10}}, False, 10),  # trainer restarting: kept
+        (Progress(3), {"latestCheckpoint": {"step": 10}}, False, 10),
+        (None, {}, True, 20),  # the final checkpoint
     ],
 )
-def test_latest_checkpoint_step(step: int, every: int, total: int, expected: int | None) -> None:
-    assert latest_checkpoint_step(step, every, total) == expected
+def test_latest_checkpoint_step(
+    progress: Progress | None, old: dict[str, Any], succeeded: bool, expected: int | None
+) -> None:
+    assert latest_checkpoint_step(progress, old, succeeded, 20) == expected
 
 
-def test_progress_from_the_trainers_metric_names() -> None:
-    registry = prometheus_client.CollectorRegistry()
-    step = prometheus_client.Gauge("m2rl_train_step", "", ("run",), registry=registry)
-    reward = prometheus_client.Gauge("m2rl_train_domain_reward", "", ("run", "domain"), registry=registry)
-    accuracy = prometheus_client.Gauge("m2rl_train_domain_accuracy", "", ("run", "domain"), registry=registry)
-    step.labels("a").set(42)
-    step.labels("other").set(7)
-    reward.labels("a", "math").set(0.75)
-    accuracy.labels("a", "math").set(0.5)
-    reward.labels("a", "code").set(0.25)
-    text = prometheus_client.generate_latest(registry).decode()
-    assert parse_progress(text, "a") == Progress(
-        42, {"math": {"reward": 0.75, "accuracy": 0.5}, "code": {"reward": 0.25}}
+def test_progress_from_the_trainers_own_metrics(tmp_path: Path) -> None:
+    sink = MetricsSink(tmp_path / "a.jsonl", None, "a")
+    sink.log(
+        {"step": 42, "per_domain": {"math": {"reward": 0.75, "accuracy": 0.5}, "code": {"reward": 0.25}}}
     )
+    sink.checkpoint_written(40)
+    other = MetricsSink(tmp_path / "o.jsonl", None, "other")
+    other.log({"step": 7})
+    text = prometheus_client.generate_latest(sink.registry).decode()
+    text += prometheus_client.generate_latest(other.registry).decode()
+    assert parse_progress(text, "a") == Progress(
+        42, {"math": {"reward": 0.75, "accuracy": 0.5}, "code": {"reward": 0.25}}, checkpoint_step=40
+    )
+    assert parse_progress(text, "other") == Progress(7)
     assert parse_progress(text, "missing") is None
 
 

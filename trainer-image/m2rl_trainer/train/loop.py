@@ -513,6 +513,8 @@ class GRPOTrainer:
             (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=1))
             ckpt.finalize(tmp, final)
             ckpt.prune(root, self.config.checkpoint.keep)
+            if self.metrics is not None:
+                self.metrics.checkpoint_written(self.step)
         dist.barrier()
         return final
 

@@ -1,8 +1,9 @@
 """Training metrics: one JSON line per step (rank 0) and a Prometheus endpoint.
 
 Names on the endpoint: `m2rl_train_<metric>` gauges, per-domain ones with a `domain` label, plus
-`m2rl_train_step`. The JSONL file is the durable record; the endpoint is what Prometheus scrapes
-and what the operator reads to show progress in `kubectl get rlvrrun`.
+`m2rl_train_step` and `m2rl_train_checkpoint_step`. The JSONL file is the durable record; the
+endpoint is what Prometheus scrapes and what the operator reads to show progress in `kubectl get
+rlvrrun`.
 """
 
 from __future__ import annotations
@@ -53,6 +54,10 @@ class MetricsSink:
                     self._gauge("domain_" + _SAFE.sub("_", key), ("domain",)).labels(
                         self.run_name, domain
                     ).set(value)
+
+    def checkpoint_written(self, step: int) -> None:
+        """`m2rl_train_checkpoint_step`: the newest complete checkpoint (the operator's latestCheckpoint)."""
+        self._gauge("checkpoint_step", ()).labels(self.run_name).set(step)
 
     def close(self) -> None:
         if self._server is not None:

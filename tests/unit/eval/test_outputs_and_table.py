@@ -1,0 +1,139 @@
+"""The pure parts around an evaluation: the pod's vLLM command, atomic outputs, the termination
+message and the comparison table."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from m2rl_trainer.eval.cli import main, termination_result
+from m2rl_trainer.eval.config import parse_eval_config
+from m2rl_trainer.eval.runner import OutputWriter, vllm_server_config
+from m2rl_trainer.eval.table import load_results, render_table
+from m2rl_trainer.rollout.vllm_server import VLLMServerConfig, vllm_server_command
+from m2rl_trainer.utils.results import encode_result
+
+CONFIG = parse_eval_config(
+    {
+        "models": [{"name": "m", "path": "/models/m"}],
+        "benchmarks": [{"name": "b", "dataset": "/data/b.jsonl", "verifier": "math"}],
+        "sampling": {"seed": 7},
+        "vllm": {
+            "tensor_parallel_size": 2,
+            "gpu_memory_utilization": 0.8,
+            "extra_args": ["--dtype", "bfloat16"],
+        },
+    }
+)
+
+
+def test_the_pods_vllm_server_on_gpus() -> None:
+    config = vllm_server_config(CONFIG.models[0], CONFIG, max_model_len=4096, gpus=2)
+    assert config == VLLMServerConfig(
+        model=Path("/models/m"),
+        served_model_name="m",
+        dtype="auto",
+        max_model_len=4096,
+        enforce_eager=False,
+        dev_mode=False,
+        seed=7,
+        extra_args=("--tensor-parallel-size", "2", "--gpu-memory-utilization", "0.8", "--dtype", "bfloat16"),
+        startup_timeout_s=1800.0,
+    )
+    # The user's --dtype comes after the default one: vLLM's argparse keeps the last.
+    command = vllm_server_command(config, port=8000)
+    assert command.index("bfloat16") > command.index("auto")
+
+
+def test_the_pods_vllm_server_on_cpu_has_no_gpu_flags() -> None:
+    config = vllm_server_config(CONFIG.models[0], CONFIG, max_model_len=300, gpus=0)
+    assert (config.dtype, config.enforce_eager, config.max_model_len) == ("float32", True, 300)
+    assert config.extra_args == ("--dtype", "bfloat16")
+
+
+def test_outputs_appear_only_when_committed(tmp_path: Path) -> None:
+    with OutputWriter(tmp_path, "m") as writer:
+        writer.samples_path("b").write_text("{}\n")
+        assert list(tmp_path.iterdir()) == [writer.tmp]  # nothing under the final name yet
+        writer.commit({"model": "m", "results": [1]})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["b.samples.jsonl", "results.json"]
+
+    # A failed re-run leaves the previous outputs untouched and no partial directory behind.
+    with pytest.raises(RuntimeError), OutputWriter(tmp_path, "m") as writer:
+        writer.samples_path("b").write_text("partial\n")
+        raise RuntimeError("generation failed")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+    assert json.loads((tmp_path / "m" / "results.json").read_text())["results"] == [1]
+
+    # A successful re-run replaces them whole.
+    with OutputWriter(tmp_path, "m") as writer:
+        writer.commit({"model": "m", "results": [2]})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["results.json"]
+
+
+def _cells(benchmarks: int, metrics: int) -> list[dict[str, Any]]:
+    names = ["avg@k", "pass@k", "maj@k", "pass@1", "pass@2", "pass@4", "pass@8", "maj@4"][:metrics]
+    return [
+        {"benchmark": f"bench-{i:02d}", "metrics": dict.fromkeys(names, 1 / 3), "prompts": 500}
+        for i in range(benchmarks)
+    ]
+
+
+def test_termination_result_has_the_operators_shape() -> None:
+    result = termination_result("m", [{"benchmark": "b", "metrics": {"avg@k": 2 / 3}, "prompts": 30}])
+    assert result == {
+        "model": "m",
+        "results": [{"benchmark": "b", "metrics": {"avg@k": 0.666667}, "prompts": 30}],
+    }
+
+
+def test_termination_result_rounds_until_it_fits() -> None:
+    big = termination_result("m", _cells(32, 5))  # 6 decimals would be over 4096 bytes
+    assert big["results"][0]["metrics"]["avg@k"] in (0.3333, 0.333)
+    assert len(encode_result(big)) <= 4096
+    with pytest.raises(ValueError, match="a termination message holds 4096"):
+        termination_result("m", _cells(32, 8))  # the API's maximum does not fit (see docs/eval.md)
+
+
+RESULTS = [
+    {
+        "model": "base",
+        "results": [
+            {"benchmark": "aime", "metrics": {"avg@k": 0.25, "pass@k": 0.5}, "prompts": 30},
+            {"benchmark": "gpqa", "metrics": {"avg@k": 0.4}, "prompts": 198},
+        ],
+    },
+    {"model": "tuned", "results": [{"benchmark": "aime", "metrics": {"avg@k": 0.3125}, "prompts": 30}]},
+]
+TABLE = """\
+| model | aime avg@k | aime pass@k | gpqa avg@k |
+| --- | ---: | ---: | ---: |
+| base | 0.250 | 0.500 | 0.400 |
+| tuned | 0.312 | - | - |
+"""
+
+
+def test_render_table() -> None:
+    assert render_table(RESULTS) == TABLE
+
+
+def test_table_command_reads_files_and_output_directories(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for result in RESULTS:
+        (tmp_path / "out" / result["model"]).mkdir(parents=True)
+        (tmp_path / "out" / result["model"] / "results.json").write_text(json.dumps(result))
+    assert [r["model"] for r in load_results([tmp_path / "out"])] == ["base", "tuned"]
+    assert main(["table", str(tmp_path / "out")]) == 0
+    assert capsys.readouterr().out == TABLE
+    assert main(["table", str(tmp_path / "out" / "tuned" / "results.json"), "--digits", "2"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "| tuned | 0.31 |"
+
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    assert main(["table", str(tmp_path / "bad.json")]) == 2
+    assert "bad.json: not an m2rl-eval result" in capsys.readouterr().err
