@@ -217,6 +217,16 @@ def test_logprob_kind_the_server_cannot_give_is_refused(engine: VLLMServerRollou
         engine.generate(PROMPTS, SamplingParams(n=2, max_tokens=4, temperature=0.7))
 
 
+def test_text_only_callers_sample_at_any_temperature(vllm_server: VLLMServer, tokenizer: Any) -> None:
+    # Evaluation reads the text, not the logprobs: the same settings are served without the check.
+    with VLLMServerRollout(
+        [vllm_server.url], vllm_server.model_name, tokenizer, timeout_s=120, policy_logprobs=False
+    ) as rollout:
+        groups = rollout.generate(PROMPTS, SamplingParams(n=2, max_tokens=4, temperature=0.7, top_p=0.9))
+    assert [len(g) for g in groups] == [2] * len(PROMPTS)
+    assert all(c.token_ids for g in groups for c in g)
+
+
 def write_weights(tiny_model_dir: Path, folder: Path, scale: dict[str, float]) -> dict[str, torch.Tensor]:
     """The tiny model's tensors with some scaled, as one safetensors file in `folder`."""
     weights = load_file(tiny_model_dir / "model.safetensors")

@@ -244,3 +244,30 @@ def test_validation_problems_name_the_fields() -> None:
         "spec.model.dtype: float16 is not supported by the trainer (use bfloat16 or float32)",
         "spec.rollout.weightSync: nccl needs GPUs; use filesystem with gpusPerReplica 0",
     ]
+
+
+def test_every_program_the_pods_run_is_installed_by_the_trainer_image() -> None:
+    """Commands in rendered containers: m2rl-* are console scripts of trainer-image/pyproject.toml
+    that import; the others (torchrun, python) come with its dependencies."""
+    import importlib
+    import shutil
+    import sys
+    import tomllib
+
+    scripts = tomllib.loads((REPO_ROOT / "trainer-image" / "pyproject.toml").read_text())["project"][
+        "scripts"
+    ]
+    commands = {
+        container["command"][0]
+        for case in CASES
+        for manifest in _render(case)
+        if manifest["kind"] in ("Job", "StatefulSet", "Deployment")
+        for container in manifest["spec"]["template"]["spec"]["containers"]
+    }
+    assert {"m2rl-eval", "m2rl-merge", "m2rl-verifier", "torchrun", "python"} <= commands
+    for command in sorted(commands):
+        if command.startswith("m2rl-"):
+            module, _, function = scripts[command].partition(":")
+            assert callable(getattr(importlib.import_module(module), function)), command
+        else:
+            assert shutil.which(command, path=str(Path(sys.executable).parent)), command

@@ -133,17 +133,6 @@ def load_benchmarks(config: EvalConfig) -> dict[str, list[Prompt]]:
 # ---- engines ---------------------------------------------------------------------------------------
 
 
-class _EvalServerRollout(VLLMServerRollout):
-    """The server rollout without its logprob-distribution check.
-
-    Training needs log softmax(logits / T) and refuses temperature != 1 with top_p < 1 (vLLM cannot
-    report that distribution). Evaluation reads only the text, so any temperature / top_p is fine.
-    """
-
-    def _check_logprobs_mode(self, params: SamplingParams) -> None:
-        return None
-
-
 def served_model_name(url: str, model: ModelConfig) -> str:
     """The name to send to a running server: its only model, or the one named like `model`."""
     try:
@@ -205,11 +194,16 @@ def open_engine(
         with _hf_engine(model, tokenizer) as engine:
             yield engine
         return
-    rollout_args: dict[str, Any] = {"timeout_s": options.request_timeout_s, "max_retries": 2}
+    # Evaluation reads only the text: any temperature / top_p is fine (no logprob-mode check).
+    rollout_args: dict[str, Any] = {
+        "timeout_s": options.request_timeout_s,
+        "max_retries": 2,
+        "policy_logprobs": False,
+    }
     if options.server_url:
         name = served_model_name(options.server_url, model)
         log.info("using the vLLM server at %s (model %r)", options.server_url, name)
-        with _EvalServerRollout([options.server_url], name, tokenizer, **rollout_args) as shared:
+        with VLLMServerRollout([options.server_url], name, tokenizer, **rollout_args) as shared:
             yield shared
         return
     import torch
@@ -222,7 +216,7 @@ def open_engine(
     try:
         server.wait_ready()
         log.info("vLLM ready in %.0f s at %s", server.startup_seconds or 0.0, server.url)
-        with _EvalServerRollout([server.url], server.model_name, tokenizer, **rollout_args) as own:
+        with VLLMServerRollout([server.url], server.model_name, tokenizer, **rollout_args) as own:
             yield own
     finally:
         server.stop()

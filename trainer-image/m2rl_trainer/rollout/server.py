@@ -240,6 +240,8 @@ class VLLMServerRollout:
     tokenizer: the policy's tokenizer, used to tokenise probe texts the same way the trainer does.
     timeout_s: per HTTP request. max_retries: retries per request (attempts = 1 + max_retries).
     logprobs_mode: the replicas' `--logprobs-mode`; None: read from each replica when needed.
+    policy_logprobs: the caller trains on the logprobs, so they must be of softmax(logits / T)
+    (checked against the replicas' mode); False for evaluation, which reads only the text.
     """
 
     def __init__(
@@ -253,6 +255,7 @@ class VLLMServerRollout:
         backoff_s: float = 0.5,
         max_concurrency_per_replica: int = 32,
         logprobs_mode: LogprobsMode | None = None,
+        policy_logprobs: bool = True,
     ) -> None:
         if not urls:
             raise ValueError("VLLMServerRollout needs at least one server URL")
@@ -279,6 +282,7 @@ class VLLMServerRollout:
         self._next = 0  # round-robin tie-break among equally loaded replicas
         self.prompts_sent = {replica.url: 0 for replica in self.replicas}  # per replica, for metrics
         self._logprobs_mode = logprobs_mode
+        self._policy_logprobs = policy_logprobs
 
     # -- generation ---------------------------------------------------------------------------
 
@@ -296,6 +300,8 @@ class VLLMServerRollout:
             self._in_flight[index] -= 1
 
     def _check_logprobs_mode(self, params: SamplingParams) -> None:
+        if not self._policy_logprobs:
+            return
         needed = required_logprobs_mode(params)
         if needed is None:
             return
