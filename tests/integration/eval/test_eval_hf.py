@@ -72,9 +72,9 @@ def _by_prompt(records: list[dict[str, Any]], key: str) -> list[list[Any]]:
 
 
 def test_hf_engine_end_to_end(
-    tmp_path: Path, sft_model_dir: Path, max3_heldout: list[dict[str, str]], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, max3_sft_model: Path, max3_heldout: list[dict[str, str]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    config = _write_config(tmp_path, sft_model_dir, max3_heldout)
+    config = _write_config(tmp_path, max3_sft_model, max3_heldout)
     message = tmp_path / "termination-log"
     monkeypatch.setenv("M2RL_RESULT_PATH", str(message))
     argv = ["--config", str(config), "--model-index", "0", "--engine", "hf"]
