@@ -87,3 +87,15 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
     report = outcome.get_result()
     if report.failed and "vllm_server" in getattr(item, "funcargs", {}):
         report.sections.append(("vLLM server log (tail)", item.funcargs["vllm_server"].log_tail()))
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """One intra-op thread: on 2 shared, busy cores torch's thread pool makes small tensor work
+    ~100x slower (spinning workers). Restored afterwards for the rest of the session."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -22,6 +22,8 @@ from m2rl_operator.status import merge_analysis
 from m2rl_trainer.merge.cli import main
 from tests.unit.merge.checkpoints import direct_analysis, load_tensors
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
+
 UP = "model.layers.0.mlp.up_proj.weight"
 DOWN = "model.layers.1.mlp.down_proj.weight"
 EMBED = "model.embed_tokens.weight"

@@ -24,6 +24,8 @@ from m2rl_trainer.merge.runner import fit_summary
 from m2rl_trainer.utils.results import MAX_MESSAGE_BYTES, encode_result
 from tests.unit.merge.checkpoints import direct_analysis, write_checkpoint
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
+
 SVG = "{http://www.w3.org/2000/svg}"
 
 
