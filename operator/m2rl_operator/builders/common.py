@@ -6,6 +6,8 @@ import copy
 from collections.abc import Iterable
 from typing import Any
 
+import yaml
+
 from m2rl_operator import naming
 from m2rl_operator.api.common import PodOptions
 from m2rl_operator.api.uri import ParsedURI, parse_uri
@@ -21,6 +23,59 @@ def metadata(
         "name": name,
         "namespace": namespace,
         "labels": naming.labels(kind, owner, component, queue_name),
+    }
+
+
+def config_map(kind: str, owner: str, namespace: str, config: dict[str, Any]) -> Manifest:
+    """The ConfigMap holding the program's config file (trainer.yaml, merge.yaml, eval.yaml)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": metadata(naming.config_map(owner), namespace, kind, owner, naming.CONFIG),
+        "data": {naming.CONFIG_FILE[kind]: yaml.safe_dump(config, sort_keys=False)},
+    }
+
+
+def worker_job(
+    kind: str,
+    owner: str,
+    namespace: str,
+    *,
+    job_name: str,
+    component: str,
+    worker: PodOptions,
+    container: dict[str, Any],
+    volumes: list[dict[str, Any]],
+    job_spec: dict[str, Any],
+    queue_name: str | None,
+    priority_class_name: str | None,
+) -> Manifest:
+    """A Job of one container that reports its result in the termination message (merge, eval).
+
+    `job_spec` holds the Job-level fields (completions, retries); the pod template is built here.
+    """
+    container = {
+        **container,
+        # The summary is the termination message (m2rl_trainer.utils.results); a pod that fails
+        # before writing one shows the tail of its log there instead.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": metadata(job_name, namespace, kind, owner, component, queue_name),
+        "spec": {
+            **job_spec,
+            "template": {
+                "metadata": {"labels": naming.labels(kind, owner, component, queue_name)},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "containers": [container],
+                    "volumes": volumes,
+                    **pod_placement(worker, priority_class_name),
+                },
+            },
+        },
     }
 
 

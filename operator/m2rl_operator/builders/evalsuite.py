@@ -5,20 +5,18 @@ from __future__ import annotations
 
 from typing import Any
 
-import yaml
-
 from m2rl_operator import naming
 from m2rl_operator.api.evalsuite import EvalSuiteSpec
 from m2rl_operator.builders.common import (
     Manifest,
     claim_volumes,
+    config_map,
     config_volume,
     dump,
     local_path,
-    metadata,
-    pod_placement,
     resources,
     shm_volume,
+    worker_job,
 )
 from m2rl_operator.builders.references import Resolved, merge_key, run_key
 from m2rl_operator.settings import OperatorOptions
@@ -68,13 +66,7 @@ def build_eval_config(spec: EvalSuiteSpec, *, resolved: Resolved, options: Opera
 def build_evalsuite(
     spec: EvalSuiteSpec, *, name: str, namespace: str, resolved: Resolved, options: OperatorOptions
 ) -> list[Manifest]:
-    config = build_eval_config(spec, resolved=resolved, options=options)
-    config_map = {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": metadata(naming.config_map(name), namespace, KIND, name, naming.CONFIG),
-        "data": {naming.CONFIG_FILE[KIND]: yaml.safe_dump(config, sort_keys=False)},
-    }
+    config = config_map(KIND, name, namespace, build_eval_config(spec, resolved=resolved, options=options))
     w = spec.worker
     uris = [*model_uris(spec, resolved), *(b.dataset.uri for b in spec.benchmarks)]
     claim_vols, claim_mounts = claim_volumes(uris, [], options)
@@ -102,31 +94,26 @@ def build_evalsuite(
             *(dump(e) for e in w.env or []),
         ],
         "volumeMounts": [config_mount, shm_mount, *claim_mounts],
-        # The summary is the termination message; a pod that fails before writing one shows the
-        # tail of its log there instead (the error m2rl-eval printed), in the pod's status.
-        "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     if res := resources(w, w.gpus):
         container["resources"] = res
-    job = {
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "metadata": metadata(naming.eval_job(name), namespace, KIND, name, naming.EVAL, spec.queue_name),
-        "spec": {
+    job = worker_job(
+        KIND,
+        name,
+        namespace,
+        job_name=naming.eval_job(name),
+        component=naming.EVAL,
+        worker=w,
+        container=container,
+        volumes=[config_vol, shm_vol, *claim_vols],
+        queue_name=spec.queue_name,
+        priority_class_name=spec.priority_class_name,
+        job_spec={
             "completionMode": "Indexed",
             "completions": len(spec.models),
             "parallelism": min(w.parallelism, len(spec.models)),
             "backoffLimitPerIndex": 1,
             "maxFailedIndexes": len(spec.models),
-            "template": {
-                "metadata": {"labels": naming.labels(KIND, name, naming.EVAL, spec.queue_name)},
-                "spec": {
-                    "restartPolicy": "Never",
-                    "containers": [container],
-                    "volumes": [config_vol, shm_vol, *claim_vols],
-                    **pod_placement(w, spec.priority_class_name),
-                },
-            },
         },
-    }
-    return [config_map, job]
+    )
+    return [config, job]

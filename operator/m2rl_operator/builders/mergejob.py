@@ -10,8 +10,6 @@ from __future__ import annotations
 import re
 from typing import Any
 
-import yaml
-
 from m2rl_operator import naming
 from m2rl_operator.api.merge_methods import EXPERT_PARAMETERS, GLOBAL_PARAMETERS, MERGE_METHODS
 from m2rl_operator.api.mergejob import MergeJobSpec
@@ -19,12 +17,12 @@ from m2rl_operator.api.uri import parse_uri
 from m2rl_operator.builders.common import (
     Manifest,
     claim_volumes,
+    config_map,
     config_volume,
     dump,
     local_path,
-    metadata,
-    pod_placement,
     resources,
+    worker_job,
 )
 from m2rl_operator.builders.references import BASE_SUFFIX, Resolved, merge_key, run_key
 from m2rl_operator.settings import OperatorOptions
@@ -98,14 +96,8 @@ def build_mergejob(
     spec: MergeJobSpec, *, name: str, namespace: str, resolved: Resolved, options: OperatorOptions
 ) -> list[Manifest]:
     """The ConfigMap and the Job of a MergeJob whose references are all in `resolved`."""
-    config = build_merge_config(spec, resolved=resolved, options=options)
     out = parse_uri(spec.output.uri)
-    config_map = {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": metadata(naming.config_map(name), namespace, KIND, name, naming.CONFIG),
-        "data": {naming.CONFIG_FILE[KIND]: yaml.safe_dump(config, sort_keys=False)},
-    }
+    config = config_map(KIND, name, namespace, build_merge_config(spec, resolved=resolved, options=options))
     inputs = [u for u in (_base_uri(spec, resolved), *_expert_uris(spec, resolved)) if u]
     writable = [out.claim] if out.scheme == "pvc" else []
     claim_vols, claim_mounts = claim_volumes([*inputs, out], writable, options)
@@ -126,18 +118,23 @@ def build_mergejob(
             ",".join(expert_names(spec)),
         ],
         "volumeMounts": [config_mount, *claim_mounts],
-        # The summary is written to /dev/termination-log; a crash leaves the log's tail there instead.
-        "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     if w.env:
         container["env"] = [dump(e) for e in w.env]
     if res := resources(w, w.gpus):
         container["resources"] = res
-    job = {
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "metadata": metadata(naming.merge_job(name), namespace, KIND, name, naming.MERGE, spec.queue_name),
-        "spec": {
+    job = worker_job(
+        KIND,
+        name,
+        namespace,
+        job_name=naming.merge_job(name),
+        component=naming.MERGE,
+        worker=w,
+        container=container,
+        volumes=[config_vol, *claim_vols],
+        queue_name=spec.queue_name,
+        priority_class_name=spec.priority_class_name,
+        job_spec={
             "backoffLimit": 2,  # a merge is deterministic; retries cover evicted or OOM-killed pods
             # ...but not an invalid config or an occupied output path, which fail the same way again.
             "podFailurePolicy": {
@@ -152,15 +149,6 @@ def build_mergejob(
                     }
                 ]
             },
-            "template": {
-                "metadata": {"labels": naming.labels(KIND, name, naming.MERGE, spec.queue_name)},
-                "spec": {
-                    "restartPolicy": "Never",
-                    "containers": [container],
-                    "volumes": [config_vol, *claim_vols],
-                    **pod_placement(w, spec.priority_class_name),
-                },
-            },
         },
-    }
-    return [config_map, job]
+    )
+    return [config, job]

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import yaml
-
 from m2rl_operator import naming
 from m2rl_operator.api.rlvrrun import RLVRRunSpec
 from m2rl_operator.builders.common import (
     Manifest,
     claim_volumes,
+    config_map,
     config_volume,
     container_extras,
     headless_service,
@@ -33,13 +32,9 @@ COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
 
 
 def build_config_map(spec: RLVRRunSpec, *, name: str, namespace: str, options: OperatorOptions) -> Manifest:
-    config = build_trainer_config(spec, name=name, namespace=namespace, options=options)
-    return {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": metadata(naming.config_map(name), namespace, KIND, name, naming.CONFIG),
-        "data": {naming.CONFIG_FILE[KIND]: yaml.safe_dump(config, sort_keys=False)},
-    }
+    return config_map(
+        KIND, name, namespace, build_trainer_config(spec, name=name, namespace=namespace, options=options)
+    )
 
 
 def build_checkpoint_claim(spec: RLVRRunSpec, *, name: str, namespace: str) -> Manifest | None:
