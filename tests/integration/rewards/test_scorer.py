@@ -113,6 +113,28 @@ def test_pool_results_equal_the_pure_functions_on_the_math_corpus(scorer):
         assert result.verdict == case["expected"], case["id"]
 
 
+def test_math_checks_decided_early_never_reach_the_worker_pool(scorer, monkeypatch):
+    """Integer answers equal to the reference, missing answers and format gates are decided in the
+    scorer's process; the rest still go to math-verify in a worker."""
+    sent: list[str] = []
+    real = scorer._run_python
+    monkeypatch.setattr(scorer, "_run_python", lambda item: sent.append(item.sample.id) or real(item))
+    samples = [
+        {"id": "int", "verifier": "math", "response": "so \\boxed{42}", "reference": "42"},
+        {"id": "none", "verifier": "math", "response": "no idea", "reference": "42"},
+        {"id": "wrong", "verifier": "math", "response": "\\boxed{41}", "reference": "42"},
+        {"id": "frac", "verifier": "math", "response": "\\boxed{0.5}", "reference": "1/2"},
+    ]
+    results = scorer.score(samples)
+    assert [(r.id, r.verdict) for r in results] == [
+        ("int", "correct"),
+        ("none", "no_answer"),
+        ("wrong", "incorrect"),
+        ("frac", "correct"),
+    ]
+    assert sorted(sent) == ["frac", "wrong"]
+
+
 def test_math_timeout_is_a_verdict_and_the_pool_stays_usable(scorer):
     slow = {
         "verifier": "math",

@@ -124,3 +124,38 @@ def test_options_that_make_no_sense_are_config_errors(options, message):
 def test_bad_references_are_config_errors(reference):
     with pytest.raises(ConfigError, match="math reference"):
         SPEC.check_reference(reference, SPEC.parse_options({}))
+
+
+@pytest.mark.parametrize(
+    ("gold", "answer"),
+    [("8", "8"), ("08", "8"), ("-3", "-3"), ("-0", "0"), ("12345678901234567890", "12345678901234567890")],
+)
+def test_the_integer_shortcut_agrees_with_math_verify(gold: str, answer: str) -> None:
+    options = math_verifier.MathOptions()
+    quick = math_verifier.quick_verdict(f"so \\boxed{{{answer}}}", gold, options)
+    assert quick is not None and (quick.reward, quick.verdict) == (1.0, "correct")
+    assert math_verifier.equivalent(gold, answer, options)  # what the worker would have said
+
+
+@pytest.mark.parametrize(
+    ("response", "reference", "options"),
+    [
+        ("\\boxed{7}", "8", {}),  # unequal integers: math-verify decides (never a quick 0)
+        ("\\boxed{0.5}", "1/2", {}),
+        ("\\boxed{7}", "7.0", {}),
+        ("Answer: 7", "7", {"answer_regex": "Answer: (\\d+)"}),  # user regexes run in a worker only
+    ],
+)
+def test_what_the_shortcut_leaves_to_the_workers(response: str, reference: str, options: dict) -> None:
+    assert math_verifier.quick_verdict(response, reference, SPEC.parse_options(options)) is None
+
+
+def test_corpus_verdicts_decided_early_are_the_same_as_the_full_check() -> None:
+    decided = 0
+    for case in CASES:
+        options = SPEC.parse_options(case.get("options"))
+        quick = math_verifier.quick_verdict(case["response"], case["reference"], options)
+        if quick is not None:
+            decided += 1
+            assert quick.verdict == case["expected"], case["id"]
+    assert decided >= 10  # no answer, format gates and integer answers are in the corpus

@@ -213,8 +213,12 @@ def equivalent(gold: str, answer: str, options: MathOptions) -> bool:
     )
 
 
-def verify(response: str, reference: Any, options: MathOptions) -> Result:
-    """Score one math response: 1 if its extracted final answer equals a reference answer."""
+_INTEGER = re.compile(r"-?\d+")
+
+
+def _decide_early(response: str, reference: Any, options: MathOptions) -> Result | tuple[str, str, list[str]]:
+    """The verdict when it needs no math-verify (a format gate, no answer, an integer answer equal to
+    an integer reference: math-verify says the same), else (answer, strategy, gold answers)."""
     text, gated = apply_think_gate(response, options)
     if gated is not None:
         return gated
@@ -222,7 +226,32 @@ def verify(response: str, reference: Any, options: MathOptions) -> Result:
     answer, strategy = extract_answer(text, options)
     if answer is None:
         return Result(0.0, NO_ANSWER, {"reason": f"no answer found by {list(options.extract)}"})
+    assert strategy is not None
     golds = [str(g) for g in (reference if isinstance(reference, list) else [reference])]
+    if _INTEGER.fullmatch(answer) and any(
+        _INTEGER.fullmatch(g.strip()) and int(g) == int(answer) for g in golds
+    ):
+        return Result(1.0, CORRECT, {"extracted": answer, "strategy": strategy})
+    return answer, strategy, golds
+
+
+def quick_verdict(response: str, reference: Any, options: MathOptions) -> Result | None:
+    """`verify`'s result when it is decided without math-verify, else None. The scorer calls this in
+    its own process first: on RL batches with integer answers most checks end here, and only the
+    rest go to the worker processes (where math-verify's parsing runs under a wall-clock limit).
+    A user's `answer_regex` is never run here: only in a worker can a pathological one be stopped."""
+    if options.answer_regex is not None:
+        return None
+    decided = _decide_early(response, reference, options)
+    return decided if isinstance(decided, Result) else None
+
+
+def verify(response: str, reference: Any, options: MathOptions) -> Result:
+    """Score one math response: 1 if its extracted final answer equals a reference answer."""
+    decided = _decide_early(response, reference, options)
+    if isinstance(decided, Result):
+        return decided
+    answer, strategy, golds = decided
     details: dict[str, Any] = {"extracted": answer, "strategy": strategy}
     try:
         with _time_limit(options.timeout_s):

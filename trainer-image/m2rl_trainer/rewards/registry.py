@@ -37,6 +37,8 @@ class VerifierSpec:
     verify: Callable[..., Result]
     executor: str
     warm_up: Callable[[], None] = _no_warm_up
+    # Decides the easy cases in the caller's process (None: not decided, use the executor).
+    quick_verdict: Callable[..., Result | None] | None = None
 
     def parse_options(self, raw: Mapping[str, Any] | None) -> Any:
         return parse_options(self.options_type, raw, self.name)
@@ -61,6 +63,7 @@ VERIFIERS: dict[str, VerifierSpec] = {
             math_verifier.verify,
             PYTHON_WORKER,
             _warm_math,
+            math_verifier.quick_verdict,
         ),
         VerifierSpec(
             code_verifier.NAME,

@@ -27,7 +27,6 @@ whole rollout batch (no PPO mini-batches).
 from __future__ import annotations
 
 import json
-import math
 import random
 import shutil
 import time
@@ -47,7 +46,6 @@ from m2rl_trainer.grpo import (
     group_advantages,
     overlong_penalty,
     policy_loss,
-    selective_log_softmax,
     token_entropy_from_logits,
     zero_variance_groups,
 )
@@ -56,6 +54,7 @@ from m2rl_trainer.rewards.scorer import Scorer, ScorerConfig
 from m2rl_trainer.rewards.types import Sample
 from m2rl_trainer.rollout.base import Completion, SamplingParams
 from m2rl_trainer.train import checkpoint as ckpt
+from m2rl_trainer.train.batching import micro_batches, shared_prefix_batch, shared_prefix_logprobs
 from m2rl_trainer.train.engine import (
     DistInfo,
     build_engine,
@@ -318,57 +317,30 @@ class GRPOTrainer:
 
     # ---------------------------------------------------------------- policy update
     def _sequences(self, rollouts: Rollouts, advantages: torch.Tensor) -> list[dict[str, Any]]:
-        """One entry per completion: token ids, response mask start, old logprobs, advantage."""
-        rows = []
+        """One entry per group: prompt ids and its non-empty completions (ids, old logprobs,
+        advantage); a completion without tokens has nothing to learn from and is left out."""
+        groups = []
         for g, (prompt_ids, group) in enumerate(zip(rollouts.prompt_ids, rollouts.groups, strict=True)):
-            for j, c in enumerate(group):
-                if not c.token_ids:
-                    continue  # an empty completion has no tokens to learn from
-                rows.append(
-                    {
-                        "ids": list(prompt_ids) + list(c.token_ids),
-                        "prompt_len": len(prompt_ids),
-                        "old_logprobs": list(c.logprobs),
-                        "advantage": float(advantages[g, j]),
-                    }
-                )
-        return rows
+            completions = [
+                {
+                    "ids": list(c.token_ids),
+                    "old_logprobs": list(c.logprobs),
+                    "advantage": float(advantages[g, j]),
+                }
+                for j, c in enumerate(group)
+                if c.token_ids
+            ]
+            if completions:
+                groups.append({"prompt": list(prompt_ids), "completions": completions})
+        return groups
 
-    def _micro_batch(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        """Right-padded tensors. Only positions from the earliest response start on are scored, so
-        the model computes logits (vocabulary-wide, the costly part on large vocabularies) for
-        those alone (`logits_to_keep`); `mask` marks response tokens among them."""
-        length = max(len(r["ids"]) for r in rows)
-        first = min(r["prompt_len"] for r in rows) - 1  # first position that predicts a response token
-        pad = self.tokenizer.pad_token_id or 0
-        ids = torch.full((len(rows), length), pad, dtype=torch.long)
-        attention = torch.zeros((len(rows), length), dtype=torch.long)
-        mask = torch.zeros((len(rows), length - 1 - first))
-        old = torch.zeros((len(rows), length - 1 - first))
-        for i, r in enumerate(rows):
-            n = len(r["ids"])
-            ids[i, :n] = torch.tensor(r["ids"])
-            attention[i, :n] = 1
-            # logits at position t predict token t+1: the response is predicted at prompt_len-1 .. n-2
-            start = r["prompt_len"] - 1 - first
-            mask[i, start : n - 1 - first] = 1.0
-            old[i, start : n - 1 - first] = torch.tensor(r["old_logprobs"], dtype=torch.float32)
-        return {
-            "ids": ids.to(self.device),
-            "attention": attention.to(self.device),
-            "targets": ids[:, first + 1 :].to(self.device),  # [B, length - 1 - first]
-            "mask": mask.to(self.device),
-            "old_logprobs": old.to(self.device),
-            "advantages": torch.tensor([r["advantage"] for r in rows], device=self.device),
-        }
+    def _micro_batch(self, groups: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        return shared_prefix_batch(groups, self.tokenizer.pad_token_id or 0, self.device)
 
     def _policy_logprobs(
         self, model: Any, batch: dict[str, torch.Tensor]
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        keep = batch["targets"].shape[1] + 1  # positions first .. length-1; the last predicts nothing
-        logits = model(input_ids=batch["ids"], attention_mask=batch["attention"], logits_to_keep=keep).logits
-        logits = logits[:, :-1].float() / self.algo.temperature  # the distribution sampled from
-        return selective_log_softmax(logits, batch["targets"]), logits
+        return shared_prefix_logprobs(model, batch, self.algo.temperature)
 
     def _watch_lm_head_grad(self) -> torch.Tensor | None:
         """A buffer summing the output layer's gradient over micro-batches (ZeRO 0-2, where DeepSpeed
@@ -397,27 +369,22 @@ class GRPOTrainer:
         self._lm_head_grad.zero_()
         return norm
 
-    def _update(self, rows: list[dict[str, Any]]) -> dict[str, float]:
-        """`update_epochs` optimiser steps over this rank's rows; returns averaged statistics."""
+    def _update(self, groups: list[dict[str, Any]]) -> dict[str, float]:
+        """`update_epochs` optimiser steps over this rank's groups; returns averaged statistics."""
         world = self.dist.world_size
-        micro = self.algo.micro_batch_size
-        local_tokens = float(sum(len(r["ids"]) - r["prompt_len"] for r in rows))
+        completions = [c for g in groups for c in g["completions"]]
+        chunks = micro_batches(groups, self.algo.micro_batch_size)
         num_tokens, num_sequences, max_micro = (
-            *_all_reduce([local_tokens, float(len(rows))]),
-            _all_reduce([float(math.ceil(len(rows) / micro))], dist.ReduceOp.MAX)[0],
+            *_all_reduce([float(sum(len(c["ids"]) for c in completions)), float(len(completions))]),
+            _all_reduce([float(len(chunks))], dist.ReduceOp.MAX)[0],
         )
-        # Micro-batches of similar lengths waste less compute on padding (about a fifth of the
-        # update with the toy tasks' varied response lengths); the loss normalisers are global, so
-        # the grouping leaves the gradient unchanged.
-        rows = sorted(rows, key=lambda r: len(r["ids"]))
-        chunks = [rows[i : i + micro] for i in range(0, len(rows), micro)]
         sums: dict[str, float] = {}
         weight = loss_sum = 0.0
         nonfinite = False
         for _epoch in range(self.algo.update_epochs):
             for index in range(int(max_micro)):
                 # Ranks must run the same number of forwards (ZeRO-3 gathers weights collectively):
-                # a rank with fewer rows repeats its first chunk with zero weight.
+                # a rank with fewer micro-batches repeats its first one with zero weight.
                 dummy = index >= len(chunks)
                 chunk = chunks[0] if dummy and chunks else chunks[index] if chunks else None
                 if chunk is None:
@@ -543,11 +510,11 @@ class GRPOTrainer:
         rollouts, timings = self._collect(first)
         rewards = torch.tensor(rollouts.rewards, dtype=torch.float32)
         advantages = group_advantages(rewards, scale_by_std=self.algo.scale_rewards())
-        rows = self._sequences(rollouts, advantages)
+        groups = self._sequences(rollouts, advantages)
         next_batch = self._prefetch_next_batch()
 
         t_update = time.perf_counter()
-        update = self._update(rows)
+        update = self._update(groups)
         timings["time_update_s"] = time.perf_counter() - t_update
 
         if next_batch is not None:
