@@ -345,10 +345,10 @@ async def _refresh_dependent(ctx: Context, kind: str, namespace: str, name: str)
         if (analysis := merge_analysis(results, output or "")) is not None:
             status["analysis"] = analysis
     if kind == "EvalSuite":
-        spec = obj["spec"]
+        spec = EvalSuiteSpec.model_validate(obj["spec"])  # with defaults (metrics: avg@k)
         table = eval_results_table(
-            [m["name"] for m in spec["models"]],
-            [b["name"] for b in spec["benchmarks"]],
+            [m.name for m in spec.models],
+            [(b.name, list(b.metrics)) for b in spec.benchmarks],
             results,
             job_phase=status["phase"],
             old=old,

@@ -265,22 +265,38 @@ def merge_analysis(results: list[Status], output_uri: str) -> Status | None:
 
 
 def eval_results_table(
-    models: list[str], benchmarks: list[str], results: list[Status], *, job_phase: str, old: Status, now: str
+    models: list[str],
+    benchmarks: list[tuple[str, list[str]]],
+    results: list[Status],
+    *,
+    job_phase: str,
+    old: Status,
+    now: str,
 ) -> list[Status]:
     """The models x benchmarks table of an EvalSuite, from its pods' results.
 
-    Each pod reports one model: {"model": name, "results": [{"benchmark", "metrics", "prompts"}]}.
-    A cell without a result is Pending or Running with the Job, and Failed once the Job failed or
-    finished without it.
+    Each pod reports one model, positionally (m2rl_trainer.eval.cli.termination_result):
+    {"model": name, "cells": [[prompts, value, ...]]}, a row per (name, metric names) of
+    `benchmarks`, in order. A row that does not match its benchmark's metrics is not used. A cell
+    without a result is Pending or Running with the Job, and Failed once the Job failed or finished
+    without it.
     """
-    reported = {
-        (r.get("model"), cell.get("benchmark")): cell for r in results for cell in r.get("results") or []
-    }
+    reported: dict[tuple[str, str], Status] = {}
+    for result in results:
+        rows = result.get("cells")
+        if not isinstance(rows, list) or len(rows) != len(benchmarks):
+            continue
+        for (benchmark, metrics), row in zip(benchmarks, rows, strict=True):
+            if isinstance(row, list) and len(row) == 1 + len(metrics):
+                reported[(str(result.get("model")), benchmark)] = {
+                    "prompts": int(row[0]),
+                    "metrics": {name: float(value) for name, value in zip(metrics, row[1:], strict=True)},
+                }
     old_cells = {(c.get("model"), c.get("benchmark")): c for c in old.get("results") or []}
     unreported = {"Pending": "Pending", "Running": "Running"}.get(job_phase, "Failed")
     table = []
     for model in models:
-        for benchmark in benchmarks:
+        for benchmark, _ in benchmarks:
             cell = reported.get((model, benchmark))
             if cell is None:
                 table.append({"model": model, "benchmark": benchmark, "phase": unreported})
@@ -291,8 +307,7 @@ def eval_results_table(
                     "model": model,
                     "benchmark": benchmark,
                     "phase": "Succeeded",
-                    "metrics": dict(cell.get("metrics") or {}),
-                    "prompts": int(cell.get("prompts") or 0),
+                    **cell,
                     "completionTime": previous.get("completionTime") or now,
                 }
             )

@@ -426,10 +426,7 @@ async def test_merge_and_eval_wait_for_dependencies(kmock: Any, api: Any) -> Non
         }
         await eventually(lambda: kmock.objects["batch/v1/jobs", NS, "ev-eval"], timeout_s=15)
         # Index 1 (model "merged") finishes first; the table fills as pods report.
-        row = {
-            "model": "merged",
-            "results": [{"benchmark": "arith", "metrics": {"avg@k": 0.75}, "prompts": 40}],
-        }
+        row = {"model": "merged", "cells": [[40, 0.75]]}  # prompts, avg@k (the default metric)
         await create_finished_pod(api, "ev-eval", 1, row)
         await set_job_status(api, "ev-eval", {"active": 1, "succeeded": 1})
         status = await eventually(
@@ -445,7 +442,7 @@ async def test_merge_and_eval_wait_for_dependencies(kmock: Any, api: Any) -> Non
         ]
         assert status["results"][1]["metrics"] == {"avg@k": 0.75}
         assert status["results"][1]["prompts"] == 40
-        row = {"model": "base", "results": [{"benchmark": "arith", "metrics": {"avg@k": 0.5}, "prompts": 40}]}
+        row = {"model": "base", "cells": [[40, 0.5]]}
         await create_finished_pod(api, "ev-eval", 0, row)
         await set_job_status(api, "ev-eval", COMPLETE)
         status = await eventually(

@@ -84,20 +84,22 @@ def _cells(benchmarks: int, metrics: int) -> list[dict[str, Any]]:
     ]
 
 
-def test_termination_result_has_the_operators_shape() -> None:
-    result = termination_result("m", [{"benchmark": "b", "metrics": {"avg@k": 2 / 3}, "prompts": 30}])
-    assert result == {
-        "model": "m",
-        "results": [{"benchmark": "b", "metrics": {"avg@k": 0.666667}, "prompts": 30}],
-    }
+def test_termination_result_is_positional_in_the_suites_order() -> None:
+    cells = [
+        {"benchmark": "b", "metrics": {"avg@k": 2 / 3, "pass@k": 1.0}, "prompts": 30},
+        {"benchmark": "c", "metrics": {"avg@k": 0.25}, "prompts": 8},
+    ]
+    assert termination_result("m", cells) == {"model": "m", "cells": [[30, 0.666667, 1.0], [8, 0.25]]}
 
 
-def test_termination_result_rounds_until_it_fits() -> None:
-    big = termination_result("m", _cells(32, 5))  # 6 decimals would be over 4096 bytes
-    assert big["results"][0]["metrics"]["avg@k"] in (0.3333, 0.333)
-    assert len(encode_result(big)) <= 4096
+def test_the_apis_largest_suite_fits_the_termination_message() -> None:
+    exact = termination_result("m", _cells(32, 5))
+    assert exact["cells"][0] == [500, *[0.333333] * 5]
+    largest = termination_result("m", _cells(32, 8))  # 32 benchmarks x 8 metrics, the API's maximum
+    assert len(encode_result(largest)) <= 4096
+    assert largest["cells"][31][1] in (0.333333, 0.3333, 0.333)
     with pytest.raises(ValueError, match="a termination message holds 4096"):
-        termination_result("m", _cells(32, 8))  # the API's maximum does not fit (see docs/eval.md)
+        termination_result("m", _cells(200, 8))
 
 
 RESULTS = [

@@ -275,17 +275,27 @@ def test_results_of_pods_one_per_index_latest_wins_and_junk_is_skipped() -> None
 
 
 def test_eval_table_marks_missing_cells_by_the_jobs_phase_and_keeps_completion_times() -> None:
-    results = [{"model": "m1", "results": [{"benchmark": "b1", "metrics": {"avg@k": 0.5}, "prompts": 8}]}]
+    layout = [("b1", ["avg@k", "pass@k"]), ("b2", ["avg@k"])]
+    results = [
+        {"model": "m1", "cells": [[8, 0.5, 0.75], [4, 0.25]]},
+        {"model": "m2", "cells": [[8, 0.5], [4, 0.25]]},  # b1's row lacks a metric: not used
+    ]
     old = {"results": [{"model": "m1", "benchmark": "b1", "phase": "Succeeded", "completionTime": NOW}]}
-    running = eval_results_table(["m1", "m2"], ["b1"], results, job_phase="Running", old=old, now=LATER)
+    running = eval_results_table(["m1", "m2"], layout, results, job_phase="Running", old=old, now=LATER)
     assert running == [
-        {"model": "m1", "benchmark": "b1", "phase": "Succeeded", "metrics": {"avg@k": 0.5}, "prompts": 8,
-         "completionTime": NOW},
+        {"model": "m1", "benchmark": "b1", "phase": "Succeeded", "metrics": {"avg@k": 0.5, "pass@k": 0.75},
+         "prompts": 8, "completionTime": NOW},
+        {"model": "m1", "benchmark": "b2", "phase": "Succeeded", "metrics": {"avg@k": 0.25}, "prompts": 4,
+         "completionTime": LATER},
         {"model": "m2", "benchmark": "b1", "phase": "Running"},
+        {"model": "m2", "benchmark": "b2", "phase": "Succeeded", "metrics": {"avg@k": 0.25}, "prompts": 4,
+         "completionTime": LATER},
     ]  # fmt: skip
-    failed = eval_results_table(["m1", "m2"], ["b1"], results, job_phase="Failed", old={}, now=LATER)
-    assert [c["phase"] for c in failed] == ["Succeeded", "Failed"]
-    assert failed[0]["completionTime"] == LATER
+    failed = eval_results_table(["m1", "m2"], layout, results[:1], job_phase="Failed", old={}, now=LATER)
+    assert [c["phase"] for c in failed] == ["Succeeded", "Succeeded", "Failed", "Failed"]
+    wrong_length = [{"model": "m1", "cells": [[8, 0.5, 0.75]]}]  # one row for two benchmarks
+    assert {c["phase"] for c in eval_results_table(["m1"], layout, wrong_length, job_phase="Pending",
+                                                    old={}, now=LATER)} == {"Pending"}  # fmt: skip
 
 
 def test_merge_analysis_points_at_the_report_next_to_the_output() -> None:

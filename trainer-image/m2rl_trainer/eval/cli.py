@@ -77,28 +77,29 @@ def eval_main(argv: list[str]) -> int:
         print(f"{PROG}: {error}", file=sys.stderr)
         return 1
     try:
-        summary = termination_result(result.model, [r.summary() for r in result.results])
+        cells = [r.summary() for r in result.results]
+        message = termination_result(result.model, cells)
     except ValueError as error:  # too many cells for 4096 bytes; results.json has them all
         print(f"{PROG}: cannot report to the operator: {error}", file=sys.stderr)
         return 1
-    write_result(summary)  # the operator fills the EvalSuite's results table from this
-    print(render_table([summary]), end="")
+    write_result(message)  # the operator fills the EvalSuite's results table from this
+    print(render_table([{"model": result.model, "results": cells}]), end="")
     return 0
 
 
 def termination_result(model: str, cells: list[dict[str, Any]]) -> dict[str, Any]:
-    """The summary for the termination message, rounded until it fits its 4096 bytes.
+    """The summary for the termination message: {"model": name, "cells": [[prompts, value, ...]]}.
 
-    Six decimals are beyond any benchmark's resolution; a suite of many benchmarks and metrics may
-    need fewer. Past three decimals it raises: the message would be too coarse to be worth it.
+    Positional, to fit the API's largest suite (32 benchmarks x 8 metrics) in 4096 bytes: one row
+    per benchmark in the suite's order, its metric values in the benchmark's `metrics` order (the
+    operator renders eval.yaml from the spec in that order and reads the row back the same way).
+    Values are rounded to 6 decimals, fewer (4, then 3) only when the message would not fit.
     """
     from m2rl_trainer.utils.results import encode_result
 
     for digits in (6, 4, 3):
-        rounded = [
-            {**cell, "metrics": {k: round(v, digits) for k, v in cell["metrics"].items()}} for cell in cells
-        ]
-        result = {"model": model, "results": rounded}
+        rows = [[cell["prompts"], *(round(v, digits) for v in cell["metrics"].values())] for cell in cells]
+        result = {"model": model, "cells": rows}
         try:
             encode_result(result)
         except ValueError:
