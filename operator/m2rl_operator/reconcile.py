@@ -339,9 +339,11 @@ async def _refresh_dependent(ctx: Context, kind: str, namespace: str, name: str)
     status = job_phase_status(
         job, old=old, generation=obj["metadata"].get("generation"), now=now_iso(), output=output, what=what
     )
-    results = await ctx.kube.job_results(namespace, job_name)
+    # Pods are listed only when their results are read: a merge's once it succeeded, an evaluation's
+    # on every refresh (its table fills as each model's pod finishes).
     if kind == "MergeJob" and status["phase"] == "Succeeded":
         status["outputModel"] = output
+        results = await ctx.kube.job_results(namespace, job_name)
         if (analysis := merge_analysis(results, output or "")) is not None:
             status["analysis"] = analysis
     if kind == "EvalSuite":
@@ -349,7 +351,7 @@ async def _refresh_dependent(ctx: Context, kind: str, namespace: str, name: str)
         table = eval_results_table(
             [m.name for m in spec.models],
             [(b.name, list(b.metrics)) for b in spec.benchmarks],
-            results,
+            await ctx.kube.job_results(namespace, job_name),
             job_phase=status["phase"],
             old=old,
             now=now_iso(),
