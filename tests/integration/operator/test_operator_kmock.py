@@ -171,9 +171,11 @@ async def test_run_lifecycle_children_status_progress_and_success(
             )
         # colocated mode: no rollout StatefulSet; the checkpoint claim is given by uri: no PVC.
         assert not exists(kmock, "apps/v1/statefulsets", "tiny-rollout")
+        # A timer refresh may have published Pending before the Job existed: wait for convergence.
         status = await eventually(
             lambda: (
                 status_of(kmock, "rlvrruns", "tiny").get("phase") == "Pending"
+                and conditions(status_of(kmock, "rlvrruns", "tiny")).get("Created", ("", ""))[0] == "True"
                 and status_of(kmock, "rlvrruns", "tiny")
             )
         )
@@ -482,9 +484,12 @@ async def test_injected_500_and_409_answers_are_retried(kmock: Any, api: Any) ->
         await create(api, "rlvrruns", tiny_run())
         job = await eventually(lambda: kmock.objects["batch/v1/jobs", NS, "tiny-trainer"])
         assert job["metadata"]["annotations"] == {"m2rl.io/attempt": "0"}
+        # A status refresh may land while the Job is still being retried (Pending, Creating): wait
+        # for the state the operator converges to.
         status = await eventually(
             lambda: (
                 status_of(kmock, "rlvrruns", "tiny").get("phase") == "Pending"
+                and conditions(status_of(kmock, "rlvrruns", "tiny")).get("Created", ("", ""))[0] == "True"
                 and status_of(kmock, "rlvrruns", "tiny")
             )
         )
