@@ -76,6 +76,8 @@ def adapter(name: str) -> Adapter:
 
 def benchmark_problems(benchmark: BenchmarkConfig, where: str) -> list[str]:
     """Config problems of a benchmark's format, verifier and format options (no file is read)."""
+    from m2rl_trainer.rewards import VERIFIERS
+
     table = _table()
     if benchmark.format not in table:
         return [f"{where}.format: unknown format {benchmark.format!r}; known: {', '.join(table)}"]
@@ -83,7 +85,7 @@ def benchmark_problems(benchmark: BenchmarkConfig, where: str) -> list[str]:
     problems = []
     if benchmark.format == "jsonl" and not benchmark.verifier:
         problems.append(f"{where}.verifier: the jsonl format needs a verifier")
-    elif benchmark.verifier and benchmark.verifier not in found.verifiers:
+    elif benchmark.verifier in VERIFIERS and benchmark.verifier not in found.verifiers:
         problems.append(
             f"{where}.verifier: format {found.name!r} is scored by {' or '.join(found.verifiers)}, "
             f"not {benchmark.verifier!r}"
