@@ -61,7 +61,8 @@ def test_aime24_as_the_study_reads_it(tmp_path: Path) -> None:
     ]
     assert prompts[0].prompt == (
         "Solve the following math problem step by step. The last line of your response should be of the "
-        "form Answer: \\boxed{$Answer} (without quotes) where $Answer is the answer to the problem.\n\nFind $x$."
+        "form Answer: \\boxed{$Answer} (without quotes) where $Answer is the answer to the problem."
+        "\n\nFind $x$."
     )
 
 
@@ -354,7 +355,7 @@ def test_a_bad_private_test_names_the_release_file_and_line(tmp_path: Path) -> N
 
 
 def test_livecodebench_needs_release_for_a_folder(tmp_path: Path) -> None:
-    with pytest.raises(DatasetError, match="needs format_options.release"):
+    with pytest.raises(DatasetError, match=r"needs format_options\.release"):
         _load(_lcb_folder(tmp_path), "livecodebench")
 
 
@@ -433,7 +434,8 @@ def test_ifbench_rows_exclusions_and_unknown_ids(tmp_path: Path, monkeypatch: py
     nulls = {"N": None, "keyword": None, "keyword1": None}
     rows = [
         {"key": "0", "prompt": "p0", "instruction_id_list": ["count:keywords_multiple"],
-         "kwargs": [{**nulls, "keyword1": "kaleidoscope", "keyword2": "nebula", "keyword3": "whisper", "keyword4": "labyrinth", "keyword5": "paradox"}]},
+         "kwargs": [{**nulls, "keyword1": "kaleidoscope", "keyword2": "nebula", "keyword3": "whisper",
+                     "keyword4": "labyrinth", "keyword5": "paradox"}]},
         {"key": "1", "prompt": "p1", "instruction_id_list": ["words:start_verb"], "kwargs": [nulls]},
     ]  # fmt: skip
     path = _jsonl(tmp_path / "IFBench_test.jsonl", rows)
@@ -459,8 +461,10 @@ def test_check_prints_counts_per_benchmark(tmp_path: Path, capsys: pytest.Captur
     config = {
         "models": [{"name": "m", "path": "/nowhere"}],
         "benchmarks": [
-            {"name": "gpqa", "dataset": str(_gpqa_csv(tmp_path / "gpqa.csv", 5)), "format": "gpqa", "samples": 4},
-            {"name": "redux", "dataset": str(_jsonl(tmp_path / "redux.jsonl", _redux_rows())), "format": "mmlu_redux"},
+            {"name": "gpqa", "dataset": str(_gpqa_csv(tmp_path / "gpqa.csv", 5)), "format": "gpqa",
+             "samples": 4},
+            {"name": "redux", "dataset": str(_jsonl(tmp_path / "redux.jsonl", _redux_rows())),
+             "format": "mmlu_redux"},
             {"name": "lcb", "dataset": str(_lcb_folder(tmp_path)), "format": "livecodebench",
              "format_options": {"release": "release_v2", "end_date": "2025-01-01"}},
         ],

@@ -453,6 +453,9 @@ def run_benchmark(
     if stale:  # the verifier or its options changed: score the cached responses again
         redo = [(i, j, records[(i, j)]) for i, j in stale]
         keep(redo, scorer.score([sample_of(i, str(r["response"])) for i, _, r in redo]))
+    # One chunk is scored (in the background) while the next generates; its samples are stored once
+    # that generation returns. A kill therefore loses at most the chunk being generated and the one
+    # being scored; everything before them is on disk.
     pending: list[tuple[list[tuple[int, int, Any]], Future[list[Result]]]] = []
     with ThreadPoolExecutor(1, thread_name_prefix="eval-score") as background:
         for start in range(0, total, options.chunk_prompts):
@@ -481,11 +484,12 @@ def run_benchmark(
                     for j, completion in zip(missing[i], group, strict=True)
                 ]
                 generated += len(done)
-                future = background.submit(scorer.score, [sample_of(i, c.text) for i, _, c in done])
-                pending.append((done, future))
-            while pending and pending[0][1].done():  # store finished chunks as they come
-                done, future = pending.pop(0)
-                keep(done, future.result())
+                while pending:  # the previous chunk, scored meanwhile
+                    earlier, future = pending.pop(0)
+                    keep(earlier, future.result())
+                pending.append(
+                    (done, background.submit(scorer.score, [sample_of(i, c.text) for i, _, c in done]))
+                )
             if by_count:
                 log.info(
                     "%s: %d/%d prompts done (%.0f s)",
