@@ -137,6 +137,8 @@ def test_trainer_config_of_the_tiny_cpu_run() -> None:
                     "verifier": "math",
                     "fields": {"prompt": "question", "reference": "solution", "id": "uid"},
                     "verifier_options": {},
+                    "format": "jsonl",
+                    "format_options": {},
                     "weight": 1.0,
                     "max_samples": None,
                 }
