@@ -150,7 +150,8 @@ def check_reference(reference: Any, options: IFEvalOptions) -> None:
                 raise ConfigError(
                     f"ifeval reference: instruction {instruction_id!r} needs NLTK's {TAGGER} data, "
                     "which no installable package ships; copy that folder from an NLTK installation "
-                    "into $M2RL_NLTK_DATA (docs/verifiers.md)"
+                    "into $M2RL_NLTK_DATA (docs/verifiers.md), or leave such rows out (benchmark "
+                    "format_options.exclude_instructions)"
                 )
         checker = checker_class(instruction_id)
         expected = checker.get_instruction_args_keys()
