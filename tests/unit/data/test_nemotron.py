@@ -190,3 +190,21 @@ def test_data_inspect_and_split(blend: Path, tmp_path: Path, capsys: pytest.Capt
     assert train_main(["data", "split", str(bad), "--out", str(tmp_path / "none")]) == 2
     assert "bad.jsonl line 2: field 'expected_answer' is missing or null" in capsys.readouterr().err
     assert list((tmp_path / "none").iterdir()) == []
+
+
+def test_held_out_blend_rows_as_a_benchmark(blend: Path) -> None:
+    from m2rl_trainer.eval.config import parse_eval_config
+    from m2rl_trainer.eval.runner import load_benchmark
+
+    config = parse_eval_config(
+        {
+            "models": [{"name": "m", "path": "/m"}],
+            "benchmarks": [
+                {"name": "held-out-math", "dataset": str(blend), "format": "nemotron", "verifier": "math"},
+                {"name": "held-out-if", "dataset": str(blend), "format": "nemotron", "verifier": "ifeval"},
+            ],
+        }
+    )
+    math, instructions = (load_benchmark(b) for b in config.benchmarks)
+    assert [p.id for p in math] == ["0", "6"] and math[0].prompt[0]["content"].startswith(MATH_PREFIX)
+    assert [p.verifier_options for p in instructions] == [{"registry": "ifevalg"}]

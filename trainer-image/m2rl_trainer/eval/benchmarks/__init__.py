@@ -7,16 +7,19 @@ read one published layout each and know their verifier, template and options:
   aime24 aime25 amc23 math500   math.py           gpqa          gpqa.py
   mmlu_redux                    mmlu_redux.py     livecodebench livecodebench.py
   hle                           hle.py            ifeval ifbench ifeval.py
+  nemotron                      (data/nemotron.py: held-out rows of the training blend)
 """
 
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from typing import Any
 
 from m2rl_trainer.data.datasets import DatasetError, Prompt
 from m2rl_trainer.eval.benchmarks.base import Adapter, NoOptions, parse_format_options
 from m2rl_trainer.eval.config import BenchmarkConfig
+from m2rl_trainer.rewards.options import opt
 
 __all__ = ["ADAPTERS", "Adapter", "adapter", "benchmark_problems", "load_benchmark_prompts"]
 
@@ -35,6 +38,29 @@ def _load_jsonl(benchmark: BenchmarkConfig, _options: NoOptions) -> list[Prompt]
     return load_domain(domain)
 
 
+@dataclass(frozen=True)
+class NemotronOptions:
+    domains: tuple[str, ...] | None = opt(
+        None, "Study domains whose rows are used (math, science, if, code); null: those of the verifier."
+    )
+
+
+def _load_nemotron(benchmark: BenchmarkConfig, options: NemotronOptions) -> list[Prompt]:
+    """Held-out rows of the Nemotron RL blend, read as training reads them (data/nemotron.py)."""
+    from m2rl_trainer.config import DomainConfig
+    from m2rl_trainer.data.datasets import load_domain
+
+    domain = DomainConfig(
+        name=benchmark.name,
+        dataset=benchmark.dataset,
+        verifier=verifier_of(benchmark),
+        verifier_options=dict(benchmark.verifier_options),
+        format="nemotron",
+        format_options={} if options.domains is None else {"domains": list(options.domains)},
+    )
+    return load_domain(domain)
+
+
 @functools.cache
 def _table() -> dict[str, Adapter]:
     from m2rl_trainer.eval.benchmarks import gpqa, hle, ifeval, livecodebench, math, mmlu_redux
@@ -47,7 +73,15 @@ def _table() -> dict[str, Adapter]:
         NoOptions,
         _load_jsonl,
     )
+    nemotron = Adapter(
+        "nemotron",
+        "held-out rows of the Nemotron RL blend, as training reads them",
+        ("math", "multiple_choice", "ifeval", "code"),
+        NemotronOptions,
+        _load_nemotron,
+    )
     adapters = [generic, *math.ADAPTERS, gpqa.ADAPTER, mmlu_redux.ADAPTER, livecodebench.ADAPTER, hle.ADAPTER]
+    adapters.append(nemotron)
     adapters += ifeval.ADAPTERS
     return {a.name: a for a in adapters}
 
