@@ -1,0 +1,102 @@
+"""A whole CustomResourceDefinition through the schema checks, once per Kubernetes profile."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from m2rl_operator.api.admission.decl import SUPPORTED_PROFILES, Profile
+from m2rl_operator.api.admission.errors import FieldError, child, index, required
+from m2rl_operator.api.admission.schema_checks import Options, RuleCost, validate_validation
+
+
+@dataclass
+class ProfileReport:
+    """What one Kubernetes profile says about the CRD."""
+
+    profile: Profile
+    errors: list[FieldError] = field(default_factory=list)
+    costs: list[RuleCost] = field(default_factory=list)
+    total_cost: int = 0
+
+
+@dataclass
+class CRDReport:
+    name: str
+    reports: list[ProfileReport]
+
+    @property
+    def errors(self) -> list[tuple[FieldError, list[str]]]:
+        """Every distinct error with the profiles that report it, in first-seen order."""
+        seen: dict[str, tuple[FieldError, list[str]]] = {}
+        for report in self.reports:
+            for error in report.errors:
+                entry = seen.setdefault(str(error), (error, []))
+                entry[1].append(report.profile.name)
+        return list(seen.values())
+
+    @property
+    def ok(self) -> bool:
+        return all(not r.errors for r in self.reports)
+
+    def lines(self) -> list[str]:
+        """Errors as the API server prints them, tagged when only some profiles report them."""
+        every = len(self.reports)
+        out = []
+        for error, profiles in self.errors:
+            tag = "" if len(profiles) == every else f"  [Kubernetes {', '.join(profiles)}]"
+            out.append(f"{error}{tag}")
+        return out
+
+
+def _schemas(crd: dict[str, Any]) -> list[tuple[str, dict[str, Any] | None, bool]]:
+    """(field path, openAPIV3Schema, status enabled) as the API server validates them.
+
+    A v1 CRD is converted to the internal version first: when every version has the same schema
+    (and the same subresources) they move to spec.validation / spec.subresources
+    (apis/apiextensions/v1/conversion.go), which is why errors of single-version CRDs are
+    reported under `spec.validation.openAPIV3Schema`.
+    """
+    spec = crd.get("spec") or {}
+    versions = spec.get("versions") or []
+    schemas = [(v.get("schema") or {}).get("openAPIV3Schema") for v in versions]
+    subresources = [v.get("subresources") for v in versions]
+    any_status = any(bool(s) and "status" in s for s in subresources)
+    if versions and all(s == schemas[0] for s in schemas):
+        return [("spec.validation", schemas[0], any_status)]
+    out = []
+    for i, version in enumerate(versions):
+        status = bool(version.get("subresources")) and "status" in version["subresources"]
+        out.append((child(index("spec.versions", i), "schema"), schemas[i], status))
+    return out
+
+
+def check_crd(
+    crd: dict[str, Any], profiles: tuple[Profile, ...] = SUPPORTED_PROFILES, options: Options | None = None
+) -> CRDReport:
+    """The schema half of ValidateCustomResourceDefinition for an apiextensions.k8s.io/v1 CRD."""
+    name = str((crd.get("metadata") or {}).get("name", "<no name>"))
+    reports = []
+    for profile in profiles:
+        report = ProfileReport(profile)
+        targets = _schemas(crd)
+        if not targets:
+            report.errors.append(
+                required("spec.versions", "must have exactly one version marked as storage version")
+            )
+        for path, schema, status in targets:
+            if schema is None:
+                report.errors.append(required(child(path, "openAPIV3Schema"), "schemas are required"))
+                continue
+            result = validate_validation(
+                schema, path, status_enabled=status, profile=profile, options=options
+            )
+            report.errors.extend(result.errors)
+            report.costs.extend(result.costs)
+            report.total_cost += result.total_cost
+        reports.append(report)
+    return CRDReport(name, reports)
+
+
+def check_crds(crds: list[dict[str, Any]]) -> list[CRDReport]:
+    return [check_crd(crd) for crd in crds]
