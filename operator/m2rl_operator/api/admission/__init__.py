@@ -12,7 +12,7 @@ does not model is refused with `NOT_CHECKED`, never passed.
 `m2rl validate --crds` and tests/unit/admission use it; docs/api.md explains what it covers.
 """
 
-from m2rl_operator.api.admission.crd_check import CRDReport, ProfileReport, check_crd, check_crds
+from m2rl_operator.api.admission.crd_check import CRDReport, ProfileReport, check_crd, check_crds, crds_in
 from m2rl_operator.api.admission.decl import KUBE_1_28, KUBE_1_36, KUBE_1_37, SUPPORTED_PROFILES, Profile
 from m2rl_operator.api.admission.errors import FieldError
 from m2rl_operator.api.admission.schema_checks import NOT_CHECKED, Options, RuleCost, validate_validation
@@ -31,5 +31,6 @@ __all__ = [
     "RuleCost",
     "check_crd",
     "check_crds",
+    "crds_in",
     "validate_validation",
 ]

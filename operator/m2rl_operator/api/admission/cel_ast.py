@@ -10,12 +10,14 @@ expanded comprehension, not the macro call.
 from __future__ import annotations
 
 import ast as pyast
+import functools
 import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
 from celpy.celparser import CELParseError, CELParser
 from lark import Token, Tree
+from lark.exceptions import LarkError
 
 # cel-go parser/macro.go: AccumulatorName / HiddenAccumulatorName ("@result" in cel-go >= 0.22).
 ACCUMULATOR = "@result"
@@ -98,11 +100,20 @@ _BINARY = {
 }
 
 
+@functools.lru_cache(maxsize=2048)
+def _tree(text: str) -> Tree:
+    """The Lark parse tree (cached: CRDs repeat rules, and every profile parses them again)."""
+    return _PARSER.parse(text)
+
+
 def parse(text: str) -> Expr:
-    """Parse and expand macros; CelSyntaxError on bad syntax."""
+    """Parse and expand macros (fresh nodes each call); CelSyntaxError on bad syntax."""
     try:
-        tree = _PARSER.parse(text)
+        tree = _tree(text)
     except CELParseError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else "syntax error"
+        raise CelSyntaxError(f"Syntax error: {first}") from exc
+    except (LarkError, AssertionError) as exc:  # cel-python's error formatting can fail on some tokens
         first = str(exc).splitlines()[0] if str(exc) else "syntax error"
         raise CelSyntaxError(f"Syntax error: {first}") from exc
     return _Builder().expr(tree)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from m2rl_operator.api.admission.decl import SUPPORTED_PROFILES, Profile
 from m2rl_operator.api.admission.errors import FieldError, child, index, required
 from m2rl_operator.api.admission.schema_checks import Options, RuleCost, validate_validation
+from m2rl_operator.api.yaml_io import iter_documents
 
 
 @dataclass
@@ -38,6 +40,16 @@ class CRDReport:
     @property
     def ok(self) -> bool:
         return all(not r.errors for r in self.reports)
+
+    def largest(self) -> RuleCost | None:
+        """The most expensive rule or messageExpression over all profiles."""
+        costs = [c for r in self.reports for c in r.costs]
+        return max(costs, key=lambda c: c.cost) if costs else None
+
+    @property
+    def total_cost(self) -> int:
+        """The largest per-CRD total over all profiles."""
+        return max((r.total_cost for r in self.reports), default=0)
 
     def lines(self) -> list[str]:
         """Errors as the API server prints them, tagged when only some profiles report them."""
@@ -100,3 +112,17 @@ def check_crd(
 
 def check_crds(crds: list[dict[str, Any]]) -> list[CRDReport]:
     return [check_crd(crd) for crd in crds]
+
+
+def crds_in(path: Path) -> list[tuple[str, dict[str, Any]]]:
+    """(source label, manifest) of every CustomResourceDefinition in a file or below a directory."""
+    found = []
+    for doc in iter_documents(path):
+        content = doc.content
+        items = (
+            content.get("items") if isinstance(content, dict) and content.get("kind") == "List" else [content]
+        )
+        for item in items or []:
+            if isinstance(item, dict) and item.get("kind") == "CustomResourceDefinition":
+                found.append((doc.label, item))
+    return found

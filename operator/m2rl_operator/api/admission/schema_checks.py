@@ -854,6 +854,14 @@ def _list_and_map_types(s: dict[str, Any], path: str, options: Options) -> list[
             )
         if "items" not in s:
             out.append(required(child(path, "items"), "must have a schema if x-kubernetes-list-type is map"))
+        elif not isinstance(s["items"], dict):
+            out.append(
+                invalid(
+                    child(path, "items"),
+                    s["items"],
+                    "must only have a single schema if x-kubernetes-list-type is map",
+                )
+            )
         if items is not None and items.get("type", "") != "object":
             out.append(
                 invalid(
