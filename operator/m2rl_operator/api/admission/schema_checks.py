@@ -24,6 +24,7 @@ them is refused (`NOT_CHECKED`), never passed on a guess.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -180,7 +181,7 @@ def validate_validation(
                 schema, None, bool(schema.get("x-kubernetes-validations")), 1, total, profile
             )
 
-    schema_errors, cel_errors = _openapi(schema, root_path, _Ssv(options), True, options, cel_root)
+    schema_errors, cel_errors = _openapi(schema, root_path, _Ssv.root(options), True, options, cel_root)
     errors.extend(schema_errors + cel_errors)
     if not errors and init_errors:
         errors.extend(init_errors)
@@ -576,39 +577,29 @@ def _for_reason(path: str, value: Any, detail: str, reason: str | None) -> Field
 
 @dataclass(frozen=True)
 class _Ssv:
-    """specStandardValidatorV3."""
+    """specStandardValidatorV3: what the walk knows about where it is."""
 
     options: Options
-    allow_defaults: bool = True
+    allow_defaults: bool
     disallow_reason: str = ""
     inside_resource_meta: bool = False
     uncorrelatable_path: str | None = None
 
-    def __init__(self, options: Options, **changes: Any) -> None:
-        object.__setattr__(self, "options", options)
-        object.__setattr__(self, "allow_defaults", changes.get("allow_defaults", options.allow_defaults))
-        object.__setattr__(self, "disallow_reason", changes.get("disallow_reason", ""))
-        object.__setattr__(self, "inside_resource_meta", changes.get("inside_resource_meta", False))
-        object.__setattr__(self, "uncorrelatable_path", changes.get("uncorrelatable_path"))
-
-    def _with(self, **changes: Any) -> _Ssv:
-        state = {
-            "allow_defaults": self.allow_defaults,
-            "disallow_reason": self.disallow_reason,
-            "inside_resource_meta": self.inside_resource_meta,
-            "uncorrelatable_path": self.uncorrelatable_path,
-        }
-        state.update(changes)
-        return _Ssv(self.options, **state)
+    @classmethod
+    def root(cls, options: Options) -> _Ssv:
+        return cls(options, allow_defaults=options.allow_defaults)
 
     def with_forbidden_defaults(self, reason: str) -> _Ssv:
-        return self._with(allow_defaults=False, disallow_reason=reason)
+        return dataclasses.replace(self, allow_defaults=False, disallow_reason=reason)
 
     def with_inside_resource_meta(self) -> _Ssv:
-        return self._with(inside_resource_meta=True)
+        return dataclasses.replace(self, inside_resource_meta=True)
 
     def with_forbid_old_self(self, path: str) -> _Ssv:
-        return self if self.uncorrelatable_path is not None else self._with(uncorrelatable_path=path)
+        """The highest uncorrelatable ancestor wins."""
+        if self.uncorrelatable_path is not None:
+            return self
+        return dataclasses.replace(self, uncorrelatable_path=path)
 
     def validate(self, s: dict[str, Any], path: str) -> list[FieldError]:
         out: list[FieldError] = []
