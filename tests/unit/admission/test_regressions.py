@@ -128,3 +128,15 @@ def test_cause_3_nested_sub_model_default():
         'Invalid value: "object": no such key: offloadParams evaluating rule: '
         "offloadParams needs zeroStage 3: only ZeRO-3 partitions the parameters it could offload",
     ]
+
+
+def test_printer_columns_are_checked():
+    crd, _ = _crd("RLVRRun")
+    crd["spec"]["versions"][0]["additionalPrinterColumns"][1]["type"] = "int"
+    crd["spec"]["versions"][0]["additionalPrinterColumns"][2]["jsonPath"] = "spec.algorithm.steps"
+    assert _lines(crd) == [
+        'spec.additionalPrinterColumns[1].type: Invalid value: "int": '
+        "must be one of boolean,date,integer,number,string",
+        'spec.additionalPrinterColumns[2].JSONPath: Invalid value: "spec.algorithm.steps": '
+        "must be a simple json path starting with .",
+    ]

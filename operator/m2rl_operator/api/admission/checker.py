@@ -352,8 +352,8 @@ class _Checker:
         if candidates is None or not any(o.member == (e.target is not None) for o in candidates):
             if e.function in UNMODELLED_FUNCTIONS:
                 raise UnsupportedFunction(
-                    f"function '{e.function}' is a Kubernetes CEL library function whose cost this "
-                    "check does not model; the rule is refused rather than priced by a guess"
+                    f"function '{e.function}' is declared in the API server's CEL environment, but this "
+                    "check does not model its cost: the rule is refused rather than priced by a guess"
                 )
             raise CheckError(f"undeclared reference to '{e.function}' (in container '')")
         actual = ([target_type] if target_type is not None else []) + arg_types

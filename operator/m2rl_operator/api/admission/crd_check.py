@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from m2rl_operator.api.admission.decl import SUPPORTED_PROFILES, Profile
-from m2rl_operator.api.admission.errors import FieldError, child, index, required
+from m2rl_operator.api.admission.errors import FieldError, child, index, invalid, required
 from m2rl_operator.api.admission.schema_checks import Options, RuleCost, validate_validation
 from m2rl_operator.api.yaml_io import iter_documents
 
@@ -83,10 +83,54 @@ def _schemas(crd: dict[str, Any]) -> list[tuple[str, dict[str, Any] | None, bool
     return out
 
 
+_COLUMN_TYPES = ["boolean", "date", "integer", "number", "string"]
+_COLUMN_FORMATS = ["byte", "date", "date-time", "double", "float", "int32", "int64", "password"]
+
+
+def _printer_columns(crd: dict[str, Any]) -> list[FieldError]:
+    """ValidateCustomResourceColumnDefinition for each column (identical columns of all versions
+    move to spec.additionalPrinterColumns in the internal version, like the schemas)."""
+    versions = (crd.get("spec") or {}).get("versions") or []
+    columns = [v.get("additionalPrinterColumns") or [] for v in versions]
+    if versions and all(c == columns[0] for c in columns):
+        targets = [("spec.additionalPrinterColumns", columns[0])]
+    else:
+        targets = [
+            (child(index("spec.versions", i), "additionalPrinterColumns"), c) for i, c in enumerate(columns)
+        ]
+    errors: list[FieldError] = []
+    for base, cols in targets:
+        for i, col in enumerate(cols):
+            path = index(base, i)
+            if not col.get("name"):
+                errors.append(required(child(path, "name"), ""))
+            type_ = col.get("type", "")
+            if not type_:
+                errors.append(required(child(path, "type"), f"must be one of {','.join(_COLUMN_TYPES)}"))
+            elif type_ not in _COLUMN_TYPES:
+                errors.append(
+                    invalid(child(path, "type"), type_, f"must be one of {','.join(_COLUMN_TYPES)}")
+                )
+            fmt = col.get("format", "")
+            if fmt and fmt not in _COLUMN_FORMATS:
+                errors.append(
+                    invalid(child(path, "format"), fmt, f"must be one of {','.join(_COLUMN_FORMATS)}")
+                )
+            json_path = col.get("jsonPath", "")
+            if not json_path:
+                errors.append(required(child(path, "JSONPath"), ""))
+            elif not json_path.startswith("."):  # validateSimpleJSONPath
+                errors.append(
+                    invalid(child(path, "JSONPath"), json_path, "must be a simple json path starting with .")
+                )
+    return errors
+
+
 def check_crd(
     crd: dict[str, Any], profiles: tuple[Profile, ...] = SUPPORTED_PROFILES, options: Options | None = None
 ) -> CRDReport:
-    """The schema half of ValidateCustomResourceDefinition for an apiextensions.k8s.io/v1 CRD."""
+    """The schema half of ValidateCustomResourceDefinition for an apiextensions.k8s.io/v1 CRD (and its
+    printer columns); names, conversion and the other spec checks are not ported."""
     name = str((crd.get("metadata") or {}).get("name", "<no name>"))
     reports = []
     for profile in profiles:
@@ -106,6 +150,7 @@ def check_crd(
             report.errors.extend(result.errors)
             report.costs.extend(result.costs)
             report.total_cost += result.total_cost
+        report.errors.extend(_printer_columns(crd))
         reports.append(report)
     return CRDReport(name, reports)
 
