@@ -174,7 +174,7 @@ def validate_validation(
             errors.extend(unmodelled)
         elif structural := _validate_structural(schema, root_path):
             errors.extend(structural)
-        elif default_errors := _validate_defaults(schema, root_path, options, profile):
+        elif default_errors := _validate_defaults(schema, root_path, options):
             errors.extend(default_errors)
         else:
             cel_root = _CelContext(
@@ -399,12 +399,10 @@ def _metadata_invariants(
 # ---- ValidateDefaults ---------------------------------------------------------------------------------
 
 
-def _validate_defaults(
-    schema: dict[str, Any], path: str, options: Options, profile: Profile
-) -> list[FieldError]:
+def _validate_defaults(schema: dict[str, Any], path: str, options: Options) -> list[FieldError]:
     """ValidateDefaults: each default, as written, against its own node (no nested defaults)."""
     errors: list[FieldError] = []
-    _defaults_walk(schema, path, schema, inside_meta=False, options=options, profile=profile, errors=errors)
+    _defaults_walk(schema, path, schema, inside_meta=False, options=options, errors=errors)
     return errors
 
 
@@ -415,7 +413,6 @@ def _defaults_walk(
     *,
     inside_meta: bool,
     options: Options,
-    profile: Profile,
     errors: list[FieldError],
 ) -> None:
     if "default" in s and not inside_meta:
@@ -439,7 +436,6 @@ def _defaults_walk(
             root,
             inside_meta=inside_meta,
             options=options,
-            profile=profile,
             errors=errors,
         )
     for name, sub in (s.get("properties") or {}).items():
@@ -450,7 +446,6 @@ def _defaults_walk(
             root,
             inside_meta=sub_inside,
             options=options,
-            profile=profile,
             errors=errors,
         )
     # additionalProperties are not followed: defaults are forbidden there (ValidateDefaults).
