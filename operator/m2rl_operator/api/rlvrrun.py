@@ -199,6 +199,10 @@ class CheckpointSpec(ApiModel):
     storage_class_name: str | None = Field(None, max_length=URI_MAX_LENGTH)
     """storageClassName of the claim the operator creates when uri is unset. Unset means the
     cluster's default class."""
+    delete_with_run: bool = False
+    """deleteWithRun makes the claim the operator creates (when uri is unset) belong to the run, so
+    deleting the run, or its ttlSecondsAfterFinished, deletes the claim and every checkpoint and
+    the final model with it. Default false: the claim outlives the run (delete it yourself)."""
 
 
 class RLVRRunSpec(SchedulingOptions):

@@ -198,9 +198,13 @@ def test_multi_node_trainer_job_wiring() -> None:
     job = next(m for m in _render("multi-node-mixed") if m["kind"] == "Job")
     assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-queue"
     spec = job["spec"]
+    # Created suspended: with a queue label, Kueue unsuspends it on admission and owns `suspend`.
     assert (spec["completionMode"], spec["completions"], spec["parallelism"], spec["suspend"]) == (
-        "Indexed", 2, 2, False,
+        "Indexed", 2, 2, True,
     )  # fmt: skip
+    assert spec["podFailurePolicy"] == {
+        "rules": [{"action": "FailJob", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}]
+    }
     pod = spec["template"]["spec"]
     assert pod["subdomain"] == "mixed-trainer"
     (container,) = pod["containers"]
@@ -215,14 +219,18 @@ def test_multi_node_trainer_job_wiring() -> None:
             "fieldRef": {"fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}
         },
     }
-    assert container["resources"] == {"limits": {"nvidia.com/gpu": 8}, "requests": {"nvidia.com/gpu": 8}}
+    # Default requests (4 CPUs and 32 GiB per GPU): a GPU pod is never BestEffort.
+    assert container["resources"] == {
+        "limits": {"nvidia.com/gpu": 8},
+        "requests": {"cpu": "32", "memory": "256Gi", "nvidia.com/gpu": 8},
+    }
 
 
-def test_suspended_run_scales_everything_to_zero() -> None:
+def test_suspended_run_has_no_trainer_job_and_no_replicas() -> None:
     by_kind = {
         m["kind"]: m for m in _render("suspended") if m["kind"] in ("Job", "StatefulSet", "Deployment")
     }
-    assert by_kind["Job"]["spec"]["suspend"] is True
+    assert "Job" not in by_kind  # deleted while suspended; resuming recreates it (from the checkpoint)
     assert by_kind["StatefulSet"]["spec"]["replicas"] == 0
     assert by_kind["Deployment"]["spec"]["replicas"] == 0
 
