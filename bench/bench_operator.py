@@ -2,7 +2,7 @@
 
 Three processes, so that each figure belongs to one of them and none waits for another's GIL:
 
-* the emulator (bench/kmock_fast.py: kmock's KubernetesEmulator without its O(requests) dispatch
+* the emulator (tests/support/kmock_fast.py: kmock's KubernetesEmulator without its O(requests) dispatch
   and O(objects) lookups, and with resourceVersions as a real API server bumps them);
 * the operator: the real handlers under kopf with production settings (kopf's defaults, the
   handlers' start-up timeouts, INFO logging to a file as `kopf run` logs, Events at INFO);

@@ -96,7 +96,7 @@ async def _serve_emulator(conn: Connection, variant: dict[str, bool]) -> None:
     from kmock import Server
     from kmock._internal import enums
 
-    from bench.kmock_fast import FastKubernetesEmulator
+    from tests.support.kmock_fast import FastKubernetesEmulator
     from tests.support.kopf_kmock import CORE_RESOURCES, M2RL_RESOURCES, declare_resources
 
     job_at: dict[str, float] = {}

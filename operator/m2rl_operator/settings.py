@@ -84,6 +84,9 @@ class LeaderElection:
     lease_duration_s: float = 15.0
     renew_deadline_s: float = 10.0
     retry_period_s: float = 2.0
+    standby_health_port: int | None = None
+    """Port on which a standby answers /healthz (kopf's liveness port: its own server starts only
+    with the watches, after the Lease is held)."""
 
 
 @dataclass(frozen=True)
@@ -137,6 +140,7 @@ class OperatorOptions:
             lease_name=env.get("M2RL_LEASE_NAME") or LeaderElection.lease_name,
             namespace=env.get("POD_NAMESPACE", ""),
             identity=env.get("POD_NAME", ""),
+            standby_health_port=int(env["M2RL_HEALTH_PORT"]) if env.get("M2RL_HEALTH_PORT") else None,
         )
         if election.enabled and not (election.namespace and election.identity):
             raise ValueError(

@@ -302,7 +302,11 @@ class RLVRRunStatus(StatusBase):
     total_steps: int | None = Field(None, ge=0)
     """totalSteps is spec.algorithm.steps, copied for `kubectl get`."""
     restarts: int | None = Field(None, ge=0)
-    """restarts counts restarts after failures (see spec.maxRestarts)."""
+    """restarts counts restarts after failures (see spec.maxRestarts); restarts after a disruption
+    (preemption, eviction, node drain) or a spec update are not counted."""
+    attempt: int | None = Field(None, ge=0)
+    """attempt is the number of the current trainer Job: every restart, counted or not, starts a
+    new attempt (label m2rl.io/attempt of the Job and its pods)."""
     latest_checkpoint: CheckpointStatus | None = None
     """latestCheckpoint is the newest checkpoint; a restart resumes from it."""
     final_model: str | None = Field(None, max_length=URI_MAX_LENGTH)

@@ -1,4 +1,6 @@
-"""kmock's KubernetesEmulator without its O(n) hot spots, for scale benchmarks (not for tests).
+"""kmock's KubernetesEmulator without its O(n) hot spots and with the metadata a real API server
+stamps: for the operator's scale benchmark (bench/bench_operator.py) and its kmock tests (kopf's
+indexes key objects by uid, which plain kmock never sets).
 
 kmock 0.8 (site-packages is never edited; this subclasses it) answers every request in time that
 grows with the traffic so far, which made the 100- and 500-run operator benchmarks measure the
