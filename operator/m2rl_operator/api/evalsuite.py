@@ -132,6 +132,15 @@ class EvalOutput(ApiModel):
 class EvalSuiteSpec(SchedulingOptions):
     """The desired state of an EvalSuite."""
 
+    model_config = model_rules(
+        Rule(
+            rule="!has(self.queueName) || !has(self.suspend) || !self.suspend",
+            message="suspend cannot be used with queueName: Kueue alone sets the suspend of a Job it "
+            "queues; stop a queued suite by deactivating its Kueue Workload (spec.active: false)",
+            field_path=".suspend",
+        )
+    )
+
     models: list[EvalModel] = Field(
         min_length=1, max_length=MAX_MODELS, json_schema_extra=field_rules(_unique_names("model"))
     )

@@ -279,3 +279,21 @@ def test_every_program_the_pods_run_is_installed_by_the_trainer_image() -> None:
             assert callable(getattr(importlib.import_module(module), function)), command
         else:
             assert shutil.which(command, path=str(Path(sys.executable).parent)), command
+
+
+@pytest.mark.parametrize("case", ["single-node-expert", "multi-node-mixed", "cpu-colocated"])
+def test_verifier_config_loads_in_the_verifier(case: str) -> None:
+    """verifier.yaml enables exactly the run's verifiers (the scorer starts a sandbox pool only for
+    code), and the verifier's own loader accepts it."""
+    from m2rl_trainer.rewards.scorer import ScorerConfig
+
+    manifests = _render(case)
+    (config_map,) = [m for m in manifests if m["kind"] == "ConfigMap"]
+    (deployment,) = [m for m in manifests if m["kind"] == "Deployment"]
+    raw = yaml.safe_load(config_map["data"]["verifier.yaml"])
+    run = next(o for o in CASES[case][0] if o["kind"] == "RLVRRun")
+    assert sorted(raw["verifiers"]) == sorted({d["verifier"]["type"] for d in run["spec"]["domains"]})
+    assert sorted(ScorerConfig.from_dict(raw).verifiers or {}) == sorted(raw["verifiers"])
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert container["args"][container["args"].index("--config") + 1] == "/etc/m2rl/verifier.yaml"
+    assert ("--sandbox-workers" in container["args"]) == ("code" in raw["verifiers"])
