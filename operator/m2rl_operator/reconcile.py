@@ -10,6 +10,7 @@ GET per refresh, so decisions always start from its latest status.
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ from m2rl_operator.builders.references import (
     evalsuite_references,
     mergejob_references,
 )
-from m2rl_operator.builders.rlvrrun import build_trainer_job, config_hash, trainer_selector
+from m2rl_operator.builders.rlvrrun import CONFIG_HASH_ANNOTATION, build_trainer_job, trainer_selector
 from m2rl_operator.builders.trainer_config import checkpoint_uri, final_model_uri
 from m2rl_operator.cache import Children, data_hash
 from m2rl_operator.kube import Kube, api_message, is_refusal, results_of_pods
@@ -72,6 +73,10 @@ class Context:
     children: Children
     locks: dict[Key, asyncio.Lock] = field(default_factory=dict)
     pending: dict[Key, asyncio.Task[None]] = field(default_factory=dict)
+    desired: dict[tuple[str, str], tuple[Any, list[dict[str, Any]], str]] = field(default_factory=dict)
+    """(namespace, run) -> ((uid, generation, attempt), its children, its config hash): rendering
+    (YAML of the trainer config) costs more than the rest of a refresh, and the spec changes only
+    with the generation."""
 
     def lock(self, kind: str, namespace: str, name: str) -> asyncio.Lock:
         return self.locks.setdefault((kind, namespace, name), asyncio.Lock())
@@ -85,6 +90,30 @@ class Context:
         task = self.pending.pop(key, None)
         if task is not None and task is not asyncio.current_task():
             task.cancel()
+        if kind == "RLVRRun":
+            self.desired.pop((namespace, name), None)
+
+    def run_children(
+        self, run: dict[str, Any], spec: RLVRRunSpec, attempt: int
+    ) -> tuple[list[dict[str, Any]], str]:
+        """The run's children for `attempt` and its trainer config hash, rendered once per spec
+        generation and attempt (callers copy what they change)."""
+        meta = run["metadata"]
+        key = (meta.get("uid"), meta.get("generation"), attempt)
+        cached = self.desired.get((meta["namespace"], meta["name"]))
+        if cached is None or cached[0] != key:
+            children = build_rlvrrun(
+                spec, name=meta["name"], namespace=meta["namespace"], options=self.options, attempt=attempt
+            )
+            trainer = build_trainer_job(
+                spec, name=meta["name"], namespace=meta["namespace"], options=self.options, attempt=attempt
+            )
+            if not any(c["kind"] == "Job" for c in children):
+                children.append(trainer)  # a suspended run's build has none; a resume needs it
+            digest = trainer["metadata"]["annotations"][CONFIG_HASH_ANNOTATION]
+            cached = (key, children, digest)
+            self.desired[(meta["namespace"], meta["name"])] = cached
+        return cached[1], cached[2]
 
     def refresh_soon(self, kind: str, namespace: str, name: str, delay_s: float) -> None:
         """Refresh a resource once after `delay_s`, however many child events ask for it meanwhile
@@ -118,17 +147,25 @@ def default_metrics_url(options: OperatorOptions) -> MetricsURL:
 
 
 async def create_missing(
-    ctx: Context, owner: dict[str, Any], children: list[dict[str, Any]]
+    ctx: Context,
+    owner: dict[str, Any],
+    children: list[dict[str, Any]],
+    replicas: dict[str, int] | None = None,
 ) -> tuple[list[str], str | None]:
     """Create the children the cache does not hold (owned by `owner`, except those annotated
-    naming.KEEP, which outlive it). Returns the children created now and, when the API server
-    refused one (admission, quota, validation), which one and its message."""
+    naming.KEEP, which outlive it), `replicas` by kind overriding the manifests' (a run gated by
+    Kueue or finished starts its servers at zero). Returns the children created now and, when the
+    API server refused one (admission, quota, validation), which one and its message."""
     created: list[str] = []
     refused: str | None = None
     for child in children:
         meta = child["metadata"]
         if ctx.children.get(child["kind"], meta["namespace"], meta["name"]) is not None:
             continue
+        child = copy.deepcopy(child)  # manifests may be shared (Context.run_children)
+        meta = child["metadata"]
+        if replicas and child["kind"] in replicas:
+            child["spec"]["replicas"] = replicas[child["kind"]]
         if (meta.get("annotations") or {}).get(naming.KEEP) != "true":
             kopf.adopt(child, owner=as_body(owner))
         try:
@@ -197,9 +234,7 @@ async def ensure_run(ctx: Context, body: dict[str, Any]) -> None:
     spec = RLVRRunSpec.model_validate(body["spec"])
     if not rlvrrun_problems(spec):
         attempt = int((body.get("status") or {}).get("attempt") or 0)
-        desired = build_rlvrrun(
-            spec, name=meta["name"], namespace=meta["namespace"], options=ctx.options, attempt=attempt
-        )
+        desired, _ = ctx.run_children(body, spec, attempt)
         await sync_config(ctx, desired)
     await refresh_run(ctx, meta["namespace"], meta["name"])
 
@@ -237,7 +272,8 @@ async def _refresh_run(ctx: Context, run: dict[str, Any], scrape_progress: bool)
     trainer = naming.trainer(name)
     job = children.get("Job", namespace, trainer)
     pods_left = len(children.pods(namespace, "RLVRRun", name, naming.TRAINER))
-    wanted_hash = config_hash(spec, name=name, namespace=namespace, options=ctx.options)
+    attempt_now = int(old.get("attempt") or 0)
+    _, wanted_hash = ctx.run_children(run, spec, attempt_now)
     plan = plan_run(
         trainer=Trainer(job=job, pods_left=pods_left),
         suspend=spec.suspend,
@@ -259,24 +295,13 @@ async def _refresh_run(ctx: Context, run: dict[str, Any], scrape_progress: bool)
 
     refused = None
     if not plan.terminal:
-        desired = build_rlvrrun(
-            spec, name=name, namespace=namespace, options=ctx.options, attempt=plan.attempt
-        )
-        others = [c for c in desired if not (c["kind"] == "Job" and c["metadata"]["name"] == trainer)]
-        for child in others:  # created with the replicas the run may have now (Kueue gate, suspend)
-            if child["kind"] == "StatefulSet":
-                child["spec"]["replicas"] = plan.rollout_replicas
-            elif child["kind"] == "Deployment":
-                child["spec"]["replicas"] = plan.verifier_replicas
-        created, refused = await create_missing(ctx, run, others)
-        await _select_attempt(ctx, namespace, name, plan.attempt)
+        desired, _ = ctx.run_children(run, spec, plan.attempt)
+        wanted = [c for c in desired if not (c["kind"] == "Job" and c["metadata"]["name"] == trainer)]
         if plan.action == "create":
-            job_manifest = build_trainer_job(
-                spec, name=name, namespace=namespace, options=ctx.options, attempt=plan.attempt
-            )
-            more, job_refused = await create_missing(ctx, run, [job_manifest])
-            created += more
-            refused = refused or job_refused
+            wanted += [c for c in desired if c["kind"] == "Job" and c["metadata"]["name"] == trainer]
+        replicas = {"StatefulSet": plan.rollout_replicas, "Deployment": plan.verifier_replicas}
+        created, refused = await create_missing(ctx, run, wanted, replicas)
+        await _select_attempt(ctx, namespace, name, plan.attempt)
         if created:
             kopf.info(as_body(run), reason="Created", message=f"created {', '.join(created)}")
     if plan.action == "delete" and job is not None:
