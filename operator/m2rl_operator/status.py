@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from m2rl_operator.api.rlvrrun import RLVRRunSpec
-from m2rl_operator.lifecycle import RunPlan
+from m2rl_operator.lifecycle import RunPlan, kueue_managed
 from m2rl_operator.naming import KUEUE_QUEUE_LABEL
 
 Status = dict[str, Any]
@@ -130,7 +130,8 @@ def run_status(
     """The whole status of an RLVRRun. `checkpoint_uri(step)` gives a checkpoint's model URI; `plan`
     is the refresh's decision (lifecycle.plan_run: terminal outcome, attempt, restarts, why)."""
     state = job_state(observed.job)
-    queued = bool(spec.queue_name) and state == "Suspended"
+    kueue = bool(spec.queue_name) or kueue_managed(observed.job)  # a default LocalQueue labels it too
+    queued = kueue and state == "Suspended"
     if plan.terminal:
         phase = plan.terminal
     elif spec.suspend:
@@ -173,14 +174,13 @@ def run_status(
             f"{observed.verifier_ready}/{spec.verifier.replicas} verifier pods ready",
         )
     )
-    if spec.queue_name:
+    if kueue:
         rows.append(
             (
                 "Queued",
                 queued and not suspended,
                 "AwaitingAdmission" if queued else "Admitted" if observed.job is not None else "NotQueued",
-                f"Kueue LocalQueue {spec.queue_name} has not admitted the trainer Job yet; rollout servers "
-                "and verifier start once it has"
+                "Kueue has not admitted the trainer Job yet; rollout servers and verifier start once it has"
                 if queued
                 else "",
             )

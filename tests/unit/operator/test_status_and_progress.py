@@ -166,6 +166,9 @@ def test_a_job_kueue_holds_is_queued_not_suspended() -> None:
     admitted = {**held, "spec": {"suspend": False}, "status": {"active": 1}}
     status = _status(admitted, old=status, queueName="q")
     assert (status["phase"], _kinds(status)["Queued"]) == ("Running", ("False", "Admitted"))
+    # A namespace's default LocalQueue labels the Job without spec.queueName: still Kueue's.
+    status = _status(held)
+    assert (status["phase"], _kinds(status)["Queued"]) == ("Queued", ("True", "AwaitingAdmission"))
 
 
 def test_failure_outcomes_keep_their_reason_once_terminal() -> None:
