@@ -6,15 +6,16 @@ label selector the API server applies (`app.kubernetes.io/managed-by=m2rl-operat
 handlers.startup), so other workloads of the cluster never reach the operator. A refresh then
 reads its children here: one GET (its own resource) per refresh instead of one per child.
 
-Reads can lag the API server by a watch event. The reconcile tolerates it: creates are
-idempotent (409 is "exists"), deletes of a gone object are no-ops, and the event that brings the
-new state triggers another refresh.
+Reads can lag the API server by a watch event. What the operator creates is noted at once (the
+API server's answer to the create), so it is not created twice; otherwise the reconcile tolerates
+the lag: creates are idempotent (409 is "exists"), deletes of a gone object are no-ops, and the
+event that brings the new state triggers another refresh. Only the children whose state the
+status reads are watched (Jobs, StatefulSets, Deployments, Pods): Services, ConfigMaps,
+NetworkPolicies and claims are created once per operator process (reconcile.Context.known).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -40,19 +41,11 @@ def _meta(body: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def data_hash(data: Mapping[str, str]) -> str:
-    """A ConfigMap's content, for comparing without keeping it."""
-    return hashlib.sha256(json.dumps(dict(data), sort_keys=True).encode()).hexdigest()[:16]
-
-
 def compact_child(kind: str, body: Mapping[str, Any]) -> dict[str, Any]:
-    """What the reconcile reads of a child: metadata, the few spec fields it compares or changes
-    (suspend, replicas, a Service's selector, a ConfigMap's content hash), the status. Not pod
-    templates."""
+    """What the reconcile reads of a Job, StatefulSet or Deployment: metadata, the spec fields it
+    compares (suspend, replicas), the status. Not pod templates."""
     spec = body.get("spec") or {}
-    kept = {k: spec[k] for k in ("suspend", "replicas", "selector") if k in spec}
-    if kind == "ConfigMap":
-        kept["dataHash"] = data_hash(body.get("data") or {})
+    kept = {k: spec[k] for k in ("suspend", "replicas") if k in spec}
     return {"kind": kind, "metadata": _meta(body), "spec": kept, "status": dict(body.get("status") or {})}
 
 
@@ -103,9 +96,26 @@ class Children:
         failures: Mapping[Any, Iterable[Any]],
     ) -> None:
         self._children, self._pods, self._failures = children, pods, failures
+        self._created: dict[Key, dict[str, Any]] = {}
 
     def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
-        return _newest(self._children.get((kind, namespace, name), ()))
+        """The child as last watched, else as the operator just created it (until the watch
+        brings it), else None."""
+        key = (kind, namespace, name)
+        watched = _newest(self._children.get(key, ()))
+        if watched is not None:
+            self._created.pop(key, None)
+            return watched
+        return self._created.get(key)
+
+    def created(self, kind: str, obj: Mapping[str, Any]) -> None:
+        """Note a child the API server just created (its answer to the create), so the refresh
+        that created it, and the next ones, see it before its watch event arrives."""
+        meta = obj.get("metadata") or {}
+        self._created[(kind, meta.get("namespace") or "", meta.get("name") or "")] = compact_child(kind, obj)
+
+    def deleted(self, kind: str, namespace: str, name: str) -> None:
+        self._created.pop((kind, namespace, name), None)
 
     def pods(
         self, namespace: str, owner_kind: str, owner: str, component: str | None = None

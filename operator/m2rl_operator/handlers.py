@@ -4,11 +4,11 @@ Loaded by the chart with `kopf run -m m2rl_operator.handlers`. Settings come fro
 once (`OperatorOptions.from_env`) into `memo.options`; tests may put their own `options`,
 `kube_server`, `trainer_metrics_url` and `on_leadership_lost` into the memo.
 
-Watches: the three kinds, and the children (Jobs, StatefulSets, Deployments, Services,
-ConfigMaps, NetworkPolicies, PersistentVolumeClaims, Pods) with a label selector the API server
-applies (kopf's `settings.watching.label_selectors`; a handler's own `labels=` filter is only
-checked in the operator, after every object of the cluster has been sent to it), plus Events with
-reason FailedCreate (a field selector). Indexes keep what the reconcile reads of them.
+Watches: the three kinds, and the children whose state the status reads (Jobs, StatefulSets,
+Deployments, Pods) with a label selector the API server applies (kopf's
+`settings.watching.label_selectors`; a handler's own `labels=` filter is only checked in the
+operator, after every object of the cluster has been sent to it), plus Events with reason
+FailedCreate (a field selector). Indexes keep what the reconcile reads of them.
 """
 
 from __future__ import annotations
@@ -36,16 +36,14 @@ G, V = naming.GROUP, naming.VERSION
 MANAGED = {"app.kubernetes.io/managed-by": naming.MANAGED_BY}
 MANAGED_SELECTOR = f"app.kubernetes.io/managed-by={naming.MANAGED_BY}"
 FAILED_CREATE = "reason=FailedCreate"
+# The children whose state the status reads: watched and cached (reconcile.WATCHED). Services,
+# ConfigMaps, NetworkPolicies and claims are only created: watching them would cost an event per
+# child and nothing read.
 CHILDREN: dict[tuple[str, str, str], str] = {
     ("batch", "v1", "jobs"): "Job",
     ("apps", "v1", "statefulsets"): "StatefulSet",
     ("apps", "v1", "deployments"): "Deployment",
-    ("", "v1", "services"): "Service",
-    ("", "v1", "configmaps"): "ConfigMap",
-    ("networking.k8s.io", "v1", "networkpolicies"): "NetworkPolicy",
-    ("", "v1", "persistentvolumeclaims"): "PersistentVolumeClaim",
 }
-WORKLOADS = {"Job", "StatefulSet", "Deployment"}  # their status is the resource's status
 COALESCE_S = 0.2  # child events within this window lead to one refresh of their owner
 
 
@@ -129,9 +127,9 @@ def failed_creates_index(namespace: str | None, body: kopf.Body, **_: Any) -> di
 @kopf.on.resume(G, V, "rlvrruns")
 @kopf.on.create(G, V, "rlvrruns")
 @kopf.on.update(G, V, "rlvrruns", field="spec")
-async def reconcile_run(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+async def reconcile_run(body: kopf.Body, reason: kopf.Reason, memo: kopf.Memo, **_: Any) -> None:
     with metrics.reconcile("RLVRRun"):
-        await ensure_run(memo.ctx, dict(body))
+        await ensure_run(memo.ctx, dict(body), sync=reason != kopf.Reason.CREATE)
 
 
 @kopf.timer(
@@ -192,19 +190,16 @@ def _refresh_owner(memo: Any, labels: kopf.Labels, namespace: str | None) -> Non
         memo.ctx.refresh_soon(owner[0], namespace or "", owner[1], COALESCE_S)
 
 
-def _child_changed(kind: str) -> Any:
-    async def child_changed(
-        event: kopf.RawEvent, labels: kopf.Labels, namespace: str | None, memo: Any, **_: Any
-    ) -> None:
-        """A workload's status moved, or any child was deleted: refresh its owner (level-based)."""
-        if kind in WORKLOADS or event.get("type") == "DELETED":
-            _refresh_owner(memo, labels, namespace)
-
-    return child_changed
-
-
-for _resource, _kind in CHILDREN.items():
-    kopf.on.event(*_resource, id=f"m2rl_changed_{_kind.lower()}", labels=MANAGED)(_child_changed(_kind))
+@kopf.on.event("batch", "v1", "jobs", labels=MANAGED)
+@kopf.on.event("apps", "v1", "statefulsets", labels=MANAGED)
+@kopf.on.event("apps", "v1", "deployments", labels=MANAGED)
+async def child_changed(
+    event: kopf.RawEvent, labels: kopf.Labels, namespace: str | None, memo: Any, **_: Any
+) -> None:
+    """A child's status moved, or it was deleted: refresh its owner (level-based). A child just
+    created has no status yet: the refresh that created it already counted it."""
+    if event.get("type") == "DELETED" or (event.get("object") or {}).get("status"):
+        _refresh_owner(memo, labels, namespace)
 
 
 @kopf.on.event("", "v1", "pods", labels=MANAGED)

@@ -89,16 +89,17 @@ class Kube:
             raise
         return self._plain(obj)
 
-    async def create(self, manifest: dict[str, Any]) -> bool:
-        """Create the child; False when it exists already (a restart mid-reconcile, or a retry)."""
+    async def create(self, manifest: dict[str, Any]) -> dict[str, Any] | None:
+        """Create the child and return it as the API server stored it; None when it exists already
+        (a restart mid-reconcile, or a retry)."""
         namespace = manifest["metadata"]["namespace"]
         try:
-            await with_retries(lambda: self._create_once(manifest, namespace), attempts=3)
+            created = await with_retries(lambda: self._create_once(manifest, namespace), attempts=3)
         except ApiException as error:
             if error.status == 409:
-                return False
+                return None
             raise
-        return True
+        return self._plain(created)
 
     async def _create_once(self, manifest: dict[str, Any], namespace: str) -> Any:
         try:

@@ -32,7 +32,7 @@ from m2rl_operator.builders.references import (
 )
 from m2rl_operator.builders.rlvrrun import CONFIG_HASH_ANNOTATION, build_trainer_job, trainer_selector
 from m2rl_operator.builders.trainer_config import checkpoint_uri, final_model_uri
-from m2rl_operator.cache import Children, data_hash
+from m2rl_operator.cache import Children
 from m2rl_operator.kube import Kube, api_message, is_refusal, results_of_pods
 from m2rl_operator.lifecycle import Trainer, kueue_managed, plan_run, scale_step
 from m2rl_operator.progress import scrape
@@ -49,6 +49,7 @@ from m2rl_operator.status import (
 )
 
 MetricsURL = Callable[[str, str], str]
+WATCHED = {"Job", "StatefulSet", "Deployment"}  # children the cache holds (handlers.CHILDREN)
 Key = tuple[str, str, str]  # kind, namespace, name
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,10 @@ class Context:
     children: Children
     locks: dict[Key, asyncio.Lock] = field(default_factory=dict)
     pending: dict[Key, asyncio.Task[None]] = field(default_factory=dict)
+    known: dict[tuple[str, str], set[Key]] = field(default_factory=dict)
+    """(namespace, owner) -> unwatched children (Services, ConfigMaps, NetworkPolicies, claims)
+    created or found (409) by this process: not created again while it runs. A restarted operator
+    creates them again on resume (409 for those that exist)."""
     desired: dict[tuple[str, str], tuple[Any, list[dict[str, Any]], str]] = field(default_factory=dict)
     """(namespace, run) -> ((uid, generation, attempt), its children, its config hash): rendering
     (YAML of the trainer config) costs more than the rest of a refresh, and the spec changes only
@@ -90,6 +95,7 @@ class Context:
         task = self.pending.pop(key, None)
         if task is not None and task is not asyncio.current_task():
             task.cancel()
+        self.known.pop((namespace, name), None)
         if kind == "RLVRRun":
             self.desired.pop((namespace, name), None)
 
@@ -158,35 +164,43 @@ async def create_missing(
     API server refused one (admission, quota, validation), which one and its message."""
     created: list[str] = []
     refused: str | None = None
+    known = ctx.known.setdefault((owner["metadata"]["namespace"], owner["metadata"]["name"]), set())
     for child in children:
-        meta = child["metadata"]
-        if ctx.children.get(child["kind"], meta["namespace"], meta["name"]) is not None:
+        kind, meta = child["kind"], child["metadata"]
+        key = (kind, meta["namespace"], meta["name"])
+        if (ctx.children.get(*key) is not None) if kind in WATCHED else key in known:
             continue
         child = copy.deepcopy(child)  # manifests may be shared (Context.run_children)
         meta = child["metadata"]
-        if replicas and child["kind"] in replicas:
-            child["spec"]["replicas"] = replicas[child["kind"]]
+        if replicas and kind in replicas:
+            child["spec"]["replicas"] = replicas[kind]
         if (meta.get("annotations") or {}).get(naming.KEEP) != "true":
             kopf.adopt(child, owner=as_body(owner))
         try:
-            if await ctx.kube.create(child):
-                created.append(f"{child['kind']}/{meta['name']}")
+            obj = await ctx.kube.create(child)
         except ApiException as error:
             if not is_refusal(error):
                 raise
-            refused = refused or f"{child['kind']}/{meta['name']}: {api_message(error)}"
+            refused = refused or f"{kind}/{meta['name']}: {api_message(error)}"
+            continue
+        if obj is not None:
+            created.append(f"{kind}/{meta['name']}")
+            if kind in WATCHED:
+                ctx.children.created(kind, obj)
+        if kind not in WATCHED:
+            known.add(key)
     return created, refused
 
 
 async def sync_config(ctx: Context, children: list[dict[str, Any]]) -> None:
-    """A spec update: rewrite ConfigMaps whose content changed (the trainer reads its new config
-    when lifecycle.plan_run restarts it; the verifier on its next start)."""
+    """A spec update or a resume: rewrite ConfigMaps whose content changed (the trainer reads its
+    new config when lifecycle.plan_run restarts it; the verifier on its next start)."""
     for child in children:
         if child["kind"] != "ConfigMap":
             continue
         meta = child["metadata"]
-        cached = ctx.children.get("ConfigMap", meta["namespace"], meta["name"])
-        if cached is not None and cached["spec"].get("dataHash") != data_hash(child["data"]):
+        existing = await ctx.kube.get("ConfigMap", meta["namespace"], meta["name"])
+        if existing is not None and existing.get("data") != child["data"]:
             await ctx.kube.patch("ConfigMap", meta["namespace"], meta["name"], {"data": child["data"]})
 
 
@@ -227,12 +241,13 @@ def pod_failures(ctx: Context, children: list[dict[str, Any] | None]) -> tuple[s
 # ---- RLVRRun -------------------------------------------------------------------------------------------
 
 
-async def ensure_run(ctx: Context, body: dict[str, Any]) -> None:
-    """Create, update or resume: rewrite changed config, then converge (refresh_run creates what is
-    missing). InvalidSpec problems fail the run until the spec is fixed."""
+async def ensure_run(ctx: Context, body: dict[str, Any], *, sync: bool = True) -> None:
+    """Create, update or resume: rewrite changed config (`sync`: not on create, where nothing
+    exists yet), then converge (refresh_run creates what is missing). InvalidSpec problems fail
+    the run until the spec is fixed."""
     meta = body["metadata"]
     spec = RLVRRunSpec.model_validate(body["spec"])
-    if not rlvrrun_problems(spec):
+    if sync and not rlvrrun_problems(spec):
         attempt = int((body.get("status") or {}).get("attempt") or 0)
         desired, _ = ctx.run_children(body, spec, attempt)
         await sync_config(ctx, desired)
@@ -301,13 +316,17 @@ async def _refresh_run(ctx: Context, run: dict[str, Any], scrape_progress: bool)
             wanted += [c for c in desired if c["kind"] == "Job" and c["metadata"]["name"] == trainer]
         replicas = {"StatefulSet": plan.rollout_replicas, "Deployment": plan.verifier_replicas}
         created, refused = await create_missing(ctx, run, wanted, replicas)
-        await _select_attempt(ctx, namespace, name, plan.attempt)
+        if plan.action == "delete" or (plan.action == "create" and plan.attempt > 0):
+            # A restart: the Service selects the new attempt's pods only, from now on.
+            selector = trainer_selector(name, plan.attempt)
+            await kube.patch("Service", namespace, trainer, {"spec": {"selector": selector}})
         if created:
             kopf.info(as_body(run), reason="Created", message=f"created {', '.join(created)}")
     if plan.action == "delete" and job is not None:
         # Foreground: the Job stays (with a deletionTimestamp) until its pods are gone, so the
         # new attempt's Job, of the same name, cannot be created before (JobSet deleteJobs).
         await kube.delete("Job", namespace, trainer, propagation="Foreground")
+        children.deleted("Job", namespace, trainer)
     sts = (
         children.get("StatefulSet", namespace, naming.rollout(name))
         if spec.rollout.mode == "server"
@@ -342,15 +361,6 @@ async def _refresh_run(ctx: Context, run: dict[str, Any], scrape_progress: bool)
     )
     await _publish(ctx, "RLVRRun", run, old, status)
     await expire(ctx, "RLVRRun", run, status)
-
-
-async def _select_attempt(ctx: Context, namespace: str, run: str, attempt: int) -> None:
-    """Point the trainer Service at the current attempt's pods only (the Service's selector is
-    mutable; its pods' attempt label is not)."""
-    service = ctx.children.get("Service", namespace, naming.trainer(run))
-    selector = trainer_selector(run, attempt)
-    if service is not None and (service.get("spec") or {}).get("selector") != selector:
-        await ctx.kube.patch("Service", namespace, naming.trainer(run), {"spec": {"selector": selector}})
 
 
 async def _scale(ctx: Context, child: dict[str, Any] | None, desired: int, *, kueue: bool) -> None:

@@ -310,8 +310,9 @@ async def test_run_lifecycle_children_status_progress_success_and_scale_down(
         for r in list(kmock)
         if r.params.get("watch") == "true"
     }
-    for plural in ("jobs", "statefulsets", "deployments", "pods", "configmaps", "services"):
+    for plural in ("jobs", "statefulsets", "deployments", "pods"):
         assert watches[plural] == "app.kubernetes.io/managed-by=m2rl-operator", plural
+    assert not {"configmaps", "services", "networkpolicies"} & set(watches)  # created, never read
     assert [r.params.get("fieldSelector") for r in list(kmock) if r.url.path.endswith("/events")
             and r.params.get("watch") == "true"][:1] == ["reason=FailedCreate"]  # fmt: skip
 
