@@ -164,8 +164,12 @@ async def _standby_health(port: int | None) -> web.AppRunner | None:
     """Answer /healthz while waiting (the chart's liveness probe), on kopf's health port."""
     if not port:
         return None
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.json_response({"standby": True})
+
     app = web.Application()
-    app.router.add_get("/healthz", lambda _: web.json_response({"standby": True}))
+    app.router.add_get("/healthz", healthz)
     runner = web.AppRunner(app)
     await runner.setup()
     await web.TCPSite(runner, "0.0.0.0", port).start()

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import yaml
 from kubernetes_asyncio import client
@@ -620,8 +621,11 @@ async def test_leader_election_one_replica_acts_and_a_standby_takes_over(kmock: 
         enabled=True, namespace=NS, retry_period_s=0.2, renew_deadline_s=1.0, lease_duration_s=2.0
     )
     lost: list[str] = []
+    health = free_port()
     first = memo(leader_election=LeaderElection(identity="replica-a", **election))
-    second = memo(leader_election=LeaderElection(identity="replica-b", **election))
+    second = memo(
+        leader_election=LeaderElection(identity="replica-b", standby_health_port=health, **election)
+    )
     first["on_leadership_lost"] = lambda: lost.append("a")  # not SIGTERM: this is the test's process
     second["on_leadership_lost"] = lambda: lost.append("b")
     async with running_operator(kmock, HANDLERS, first):
@@ -633,6 +637,11 @@ async def test_leader_election_one_replica_acts_and_a_standby_takes_over(kmock: 
         await eventually(lambda: exists(kmock, JOBS, "tiny-trainer"))
         await asyncio.sleep(1.0)
         assert not entered.done()  # replica-b waits: no watches, no handlers
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"http://127.0.0.1:{health}/healthz") as reply,
+        ):
+            assert (reply.status, await reply.json()) == (200, {"standby": True})  # its liveness probe
     # replica-a stops and releases the Lease: replica-b leads and reconciles.
     await entered
     try:
