@@ -353,7 +353,7 @@ class PodTemplateOptions(ApiModel):
     """serviceAccountName runs the trainer, rollout, merge and evaluation pods under this service
     account, with its token mounted (e.g. for workload identity to a bucket). The verifier, which
     runs model-written code, never gets one. Unset means the namespace's default account without
-    a mounted token."""
+    a mounted token. (The pods' priority class is spec.priorityClassName.)"""
 
 
 class SchedulingOptions(ApiModel):
@@ -361,7 +361,9 @@ class SchedulingOptions(ApiModel):
 
     queue_name: str | None = Field(None, max_length=NAME_MAX_LENGTH, pattern=DNS_SUBDOMAIN_PATTERN)
     """queueName is the Kueue LocalQueue of the workloads; it is copied to the
-    kueue.x-k8s.io/queue-name label of every Job the operator creates. Unset means no Kueue."""
+    kueue.x-k8s.io/queue-name label of every Job, and of an RLVRRun's rollout StatefulSet and
+    verifier Deployment, which start only once Kueue admitted the trainer. Kueue then alone sets
+    the Jobs' suspend; the resource shows phase Queued until admission. Unset means no Kueue."""
     priority_class_name: str | None = Field(None, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN)
     """priorityClassName is the PriorityClass of every pod. Unset means the cluster default."""
     ttl_seconds_after_finished: int | None = Field(None, ge=0)
