@@ -30,7 +30,7 @@ from m2rl_operator.builders.references import (
     evalsuite_references,
     mergejob_references,
 )
-from m2rl_operator.builders.rlvrrun import CONFIG_HASH_ANNOTATION, build_trainer_job, trainer_selector
+from m2rl_operator.builders.rlvrrun import build_trainer_job, config_hash, trainer_selector
 from m2rl_operator.builders.trainer_config import checkpoint_uri, final_model_uri
 from m2rl_operator.cache import Children
 from m2rl_operator.kube import Kube, api_message, is_refusal, results_of_pods
@@ -108,15 +108,19 @@ class Context:
         key = (meta.get("uid"), meta.get("generation"), attempt)
         cached = self.desired.get((meta["namespace"], meta["name"]))
         if cached is None or cached[0] != key:
+            name, namespace = meta["name"], meta["namespace"]
             children = build_rlvrrun(
-                spec, name=meta["name"], namespace=meta["namespace"], options=self.options, attempt=attempt
+                spec, name=name, namespace=namespace, options=self.options, attempt=attempt
             )
-            trainer = build_trainer_job(
-                spec, name=meta["name"], namespace=meta["namespace"], options=self.options, attempt=attempt
-            )
-            if not any(c["kind"] == "Job" for c in children):
-                children.append(trainer)  # a suspended run's build has none; a resume needs it
-            digest = trainer["metadata"]["annotations"][CONFIG_HASH_ANNOTATION]
+            config = next(c for c in children if c["kind"] == "ConfigMap")
+            if not any(c["kind"] == "Job" for c in children):  # a suspended run's build has none
+                children.append(
+                    build_trainer_job(
+                        spec, name=name, namespace=namespace, options=self.options, attempt=attempt,
+                        config_map=config,
+                    )
+                )  # fmt: skip
+            digest = config_hash(config)
             cached = (key, children, digest)
             self.desired[(meta["namespace"], meta["name"])] = cached
         return cached[1], cached[2]

@@ -66,9 +66,9 @@ def build_config_map(spec: RLVRRunSpec, *, name: str, namespace: str, options: O
     )
 
 
-def config_hash(spec: RLVRRunSpec, *, name: str, namespace: str, options: OperatorOptions) -> str:
-    data = build_config_map(spec, name=name, namespace=namespace, options=options)["data"]
-    return hashlib.sha256(data[naming.CONFIG_FILE[KIND]].encode()).hexdigest()[:16]
+def config_hash(config_map: Manifest) -> str:
+    """The digest of trainer.yaml in the run's ConfigMap (CONFIG_HASH_ANNOTATION)."""
+    return hashlib.sha256(config_map["data"][naming.CONFIG_FILE[KIND]].encode()).hexdigest()[:16]
 
 
 def build_checkpoint_claim(spec: RLVRRunSpec, *, name: str, namespace: str) -> Manifest | None:
@@ -113,7 +113,13 @@ def build_trainer_service(
 
 
 def build_trainer_job(
-    spec: RLVRRunSpec, *, name: str, namespace: str, options: OperatorOptions, attempt: int = 0
+    spec: RLVRRunSpec,
+    *,
+    name: str,
+    namespace: str,
+    options: OperatorOptions,
+    attempt: int = 0,
+    config_map: Manifest | None = None,
 ) -> Manifest:
     """Indexed Job, one pod per node; torchrun inside. `attempt` counts restarts (the trainer
     resumes from the latest checkpoint by itself); it is a label and an annotation of the Job and
@@ -173,7 +179,9 @@ def build_trainer_job(
     meta["labels"][naming.ATTEMPT] = str(attempt)
     meta["annotations"] = {
         naming.ATTEMPT: str(attempt),
-        CONFIG_HASH_ANNOTATION: config_hash(spec, name=name, namespace=namespace, options=options),
+        CONFIG_HASH_ANNOTATION: config_hash(
+            config_map or build_config_map(spec, name=name, namespace=namespace, options=options)
+        ),
     }
     job: dict[str, Any] = {
         "completionMode": "Indexed",
@@ -415,7 +423,8 @@ def build_rlvrrun(
     A suspended run has no trainer Job (its pods are deleted; resuming creates it again, and the
     trainer continues from its latest checkpoint) and zero rollout and verifier replicas.
     """
-    children: list[Manifest] = [build_config_map(spec, name=name, namespace=namespace, options=options)]
+    config = build_config_map(spec, name=name, namespace=namespace, options=options)
+    children: list[Manifest] = [config]
     if claim := build_checkpoint_claim(spec, name=name, namespace=namespace):
         children.append(claim)
     children.append(verifier_service(KIND, name, namespace, options))
@@ -440,6 +449,8 @@ def build_rlvrrun(
     )
     if not spec.suspend:
         children.append(
-            build_trainer_job(spec, name=name, namespace=namespace, options=options, attempt=attempt)
+            build_trainer_job(
+                spec, name=name, namespace=namespace, options=options, attempt=attempt, config_map=config
+            )
         )
     return children
