@@ -222,6 +222,8 @@ def test_default_manifests_are_valid_kubernetes(default):
         "CustomResourceDefinition",
         "CustomResourceDefinition",
         "Deployment",
+        "Role",  # the leader-election Lease
+        "RoleBinding",
         "Service",
         "ServiceAccount",
     ]
@@ -234,6 +236,8 @@ def test_namespaced_manifests_are_valid_kubernetes(namespaced):
         "CustomResourceDefinition",
         "Deployment",
         "Role",
+        "Role",
+        "RoleBinding",
         "RoleBinding",
         "Service",
         "ServiceAccount",
@@ -248,6 +252,8 @@ def test_minimal_manifests_are_valid_kubernetes(minimal):
         "ClusterRoleBinding",
         "ClusterRoleBinding",
         "Deployment",
+        "Role",
+        "RoleBinding",
         "ServiceAccount",
     ]
 
@@ -278,10 +284,11 @@ def _container(rendered: Rendered) -> dict[str, Any]:
     return container
 
 
-def test_deployment_is_hardened_and_single(default):
+def test_deployment_is_hardened_and_elects_a_leader(default):
     deployment = default.one("Deployment")
     spec = deployment["spec"]
-    assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}
+    # One replica by default; a rolling update's new pod waits for the Lease as a standby.
+    assert spec["replicas"] == 1 and spec["strategy"] == {"type": "RollingUpdate"}
     pod = spec["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] == 65532
     container = _container(default)
@@ -309,7 +316,34 @@ def test_deployment_is_hardened_and_single(default):
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["M2RL_IMAGE_TRAINER"] == env["M2RL_IMAGE_ROLLOUT"] == "ghcr.io/m2rl/trainer:0.1.0"
     assert env["M2RL_METRICS_PORT"] == "9090"
+    assert (env["M2RL_LEADER_ELECTION"], env["M2RL_LEASE_NAME"], env["M2RL_HEALTH_PORT"]) == (
+        "true",
+        "m2rl",
+        "8080",
+    )
+    pod_name = next(e for e in container["env"] if e["name"] == "POD_NAME")
+    assert pod_name["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert "M2RL_METRICS_FROM" not in env
     assert pod["serviceAccountName"] == default.one("ServiceAccount")["metadata"]["name"]
+
+
+def test_two_replicas_need_leader_election_and_metrics_peers_reach_the_operator(helm_env, tmp):
+    peers = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+    rendered = render(helm_env, tmp, {"operator": {"replicas": 2}, "networkPolicy": {"metricsFrom": peers}})
+    assert rendered.one("Deployment")["spec"]["replicas"] == 2
+    env = {e["name"]: e.get("value") for e in _container(rendered)["env"]}
+    assert json.loads(env["M2RL_METRICS_FROM"]) == peers
+    lease_role = next(r for r in rendered.of("Role") if r["metadata"]["name"] == "m2rl-leader-election")
+    assert lease_role["metadata"]["namespace"] == "m2rl-system"
+    assert _permissions(lease_role["rules"]) == {
+        ("coordination.k8s.io", "leases", v) for v in ("get", "create", "patch")
+    }
+    values = {"operator": {"replicas": 2, "leaderElection": {"enabled": False}}}
+    done = helm(helm_env, "template", "m2rl", str(CHART), values=values, tmp=tmp, check=False)
+    assert done.returncode != 0 and "needs operator.leaderElection.enabled" in done.stderr
+    single = render(helm_env, tmp, {"operator": {"leaderElection": {"enabled": False}}})
+    assert single.one("Deployment")["spec"]["strategy"] == {"type": "Recreate"}
+    assert not [r for r in single.of("Role") if r["metadata"]["name"].endswith("leader-election")]
 
 
 def test_namespaced_deployment(namespaced):
@@ -345,19 +379,16 @@ REQUIRED = {
         for v in ("get", "list", "watch", "patch")
     ),
     *(("m2rl.io", f"{r}/status", "patch") for r in ("rlvrruns", "mergejobs", "evalsuites")),
-    ("", "events", "create"),
+    *(("", "events", v) for v in ("create", "list", "watch")),  # FailedCreate of children
     *(("batch", "jobs", v) for v in ("create", "get", "list", "watch", "patch", "delete")),
     *(
         ("apps", r, v)
         for r in ("statefulsets", "deployments")
         for v in ("create", "get", "list", "watch", "patch")
     ),
-    *(
-        ("", r, v)
-        for r in ("services", "configmaps", "persistentvolumeclaims")
-        for v in ("create", "get", "watch")
-    ),
-    *(("networking.k8s.io", "networkpolicies", v) for v in ("create", "get", "list", "watch", "patch")),
+    *(("", r, v) for r in ("services", "configmaps") for v in ("create", "get", "list", "watch", "patch")),
+    *(("", "persistentvolumeclaims", v) for v in ("create", "get", "list", "watch")),
+    *(("networking.k8s.io", "networkpolicies", v) for v in ("create", "get", "list", "watch")),
     *(("", "pods", v) for v in ("get", "list", "watch")),
 }
 DISCOVERY = {
@@ -373,6 +404,10 @@ def _assert_least_privilege(permissions: set[tuple[str, str, str]]) -> None:
     assert not any(r in {"secrets", "pods/exec", "nodes"} for _, r, _ in permissions)
     assert ("", "persistentvolumeclaims", "delete") not in permissions, "checkpoints outlive runs"
     assert not any(r == "pods" and v not in {"get", "list", "watch"} for _, r, v in permissions)
+    # The operator patches; `update` only where the API server demands it (blockOwnerDeletion).
+    assert {r for _, r, v in permissions if v == "update"} <= {
+        f"{kind}/finalizers" for kind in ("rlvrruns", "mergejobs", "evalsuites")
+    }
 
 
 def test_cluster_rbac(default):
@@ -395,7 +430,10 @@ def test_cluster_rbac(default):
 
 def test_namespaced_rbac_has_no_cluster_permissions(namespaced):
     assert not namespaced.of("ClusterRole") and not namespaced.of("ClusterRoleBinding")
-    role, binding = namespaced.one("Role"), namespaced.one("RoleBinding")
+    (role,) = [r for r in namespaced.of("Role") if not r["metadata"]["name"].endswith("leader-election")]
+    (binding,) = [
+        b for b in namespaced.of("RoleBinding") if not b["metadata"]["name"].endswith("leader-election")
+    ]
     assert role["metadata"]["namespace"] == binding["metadata"]["namespace"] == "research"
     permissions = _permissions(role["rules"])
     assert permissions >= REQUIRED
