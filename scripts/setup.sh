@@ -112,6 +112,7 @@ setup_debian_tools() {
     if [ -x "$TOOLS/debian/usr/bin/prometheus" ] && [ -x "$TOOLS/debian/usr/bin/promtool" ] \
         && [ -x "$TOOLS/debian/usr/bin/bwrap" ]; then
         link_debian_tools  # unpacked by an older setup.sh that did not link promtool
+        say "prometheus/bubblewrap: already unpacked in $TOOLS/debian, linked into $TOOLS/bin"
         return
     fi
     local tmp; tmp="$(mktemp -d)"
