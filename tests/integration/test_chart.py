@@ -706,6 +706,12 @@ def test_notes(helm_env, tmp):
     assert "m2rl validate -f examples/mix-vs-merge/" in text
     text = notes({"watch": {"scope": "namespace"}, "crds": {"enabled": False}})
     assert "in namespace ops only" in text and "CRDs were not installed by this release" in text
+    assert "Monitoring:" not in text
+    text = notes({"podMonitors": {"enabled": True}, "grafanaDashboard": {"enabled": True}})
+    assert (
+        "Monitoring: PodMonitors (jobs m2rl-trainer, m2rl-verifier, m2rl-rollout); Grafana dashboard"
+        ' "M2RL training" (ConfigMap m2rl-dashboard in ops);' in text
+    )
 
 
 def iter_templates() -> Iterator[Path]:

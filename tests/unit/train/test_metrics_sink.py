@@ -7,6 +7,7 @@ from pathlib import Path
 import prometheus_client
 import pytest
 
+from m2rl_trainer.train import metrics
 from m2rl_trainer.train.metrics import MetricsSink, prometheus_spec
 
 RECORD = {
@@ -91,3 +92,16 @@ def test_names_of_keys_added_later(key: str, name: str, labels: dict[str, str]) 
     assert spec is not None
     _, got_name, _, got_labels = spec
     assert (got_name, got_labels) == (name, labels)
+
+
+def test_every_name_is_documented() -> None:
+    doc = (Path(__file__).parents[3] / "docs" / "trainer.md").read_text()
+    tables = [*metrics.GAUGES.values(), *metrics.COUNTERS.values(), *metrics.RUNNING_TOTALS.values()]
+    names = {entry[0] for entry in tables} | {name for name, _ in metrics.DOMAIN_GAUGES.values()}
+    names |= {
+        metrics.STEPS_TOTAL,
+        metrics.LAST_STEP_TIMESTAMP,
+        metrics.PHASE_SECONDS,
+        metrics.CHECKPOINT_STEP,
+    }
+    assert sorted(n for n in names if f"`{n}" not in doc) == []
