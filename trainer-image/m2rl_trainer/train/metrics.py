@@ -92,6 +92,9 @@ NOT_EXPORTED = frozenset({"tokens_per_s", "clip_fraction"})
 _PHASE_HELP = "Time spent in each phase of the steps (generation, reward, update, sync, ...)."
 
 Spec = tuple[type[prometheus_client.Gauge] | type[prometheus_client.Counter], str, str, dict[str, str]]
+_STEPS: Spec = (prometheus_client.Counter, STEPS_TOTAL, "Steps completed by this process.", {})
+_LAST_STEP: Spec = (prometheus_client.Gauge, LAST_STEP_TIMESTAMP, "Unix time the latest step completed.", {})
+_CHECKPOINT: Spec = (prometheus_client.Gauge, CHECKPOINT_STEP, "Step of the newest complete checkpoint.", {})
 
 
 def prometheus_spec(key: str, domain: bool = False) -> Spec | None:
@@ -171,15 +174,12 @@ class MetricsSink:
             for key, value in values.items():
                 if isinstance(value, int | float) and math.isfinite(value):
                     self._export(key, float(value), domain=domain)
-        self._child((prometheus_client.Counter, STEPS_TOTAL, "Steps completed by this process.", {})).inc()
-        self._child(
-            (prometheus_client.Gauge, LAST_STEP_TIMESTAMP, "Unix time the latest step completed.", {})
-        ).set(time.time())
+        self._child(_STEPS).inc()
+        self._child(_LAST_STEP).set(time.time())  # the chart's M2RLStepStalled alert
 
     def checkpoint_written(self, step: int) -> None:
         """`m2rl_train_checkpoint_step`: the newest complete checkpoint (the operator's latestCheckpoint)."""
-        spec = (prometheus_client.Gauge, CHECKPOINT_STEP, "Step of the newest complete checkpoint.", {})
-        self._child(spec).set(step)
+        self._child(_CHECKPOINT).set(step)
 
     def close(self) -> None:
         if self._server is not None:
