@@ -193,8 +193,9 @@ def test_validate_command_json_and_updates(tmp_path: Path, capsys):
     assert report["violations"] == [
         {
             "path": "spec.algorithm",
-            "message": "Forbidden: algorithm is immutable once set: "
-            "hyperparameters cannot change under a running experiment",
+            "message": "Forbidden: spec.algorithm cannot change once the RLVRRun exists: create a new "
+            "RLVRRun instead (only spec.suspend, spec.rollout.replicas, spec.verifier.replicas and "
+            "spec.ttlSecondsAfterFinished can change)",
             "rule": "self == oldSelf",
         }
     ]

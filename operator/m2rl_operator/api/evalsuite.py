@@ -11,7 +11,6 @@ from m2rl_operator.api.base import (
     Rule,
     exactly_one,
     field_rules,
-    immutable,
     model_rules,
 )
 from m2rl_operator.api.common import (
@@ -29,6 +28,11 @@ from m2rl_operator.api.common import (
 
 MAX_MODELS = 32
 MAX_BENCHMARKS = 32
+
+MUTABLE_SPEC_FIELDS = ("ttlSecondsAfterFinished",)
+"""The spec fields that may change on an existing EvalSuite. Models and benchmarks are immutable:
+the evaluation Job's completions cannot change, so another model or benchmark is another
+EvalSuite (`updates.add_update_rules`)."""
 
 METRIC_PATTERN = r"^(avg|pass|maj)@(k|[1-9][0-9]*)$"
 Metric = Annotated[str, StringConstraints(max_length=16, pattern=METRIC_PATTERN)]
@@ -127,24 +131,17 @@ class EvalSuiteSpec(SchedulingOptions):
     models: list[EvalModel] = Field(
         min_length=1, max_length=MAX_MODELS, json_schema_extra=field_rules(_unique_names("model"))
     )
-    """models to evaluate (1 to 32); adding models later evaluates only the new rows. Required."""
+    """models to evaluate (1 to 32). Required. To evaluate another model, create another EvalSuite."""
     benchmarks: list[BenchmarkSpec] = Field(
         min_length=1,
         max_length=MAX_BENCHMARKS,
         json_schema_extra=field_rules(
             _unique_names("benchmark"),
-            immutable("benchmarks", "results already in the table were computed on them"),
         ),
     )
-    """benchmarks to run every model on (1 to 32). Required; immutable."""
-    sampling: SamplingSpec = Field(
-        default_factory=SamplingSpec,
-        json_schema_extra=field_rules(
-            immutable("sampling", "results already in the table were computed with it")
-        ),
-    )
-    """sampling holds the generation settings. Default: temperature 0.6, topP 0.95, 32768 tokens.
-    Immutable."""
+    """benchmarks to run every model on (1 to 32). Required."""
+    sampling: SamplingSpec = Field(default_factory=SamplingSpec)
+    """sampling holds the generation settings. Default: temperature 0.6, topP 0.95, 32768 tokens."""
     worker: EvalWorkerSpec = Field(default_factory=EvalWorkerSpec)
     """worker sizes and places the evaluation pods. Default: 1 GPU, one pod at a time."""
     verifier: VerifierServiceSpec = Field(default_factory=VerifierServiceSpec)

@@ -14,7 +14,6 @@ from m2rl_operator.api.base import (
     english_list,
     exactly_one,
     field_rules,
-    immutable,
     model_rules,
 )
 from m2rl_operator.api.common import (
@@ -36,6 +35,10 @@ from m2rl_operator.api.merge_methods import (
 from m2rl_operator.api.rlvrrun import DType
 
 MAX_EXPERTS = 16
+
+MUTABLE_SPEC_FIELDS = ("ttlSecondsAfterFinished",)
+"""The spec fields that may change on an existing MergeJob; a merge is one-shot, so every other
+field is immutable (`updates.add_update_rules`)."""
 
 
 class MergeBase(ApiModel):
@@ -183,9 +186,9 @@ def _method_rules() -> list[Rule]:
         rules.append(
             Rule(
                 rule=f"self.method != '{m.name}' || {cond}",
+                # A static message: `+ string(self.experts.size())` has no size bound for the API
+                # server's cost estimator (more than 100x over budget).
                 message=f"method {m.name} takes {what} {plural}",
-                message_expression=f"'method {m.name} takes {what} {plural}, got ' "
-                "+ string(self.experts.size())",
                 field_path=".experts",
             )
         )
@@ -242,31 +245,22 @@ class MergeJobSpec(SchedulingOptions):
 
     model_config = model_rules(*_method_rules())
 
-    method: MethodName = Field(json_schema_extra=field_rules(immutable("method", "a merge is one-shot")))
+    method: MethodName
     """method is the merge algorithm (mergekit's name): linear (weighted average), task_arithmetic,
     ties, dare_ties, dare_linear, breadcrumbs, breadcrumbs_ties, della, della_linear, sce, model_stock,
-    slerp, nuslerp, multislerp or karcher. Required; immutable."""
-    base: MergeBase | None = Field(
-        None, json_schema_extra=field_rules(immutable("base", "a merge is one-shot"))
-    )
+    slerp, nuslerp, multislerp or karcher. Required."""
+    base: MergeBase | None = None
     """base is the model task vectors are computed against. Required by the task-arithmetic family,
-    sce, model_stock and slerp; must be unset for linear and karcher. Immutable once set."""
-    experts: list[ExpertSpec] = Field(
-        min_length=1,
-        max_length=MAX_EXPERTS,
-        json_schema_extra=field_rules(immutable("experts", "a merge is one-shot")),
-    )
+    sce, model_stock and slerp; must be unset for linear and karcher."""
+    experts: list[ExpertSpec] = Field(min_length=1, max_length=MAX_EXPERTS)
     """experts are the models to merge (1 to 16), each exactly one of runRef, mergeRef or model.
-    Required; immutable."""
-    parameters: MergeParameters = Field(
-        default_factory=MergeParameters,
-        json_schema_extra=field_rules(immutable("parameters", "a merge is one-shot")),
-    )
-    """parameters are the method's global parameters. Unset means the method's defaults. Immutable."""
-    dtype: DType = Field("bfloat16", json_schema_extra=field_rules(immutable("dtype", "a merge is one-shot")))
-    """dtype of the merged weights: bfloat16, float16 or float32. Default bfloat16; immutable."""
-    output: MergeOutput = Field(json_schema_extra=field_rules(immutable("output", "a merge is one-shot")))
-    """output says where the merged model goes. Required; immutable."""
+    Required."""
+    parameters: MergeParameters = Field(default_factory=MergeParameters)
+    """parameters are the method's global parameters. Unset means the method's defaults."""
+    dtype: DType = "bfloat16"
+    """dtype of the merged weights: bfloat16, float16 or float32. Default bfloat16."""
+    output: MergeOutput
+    """output says where the merged model goes. Required."""
     analysis: AnalysisSpec = Field(default_factory=AnalysisSpec)
     """analysis switches the weight-space analysis. Default: enabled."""
     worker: MergeWorkerSpec = Field(default_factory=MergeWorkerSpec)
