@@ -17,6 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from m2rl_trainer.rewards.client import HttpScorer
 from tests.integration.rewards.helpers import (
@@ -224,13 +225,25 @@ def test_metrics_count_requests_timeouts_and_kills(server):
         },
     )
     text = httpx.get(f"{server.url}/metrics").text
-    assert 'm2rl_verifier_requests_total{code="200",endpoint="score"}' in text
-    assert 'm2rl_verifier_requests_total{code="400",endpoint="score"}' in text
-    assert 'm2rl_verifier_request_duration_seconds_bucket{endpoint="score"' in text
-    assert 'm2rl_verifier_timeouts_total{verifier="code"}' in text
-    assert 'm2rl_verifier_sandbox_kills_total{reason="timeout",verifier="code"}' in text
-    assert 'm2rl_verifier_samples_total{verdict="correct",verifier="math"}' in text
-    assert 'm2rl_verifier_rejected_requests_total{reason="saturated"}' in text
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+    def value(name: str, **labels: str) -> float:
+        return samples[(name, tuple(sorted(labels.items())))]
+
+    assert value("m2rl_verifier_requests_total", code="200", endpoint="score") >= 1
+    assert value("m2rl_verifier_requests_total", code="400", endpoint="score") >= 1
+    assert value("m2rl_verifier_request_duration_seconds_count", endpoint="score") >= 2
+    assert value("m2rl_verifier_timeouts_total", verifier="code") >= 1
+    assert value("m2rl_verifier_sandbox_kills_total", reason="timeout", verifier="code") >= 1
+    assert value("m2rl_verifier_samples_total", verdict="correct", verifier="math") >= 1
+    assert value("m2rl_verifier_rejected_requests_total", reason="saturated") >= 1
+    # Verifier types x verdicts start at 0 rather than missing (error ratios read 0, not "no data").
+    assert value("m2rl_verifier_samples_total", verdict="sandbox_error", verifier="ifeval") == 0
+    assert value("m2rl_verifier_timeouts_total", verifier="multiple_choice") == 0
 
 
 # name, program, verdicts it may get. The service runs programs at low priority: on a machine busy

@@ -338,6 +338,17 @@ def test_progress_from_the_trainers_own_metrics(tmp_path: Path) -> None:
     assert parse_progress(text, "missing") is None
 
 
+def test_the_operator_scrapes_the_names_the_trainer_exports() -> None:
+    """progress.py repeats the trainer's names (the operator does not import the trainer package):
+    the two must stay equal, and the sink must export them under those names."""
+    from m2rl_operator import progress
+    from m2rl_trainer.train import metrics as trainer_metrics
+
+    names = ("STEP", "CHECKPOINT_STEP", "DOMAIN_REWARD", "DOMAIN_ACCURACY")
+    assert [getattr(progress, n) for n in names] == [getattr(trainer_metrics, n) for n in names]
+    assert progress.DOMAIN_ACCURACY == "m2rl_train_domain_accuracy_ratio"
+
+
 def test_child_names_and_labels() -> None:
     assert [
         naming.trainer("r"),
@@ -404,8 +415,24 @@ def test_reconcile_metrics_count_time_and_phase() -> None:
     metrics.set_phase("Test", "ns", "b", "Succeeded")
     assert value("m2rl_operator_resources", {"kind": "Test", "phase": "Running"}) == 1
     assert value("m2rl_operator_resources", {"kind": "Test", "phase": "Succeeded"}) == 1
+    # One series per resource for the phase it is in (the chart's M2RLRunFailed alert reads it).
+    phase = "m2rl_operator_resource_phase"
+    assert value(phase, {"kind": "Test", "namespace": "ns", "name": "b", "phase": "Succeeded"}) == 1
+    assert (
+        metrics.REGISTRY.get_sample_value(
+            phase, {"kind": "Test", "namespace": "ns", "name": "b", "phase": "Running"}
+        )
+        is None
+    )
     metrics.set_phase("Test", "ns", "a", None)
     assert value("m2rl_operator_resources", {"kind": "Test", "phase": "Running"}) == 0
+    assert (
+        metrics.REGISTRY.get_sample_value(
+            phase, {"kind": "Test", "namespace": "ns", "name": "a", "phase": "Running"}
+        )
+        is None
+    )
+    metrics.set_phase("Test", "ns", "b", None)
 
 
 def _pod(job: str, index: int, created: str, message: str | None, phase: str = "Succeeded") -> dict[str, Any]:

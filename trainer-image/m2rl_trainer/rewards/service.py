@@ -63,7 +63,7 @@ def _error(status: int, message: str, **headers: str) -> web.Response:
 class VerifierService:
     def __init__(self, config: ServiceConfig, scorer: Scorer | None = None) -> None:
         self.config = config
-        self.metrics = VerifierMetrics()
+        self.metrics = VerifierMetrics(verifiers=VERIFIERS)
         # A scorer passed in (tests, embedding) keeps its own metrics; one made here reports to ours.
         self.scorer = scorer if scorer is not None else Scorer(config.scorer, metrics=self.metrics)
         self._owns_scorer = scorer is None
