@@ -29,7 +29,7 @@ def scorer() -> Iterator[Scorer]:
 
 @pytest.fixture
 def clean_sandboxes(scorer: Scorer) -> Iterator[None]:
-    """After the test: every sandbox is back to bwrap -> bwrap init -> runner, nothing else."""
+    """After the test: every sandbox is back to bwrap -> bwrap init -> runner -> fork server, nothing else."""
     from tests.integration.rewards.helpers import descendants, wait_until
 
     yield
@@ -38,6 +38,6 @@ def clean_sandboxes(scorer: Scorer) -> Iterator[None]:
 
     def settled() -> bool:
         pids = pool.pids()
-        return len(pids) == pool.size and all(len(descendants(pid)) == 2 for pid in pids)
+        return len(pids) == pool.size and all(len(descendants(pid)) == 3 for pid in pids)
 
     assert wait_until(settled, 5.0), {pid: descendants(pid) for pid in pool.pids()}
