@@ -23,9 +23,36 @@ def _sample(code: str, style: str) -> dict:
     }
 
 
+# Hygiene flags (rewards/hygiene.py) some attempts must raise: the signs an operator watches.
+FLAGGED = {
+    ("os_exit_at_import", "stdio"): "early_exit",
+    ("sys_exit_at_import", "call"): "early_exit",
+    ("exit_inside_the_call", "call"): "early_exit",
+    ("exception_tricks", "assert"): "early_exit",
+    ("always_equal_object", "call"): "eq_override",
+    ("always_equal_int_subclass", "assert"): "eq_override",
+    ("always_equal_metaclass", "call-class"): "eq_override",
+    ("patch_builtins_exec", "stdio"): "builtins_touched",
+    ("shadow_test_builtins", "call"): "builtins_touched",
+    ("answer_on_stderr", "stdio"): "stderr_only",
+}
+
+
 def test_the_honest_control_passes_every_style(scorer):
     results = scorer.score([_sample(HONEST, style) for style in TESTS])
     assert {r.id: r.verdict for r in results} == dict.fromkeys(TESTS, "correct")
+    assert all(not any(r.details["hygiene"].values()) for r in results)
+
+
+def test_rewarded_programs_still_carry_their_hygiene_flags(scorer):
+    """The flags do not decide rewards: a correct program that exits through sys.exit or rebinds a
+    builtin is rewarded, and counted in the shares the trainer logs."""
+    exits = HONEST + "\nimport sys\nsys.exit(0)\n"
+    rebinds = "import builtins\nbuiltins.answer = 10\n" + HONEST
+    results = scorer.score([_sample(exits, "stdio"), _sample(rebinds, "call")])
+    assert [r.verdict for r in results] == ["correct", "correct"]
+    assert [k for k, v in results[0].details["hygiene"].items() if v] == ["early_exit"]
+    assert [k for k, v in results[1].details["hygiene"].items() if v] == ["builtins_touched"]
 
 
 @pytest.mark.usefixtures("clean_sandboxes")
@@ -38,6 +65,8 @@ def test_no_hack_is_rewarded_in_any_style(scorer):
     elapsed = time.monotonic() - start
     rewarded = {r.id: (r.verdict, r.details["tests"][0]) for r in results if r.reward > 0}
     assert rewarded == {}, rewarded
+    flags = {tuple(r.id.split("/")): r.details["hygiene"] for r in results}
+    assert {key: flags[key][flag] for key, flag in FLAGGED.items()} == dict.fromkeys(FLAGGED, True)
     # bounded work per run: hangs end at the run's limits, not at the host's grace period
     assert elapsed < 2.0 * len(samples), elapsed
     assert len(HACKS) >= 20 and len({h.category for h in HACKS}) >= 12

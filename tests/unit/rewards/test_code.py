@@ -250,6 +250,8 @@ def test_classify(reply, test, status):
         (_reply(values=_values(), stdout_bytes=0, stderr_bytes=3), STDIO, {"stderr_only"}),
         (_reply(values=_values('["v",{"h":[0,"A"]},1,[]]')), CALL, {"eq_override"}),
         (_reply(values=_values('["e","SystemExit",0,"",true]')), CALL, {"early_exit"}),
+        (_reply(values=_values()), CALL, {"early_exit"}),  # os._exit inside the call: no reply
+        (_reply(values=_values(report='["L",8,[]]'), exit_code=1), CALL, set()),  # raised at import
         (_reply(verdict=_verdict("passed", flags=1 | 2)), ASSERT, {"eq_override", "builtins_touched"}),
         (_reply(verdict=_verdict("candidate_exited"), exit_code=0), ASSERT, {"early_exit"}),
         (
@@ -267,6 +269,8 @@ def test_classify(reply, test, status):
         "stderr-only",
         "eq-override",
         "call-system-exit",
+        "call-os-exit",
+        "call-import-error",
         "assert-flags",
         "assert-exited",
         "assert-raised",

@@ -514,9 +514,11 @@ def run_hygiene(reply: Reply, test: dict[str, Any]) -> set[str]:
             flags.add("early_exit")
     else:
         text = str(msg.get("values", ""))
-        report, replies, _, _ = program_lines(text)
-        if not text and msg.get("exit_code") is not None:
-            flags.add("early_exit")  # ended with a status but before reporting: os._exit
+        report, replies, _, problem = program_lines(text)
+        calls = (2 if "." in test["fn"] else 1) if test["kind"] == "call" else 0
+        unfinished = not text or (problem is None and report is not None and len(replies) < calls)
+        if unfinished and msg.get("exit_code") is not None and not (report and report[1] & _checker.RAISED):
+            flags.add("early_exit")  # ended with a status before its code or a call finished: os._exit
         for line in [report] * (report is not None) + replies:
             bits |= line[2 if line[0] != "L" else 1]
             if line[0] == "e" and len(line) > 4 and line[4] is True:
