@@ -7,7 +7,8 @@ import time
 
 import pytest
 
-from tests.integration.rewards.reward_hacks import HACKS, HONEST, TESTS
+from m2rl_trainer.rewards import Scorer, ScorerConfig
+from tests.integration.rewards.reward_hacks import HACKS, HONEST, TESTS, WRONG
 
 # Short limits: several attempts are meant to hang or to be stopped.
 OPTIONS = {"timeout_s": 1.0, "max_wall_factor": 2.0, "memory_mb": 256, "scoring": "fraction"}
@@ -70,3 +71,30 @@ def test_no_hack_is_rewarded_in_any_style(scorer):
     # bounded work per run: hangs end at the run's limits, not at the host's grace period
     assert elapsed < 2.0 * len(samples), elapsed
     assert len(HACKS) >= 20 and len({h.category for h in HACKS}) >= 12
+
+
+def test_a_sample_cannot_sabotage_the_checks_of_the_next_one():
+    """The sandbox's checker outlives a run: a program that stops or kills it after its own verdict,
+    or makes its test loop for ever, costs the next sample nothing (one sandbox: same checker)."""
+    stop_after = (
+        WRONG + "import atexit, os, signal\n"
+        "def stop_everyone():\n"
+        "    spare, pid = {os.getpid(), 1}, os.getpid()\n"
+        "    while pid > 1:\n"
+        "        pid = int(open(f'/proc/{pid}/stat').read().rsplit(')', 1)[1].split()[1])\n"
+        "        spare.add(pid)\n"
+        "    for name in os.listdir('/proc'):\n"
+        "        if name.isdigit() and int(name) not in spare:\n"
+        "            os.kill(int(name), signal.{sig})\n"
+        "atexit.register(stop_everyone)\n"
+    )
+    loops = "def f(x):\n    return 1\n"  # a test looping `while f(x)` never ends
+    looping_test = {"assert": "x = 0\nwhile f(x):\n    x += 1\nassert x > 0"}
+    config = ScorerConfig(verifiers={"code": {}}, sandbox_workers=1)
+    with Scorer(config) as scorer:
+        for hostile in (stop_after.replace("{sig}", "SIGSTOP"), stop_after.replace("{sig}", "SIGKILL")):
+            results = scorer.score([_sample(hostile, "assert"), _sample(HONEST, "assert")])
+            assert [r.verdict for r in results] == ["incorrect", "correct"]
+        loop = {**_sample(loops, "assert"), "reference": {"tests": [looping_test]}}
+        results = scorer.score([loop, _sample(HONEST, "assert-check")])
+        assert [r.verdict for r in results] == ["timeout", "correct"]

@@ -141,7 +141,9 @@ def _verdict(status: str, reason: str = "", flags: int = 0) -> dict:
     return {"status": status, "reason": reason, "flags": flags, "calls": 1}
 
 
-CALL = {"kind": "call", "fn": "f", "expected": [1, 2]}
+CALL = {"kind": "call", "fn": "f", "args": [], "kwargs": {}, "expected": [1, 2]}
+# plain asserts the host checks itself over the values of the program's calls (no checker process)
+PLAIN = {"kind": "assert", "code": "assert f(1) == [1, 2]\nassert len(f(2)) == 1"}
 STDIO = {"kind": "stdio", "expected": ""}
 ASSERT = {"kind": "assert"}
 
@@ -192,6 +194,13 @@ ASSERT = {"kind": "assert"}
             CALL,
             "runtime_error",
         ),
+        (_reply(values=_values('["v",[1,2],0,[]]', '["v",[0],0,[]]')), PLAIN, "passed"),
+        (_reply(values=_values('["v",[1,2],0,[]]', '["v",[0,0],0,[]]')), PLAIN, "wrong_answer"),
+        (_reply(values=_values('["v",{"t":[1,2]},0,[]]', '["v",[0],0,[]]')), PLAIN, "wrong_answer"),
+        (_reply(values=_values('["v",{"h":[0,"Any"]},1,[]]', '["v",[0],0,[]]')), PLAIN, "wrong_answer"),
+        (_reply(values=_values('["v",[1,2],0,[]]', '["e","IndexError",0,"",false]')), PLAIN, "runtime_error"),
+        (_reply(values=_values('["v",[1,2],0,[]]', '["v",{"h":[0,"Any"]},1,[]]')), PLAIN, "runtime_error"),
+        (_reply(values=_values('["v",[1,2],0,[]]')), PLAIN, "runtime_error"),  # exited before call 2
         (Reply("crashed", None, 0.0, "worker died"), STDIO, "sandbox_error"),
         (
             _reply(exit_code=70, stderr_tail="sandbox set-up failed: Traceback ...\nOSError"),
@@ -231,6 +240,13 @@ ASSERT = {"kind": "assert"}
         "call-extra-lines",
         "call-junk",
         "call-hash-flood",
+        "plain-assert-pass",
+        "plain-assert-fails",
+        "plain-assert-tuple-is-not-list",
+        "plain-assert-own-object",
+        "plain-assert-solution-raised",
+        "plain-assert-len-of-own-object",
+        "plain-assert-exited-early",
         "sandbox-died",
         "setup-failed",
         "host-deadline",
@@ -310,28 +326,26 @@ def test_expected_outputs_never_reach_the_programs_process():
         jobs.append(job)
         if job["test"]["kind"] == "check":
             return _reply(verdict=_verdict("passed"))
-        return _reply(stdout="secret-answer", values=_values('["v","secret-value",0,[]]'))
+        value = '"secret-assert"' if "assert" in str(job["test"].get("requests")) else '"secret-value"'
+        return _reply(stdout="secret-answer", values=_values(f'["v",{value},0,[]]'))
 
     reference = {
         "tests": [
             {"stdin": "", "stdout": "secret-answer"},
             {"call": "f", "expected": "secret-value"},
-            {"assert": "assert f() == 'secret-assert'"},
+            {"assert": "assert f('assert') == 'secret-assert'"},  # plain: checked on the host
+            {"assert": "for x in [1]:\n    assert f(x) == 'secret-loop'"},  # a loop: the checker's
         ]
     }
     result = SPEC.verify("```python\npass\n```", reference, OPTIONS, run)
     assert result.reward == 1.0
-    # the program's code, stdin and calls carry no expected value; an assert test travels only to the
-    # sandbox's checker process (job["test"]["check"]), never to the program's
+    assert [job["test"]["kind"] for job in jobs] == ["stdio", "call", "call", "check"]
+    # the program's code, stdin and calls carry no expected value; a test the host cannot check
+    # travels only to the sandbox's checker process (job["test"]["check"]), never to the program's
     assert "secret" not in repr(
         [{**job, "test": {k: v for k, v in job["test"].items() if k != "check"}} for job in jobs]
     )
-    assert [job["test"]["kind"] for job in jobs] == ["stdio", "call", "check"]
-    assert jobs[2]["test"]["check"] == {
-        "code": "assert f() == 'secret-assert'",
-        "entry_point": None,
-        "seed": 0,
-    }
+    assert "secret-loop" in jobs[3]["test"]["check"]["code"]
 
 
 def test_options_that_contradict_each_other_are_config_errors():

@@ -177,8 +177,9 @@ class _StrictCompare(ast.NodeTransformer):
         return ast.copy_location(result, node)
 
 
-def analyse(code: str, entry_point: str | None = None) -> Analysis:
-    """Check that a test can run outside the solution's process and prepare it; else Untranslatable."""
+def analyse(code: str, entry_point: str | None = None, *, validated: bool = False) -> Analysis:
+    """Check that a test can run outside the solution's process and prepare it; else Untranslatable.
+    `validated`: the host already checked it (at load time): only prepare it."""
     try:
         tree = ast.parse(code, "test.py")
     except SyntaxError as exc:
@@ -186,7 +187,7 @@ def analyse(code: str, entry_point: str | None = None) -> Analysis:
     loaded = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
     bound = _bound_names(tree)
     free = sorted(loaded - bound - _BUILTIN_NAMES)
-    problems = _problems(tree, set(free))
+    problems = [] if validated else _problems(tree, set(free))
     if problems:
         raise Untranslatable("; ".join(problems[:5]))
     defines_check = any(isinstance(n, ast.FunctionDef) and n.name == "check" for n in tree.body)
@@ -214,6 +215,260 @@ def analyse(code: str, entry_point: str | None = None) -> Analysis:
             raise Untranslatable("never uses a name of the solution, so it would pass any program")
     tree = ast.fix_missing_locations(_StrictCompare().visit(tree))
     return Analysis(tree, tuple(free), frozenset(loaded & _BUILTIN_NAMES - bound))
+
+
+# --- plain asserts: checked on the host ------------------------------------------------------------
+#
+# Most dataset asserts are `assert f(<literals>) == <literal>` (MBPP, APPS/TACO call tests written as
+# asserts, most HumanEval checks, `Solution().method(...)`). For those no checker process is needed:
+# the program's process makes the calls (a function-call job) and the host evaluates each assert's
+# expression over the decoded values. Expected values then never enter the sandbox at all.
+
+SAFE_BUILTINS = {
+    name: getattr(builtins, name)
+    for name in (
+        "abs", "all", "any", "bool", "dict", "divmod", "float", "frozenset", "int", "isinstance", "len",
+        "list", "max", "min", "range", "repr", "reversed", "round", "set", "sorted", "str", "sum",
+        "tuple", "type", "True", "False", "None",
+    )
+}  # fmt: skip
+VALUES_NAME = "__m2rl_values__"
+
+
+@dataclass(frozen=True)
+class HostCheck:
+    expression: Any  # code object of the assert's expression, calls replaced by VALUES_NAME[k]
+    calls: tuple[int, ...]  # the calls it uses, in evaluation order
+    line: int
+    source: str
+
+
+@dataclass(frozen=True)
+class HostPlan:
+    """Calls to make in the program's process, in order, and the asserts to evaluate over them.
+
+    A call is (target, attrs, args, kwargs): target a global name of the solution or ["r", k], the
+    object call k returned (`Solution()` then `.method(...)` on it)."""
+
+    calls: tuple[tuple[Any, tuple[str, ...], tuple[Any, ...], dict[str, Any]], ...]
+    checks: tuple[HostCheck, ...]
+    builtins_used: frozenset[str]  # a solution that redefines one of them makes the test ambiguous
+
+
+class _NotPlain(Exception):
+    pass
+
+
+def _literal(node: ast.AST) -> Any:
+    try:
+        return ast.literal_eval(node)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        raise _NotPlain() from None
+
+
+class _HostCalls(ast.NodeTransformer):
+    """Replace the solution's calls in one assert by VALUES_NAME[k], in evaluation order."""
+
+    ALLOWED = (
+        ast.Expression, ast.Constant, ast.List, ast.Tuple, ast.Set, ast.UnaryOp, ast.BinOp, ast.Compare,
+        ast.BoolOp, ast.Call, ast.Name, ast.Attribute, ast.Subscript, ast.Slice, ast.keyword, ast.Load,
+        ast.unaryop, ast.operator, ast.cmpop, ast.boolop,
+    )  # fmt: skip
+
+    def __init__(self, solution: dict[str, str], calls: list[Any]) -> None:
+        self.solution, self.calls, self.used = solution, calls, []  # name in the test -> in the solution
+
+    def visit(self, node: ast.AST) -> Any:
+        if not isinstance(node, self.ALLOWED):
+            raise _NotPlain()
+        return super().visit(node)
+
+    def visit_Name(self, node: ast.Name) -> ast.AST:
+        if node.id in self.solution or (node.id not in SAFE_BUILTINS and node.id != "math"):
+            raise _NotPlain()  # the solution's names only as calls; nothing else of the test's own
+        return node
+
+    def visit_Attribute(self, node: ast.Attribute) -> ast.AST:
+        if not (isinstance(node.value, ast.Name) and node.value.id == "math") or node.attr.startswith("_"):
+            raise _NotPlain()
+        return node
+
+    def visit_BoolOp(self, node: ast.BoolOp) -> ast.AST:
+        first = self.visit(node.values[0])
+        at = len(self.calls)
+        rest = [self.visit(v) for v in node.values[1:]]
+        if len(self.calls) > at:  # a call that short-circuiting may skip: the checker's job
+            raise _NotPlain()
+        node.values = [first, *rest]
+        return node
+
+    def visit_Call(self, node: ast.Call) -> ast.AST:
+        func = node.func
+        target: Any = None
+        attrs: tuple[str, ...] = ()
+        if isinstance(func, ast.Name) and func.id in self.solution:
+            target = self.solution[func.id]
+        elif (
+            isinstance(func, ast.Attribute)
+            and isinstance(func.value, ast.Name)
+            and func.value.id in self.solution
+        ):
+            target, attrs = self.solution[func.value.id], (func.attr,)  # Class.static_method(...)
+        elif (
+            isinstance(func, ast.Attribute)
+            and isinstance(func.value, ast.Call)
+            and isinstance(func.value.func, ast.Name)
+            and func.value.func.id in self.solution
+            and not func.value.args
+            and not func.value.keywords
+        ):
+            self.calls.append((self.solution[func.value.func.id], (), (), {}))  # Solution()
+            target, attrs = ["r", len(self.calls) - 1], (func.attr,)
+        if target is None:
+            return self.generic_visit(node)  # a built-in's or math's call
+        if any(isinstance(a, ast.Starred) for a in node.args) or any(k.arg is None for k in node.keywords):
+            raise _NotPlain()
+        args = tuple(_literal(a) for a in node.args)
+        kwargs = {k.arg: _literal(k.value) for k in node.keywords}
+        self.calls.append((target, attrs, args, kwargs))
+        self.used.append(len(self.calls) - 1)
+        index = ast.Constant(len(self.calls) - 1)
+        return ast.copy_location(ast.Subscript(ast.Name(VALUES_NAME, ast.Load()), index, ast.Load()), node)
+
+
+def _skippable(node: ast.stmt) -> bool:
+    """Statements a plain test may have besides asserts: docstrings, pass, `import math`."""
+    if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):
+        return True
+    if isinstance(node, ast.Import):
+        return [(a.name, a.asname) for a in node.names] == [("math", None)]
+    return isinstance(node, ast.Pass)
+
+
+def _host_statements(
+    tree: ast.Module, entry_point: str | None
+) -> tuple[list[ast.stmt], dict[str, str]] | None:
+    """The asserts of a test made only of asserts (at module level, or in a check(candidate) called
+    once or named by entry_point), and which of its names stand for the solution's."""
+    body = [
+        n
+        for n in tree.body
+        if not _skippable(n)
+        and not (  # HumanEval's unused METADATA = {...}
+            isinstance(n, ast.Assign)
+            and len(n.targets) == 1
+            and isinstance(n.targets[0], ast.Name)
+            and n.targets[0].id == "METADATA"
+        )
+    ]
+    checks = [n for n in body if isinstance(n, ast.FunctionDef) and n.name == "check"]
+    if not checks:
+        if entry_point is not None or not all(isinstance(n, ast.Assert) for n in body):
+            return None
+        return list(body), {name: name for name in _free_names(tree)}
+    check = checks[0]
+    rest = [n for n in body if n is not check]
+    if entry_point is None:
+        call = rest[0].value if len(rest) == 1 and isinstance(rest[0], ast.Expr) else None
+        if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id == "check"):
+            return None
+        if len(call.args) != 1 or call.keywords or not isinstance(call.args[0], ast.Name):
+            return None
+        entry_point = call.args[0].id
+    elif rest:
+        return None
+    args = check.args
+    if len(args.args) != 1 or args.posonlyargs or args.kwonlyargs or args.vararg or args.kwarg:
+        return None
+    statements = [n for n in check.body if not _skippable(n)]
+    if check.decorator_list or not all(isinstance(n, ast.Assert) for n in statements):
+        return None
+    return statements, {args.args[0].arg: entry_point}
+
+
+def _free_names(tree: ast.Module) -> list[str]:
+    loaded = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+    return sorted(loaded - _bound_names(tree) - _BUILTIN_NAMES - {"math"})
+
+
+def host_plan(code: str, entry_point: str | None = None) -> HostPlan | None:
+    """The test as calls + host-evaluated asserts, when it is only plain asserts over calls of the
+    solution's functions with literal arguments; None when it needs the checker process."""
+    try:
+        tree = ast.parse(code, "test.py")
+        found = _host_statements(tree, entry_point)
+        if found is None:
+            return None
+        statements, solution = found
+        if not solution:
+            return None
+        calls: list[Any] = []
+        checks = []
+        lines = code.splitlines()
+        for statement in statements:
+            assert isinstance(statement, ast.Assert)
+            if statement.msg is not None:
+                _HostCalls(solution, []).visit(ast.Expression(statement.msg))  # no calls, nothing odd
+            transformer = _HostCalls(solution, calls)
+            expression = transformer.visit(ast.Expression(statement.test))
+            expression = ast.fix_missing_locations(_StrictCompare().visit(expression))
+            line = statement.lineno
+            source = lines[line - 1].strip()[:200] if 0 < line <= len(lines) else ""
+            checks.append(
+                HostCheck(compile(expression, "test.py", "eval"), tuple(transformer.used), line, source)
+            )
+    except (_NotPlain, SyntaxError, ValueError, RecursionError, MemoryError):
+        return None
+    if not calls or len(calls) > 10_000:
+        return None
+    used = {n.id for s in statements for n in ast.walk(s) if isinstance(n, ast.Name)} & set(SAFE_BUILTINS)
+    return HostPlan(tuple(calls), tuple(checks), frozenset(used))
+
+
+def host_namespace() -> dict[str, Any]:
+    import math
+
+    return {
+        "__builtins__": SAFE_BUILTINS,
+        "math": math,
+        EQ_NAME: _values.strict_equal,
+        IS_NAME: identical,
+        CHAIN_NAME: _compare_chain,
+    }
+
+
+def evaluate(plan: HostPlan, replies: list[list[Any]], shadowed: list[str]) -> tuple[str, str]:
+    """Run the plan's asserts over the program's replies (["v", value, ...] / ["e", name, flags,
+    message, is_base], one per call): (status, reason) with the checker's statuses. `shadowed`: the
+    built-in names the program redefined (its report)."""
+    clash = sorted(plan.builtins_used & set(shadowed))
+    if clash:
+        return (
+            "test_error",
+            f"the test uses {', '.join(clash)}, which the solution redefines: which one does it mean?",
+        )
+    namespace = host_namespace()
+    values = [reply[1] if reply[0] == "v" else None for reply in replies]
+    for check in plan.checks:
+        where = f" (test line {check.line}: {check.source})"
+        for k in check.calls:
+            if replies[k][0] == "e":
+                if len(replies[k]) > 4 and replies[k][4] is True:
+                    return "candidate_exited", f"the solution raised {replies[k][1]} during a call{where}"
+                return "candidate_error", f"{replies[k][1]}: {str(replies[k][3])[:300]}{where}"
+        try:
+            held = eval(check.expression, namespace, {VALUES_NAME: values})
+            if isinstance(held, _values.Reference):
+                return "wrong_type", f"the solution returned a {held.m2rl_type_name} object{where}"
+            if not held:
+                return "failed", f"AssertionError{where}"
+        except TypeError as exc:
+            if "object of the solution" in str(exc):
+                return "wrong_type", f"{exc}{where}"
+            return "error", f"TypeError: {str(exc)[:300]}{where}"
+        except Exception as exc:
+            return "error", f"{type(exc).__name__}: {str(exc)[:300]}{where}"
+    return "passed", ""
 
 
 # --- the checker process ---------------------------------------------------------------------------
@@ -596,7 +851,7 @@ def run_check(code: str, entry_point: str | None, conn: Connection, seed: int) -
     candidate_exited | test_error (the test cannot be checked this way) | error (the test code raised).
     """
     try:
-        analysis = analyse(code, entry_point)
+        analysis = analyse(code, entry_point, validated=True)
         shadowed = conn.read_report()
         clash = sorted(analysis.builtins_used & set(shadowed)) if entry_point is None else []
         if clash:

@@ -35,6 +35,7 @@ import atexit
 import builtins
 import ctypes
 import fcntl
+import gc
 import json
 import os
 import resource
@@ -57,10 +58,8 @@ HEADER = struct.Struct(">I")
 WORK_ROOT = "/sandbox"
 SETUP_FAILED = 70  # a child exits with this when confining itself failed (not the program's fault)
 MAX_CODE_BYTES = 16 << 20
-# The solution's descriptors: 0-2 stdio, then requests in, values out, its code in.
+# The program's descriptors: 0-2 stdio, then requests in, values out, its code in.
 REQUESTS_FD, VALUES_FD, CODE_FD = 3, 4, 5
-# The checker's: 0-2 /dev/null, requests out, values in, verdict out, the test in.
-C_REQUESTS_FD, C_VALUES_FD, C_VERDICT_FD, C_TEST_FD = 3, 4, 5, 6
 CHILD_ENV = {
     "PATH": "/usr/local/bin:/usr/bin:/bin",
     "LANG": "C.UTF-8",
@@ -228,11 +227,12 @@ def lower_autogroup(nice: int) -> bool:
     return False
 
 
-def cpu_of_others(pid: int, server: int) -> float:
-    """CPU seconds used by the run's processes other than `pid` (zombies included until reaped)."""
+def cpu_of_others(pid: int, exempt: set[int]) -> float:
+    """CPU seconds used by the run's processes other than `pid` (zombies included until reaped);
+    `exempt`: the sandbox's own processes (fork server, checker)."""
     ticks = 0
     for other in other_pids():
-        if other in (pid, server):
+        if other == pid or other in exempt:
             continue
         try:
             with open(f"/proc/{other}/stat") as handle:
@@ -283,8 +283,9 @@ def install_fds(targets: dict[int, int]) -> None:
     os.closerange(count, 1 << 16)
 
 
-def confine(params: dict[str, Any], workdir: str) -> None:
-    """seccomp, priority, rlimits, work directory, environment and signals of a run's process."""
+def confine(params: dict[str, Any], workdir: str, *, cpu_limit: bool = True) -> None:
+    """seccomp, priority, rlimits, work directory, environment and signals of a run's process.
+    `cpu_limit`: RLIMIT_CPU (it counts a process's whole life: not for the long-lived checker)."""
     limits = params["limits"]
     # No setsid(): the process stays in the runner's session (and its scheduler autogroup, set to
     # nice 19 at low priority); the seccomp filter keeps it from starting a new one.
@@ -295,8 +296,9 @@ def confine(params: dict[str, Any], workdir: str) -> None:
         # kernel without autogroups, so does every other process of the machine.
         os.setpriority(os.PRIO_PROCESS, 0, 19)
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-    cpu = int(limits["cpu_s"])
-    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
+    if cpu_limit:
+        cpu = int(limits["cpu_s"])
+        resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     resource.setrlimit(resource.RLIMIT_NOFILE, (limits["open_files"], limits["open_files"]))
     resource.setrlimit(resource.RLIMIT_FSIZE, (limits["file_bytes"], limits["file_bytes"]))
@@ -353,9 +355,13 @@ class Handles:
         return self.objects[number]
 
 
-def answer(line: bytes, scope: dict[str, Any], handles: Handles, snapshot: dict[str, Any]) -> list[Any]:
-    """One request of the checker (or of the host, for function-call tests), answered in this process."""
+def answer(
+    line: bytes, scope: dict[str, Any], handles: Handles, results: list[Any], snapshot: dict[str, Any]
+) -> list[Any]:
+    """One request of the checker (or of the host, for function-call tests), answered in this process.
+    `results` holds what each earlier request returned: a target ["r", k] is request k's result."""
     register, reference = handles.register, handles.get
+    results.append(None)  # this request's, replaced below if it succeeds
 
     flags = 0
     try:
@@ -364,6 +370,12 @@ def answer(line: bytes, scope: dict[str, Any], handles: Handles, snapshot: dict[
             if target not in scope:
                 raise NameError(f"name {target!r} is not defined")
             target = scope[target]
+        elif type(target) is list:
+            if not (len(target) == 2 and target[0] == "r" and type(target[1]) is int):
+                raise ValueError("a target ['r', k] names request k's result")
+            if not 0 <= target[1] < len(results) - 1 or results[target[1]] is None:
+                raise ValueError(f"request {target[1]} returned nothing to use")
+            target = results[target[1]][0]
         for attr in attrs:
             target = getattr(target, attr)
         before = _mutable_args(args, kwargs, register) if sync and op == "call" else {}
@@ -388,6 +400,7 @@ def answer(line: bytes, scope: dict[str, Any], handles: Handles, snapshot: dict[
             result = target[args[0]]
         else:
             raise ValueError(f"unknown request {op!r}")
+        results[-1] = (result,)
         value, flags = _values.encode(result, register)
         changed = []
         for position, text in before.items():
@@ -412,12 +425,12 @@ def answer(line: bytes, scope: dict[str, Any], handles: Handles, snapshot: dict[
 def serve(scope: dict[str, Any], snapshot: dict[str, Any], max_line: int) -> None:
     """Answer requests (one JSON line each) until the requester closes its end."""
     reader = _checker.LineReader(REQUESTS_FD, max_line)
-    handles = Handles()
+    handles, results = Handles(), []
     while True:
         line = reader.readline()
         if line is None:
             return
-        write_line(VALUES_FD, answer(line, scope, handles, snapshot))
+        write_line(VALUES_FD, answer(line, scope, handles, results, snapshot))
 
 
 def run_program(code: str, workdir: str, serve_requests: bool, max_line: int) -> int:
@@ -486,23 +499,51 @@ def solution_process(params: dict[str, Any], fds: dict[int, int]) -> NoReturn:
         os._exit(status & 0xFF)
 
 
+CHECKER_MEMORY = 1 << 30  # the checker's address space: decoded values are at most an output cap
+CHECKER_RUNS = 200  # runs a checker serves before it is replaced (bounds any drift of its state)
+# Verdicts after which the checker is replaced: the program misbehaved, or the test did.
+CHECKER_RETIRES_ON = ("candidate_exited", "candidate_error", "test_error", "error")
+
+
 def checker_process(params: dict[str, Any], fds: dict[int, int]) -> NoReturn:
-    """In a child of the fork server: run one assert test against the solution; never returns."""
+    """In a child of the fork server: the sandbox's checker, serving one assert test per run.
+
+    Each run arrives on its socket (fd 3) as a header and three descriptors: the pipe to the
+    program's requests, the pipe of its values, and the pipe the test comes on. The verdict goes
+    back on the socket, which no program ever holds. Long-lived, so that a run does not pay for a
+    fresh process (fork, copy-on-write faults, start-up: ~3 ms of CPU); the runner replaces it
+    after a failed or odd run, after CHECKER_RUNS runs, and whenever a program killed or stopped it.
+    """
     status = SETUP_FAILED
     try:
         install_fds(fds)
-        test = json.loads(read_all(C_TEST_FD, 256 << 20))
-        os.close(C_TEST_FD)
-        confine(params, "/")  # "/" is read-only: the test code writes no files
-        conn = _checker.Connection(C_REQUESTS_FD, C_VALUES_FD, params["max_line"])
-        verdict = _checker.run_check(test["code"], test.get("entry_point"), conn, int(test.get("seed", 0)))
-        status = 1
-        write_line(C_VERDICT_FD, verdict)
+        limits = params["limits"]
+        # No CPU limit (it would count every run): the runner's wall-clock limit stops a stuck test.
+        own = {**limits, "memory_bytes": CHECKER_MEMORY, "file_bytes": 0, "open_files": 64}
+        confine({**params, "limits": own}, "/", cpu_limit=False)
+        sock = socket.socket(fileno=3)
         status = 0
+        while True:
+            header, run_fds, _flags, _addr = socket.recv_fds(sock, 1 << 16, 3)
+            if not header:
+                break  # the runner retired us
+            requests_fd, values_fd, test_fd = run_fds
+            try:
+                test = json.loads(read_all(test_fd, 256 << 20))
+                conn = _checker.Connection(requests_fd, values_fd, json.loads(header)["max_line"])
+                verdict = _checker.run_check(
+                    test["code"], test.get("entry_point"), conn, int(test.get("seed", 0))
+                )
+            except Exception:
+                reason = "the checker failed: " + traceback.format_exc(limit=3)[-800:]
+                verdict = {"status": "error", "reason": reason, "flags": 0, "calls": 0}
+            # The verdict first: the program learns that the test is over (its requests end) only
+            # after it, so it cannot stop this process between the two.
+            sock.send(_values.dumps(verdict).encode())
+            for fd in run_fds:
+                os.close(fd)
     except BaseException:
-        with suppress(BaseException):
-            reason = "the checker failed: " + traceback.format_exc(limit=3)[-800:]
-            write_line(C_VERDICT_FD, {"status": "error", "reason": reason, "flags": 0, "calls": 0})
+        status = 1
     finally:
         os._exit(status)
 
@@ -539,20 +580,24 @@ def fork_server_loop(sock: socket.socket) -> NoReturn:
                     cpu = usage.ru_utime + usage.ru_stime
                     sock.send(json.dumps({"exit": pid, "status": status, "cpu": cpu}).encode())
                     continue
-                message, fds, _flags, _addr = socket.recv_fds(sock, 1 << 16, 16)
+                message, fds, _flags, _addr = socket.recv_fds(sock, 1 << 16, 32)
                 if not message:
                     os._exit(0)
-                request = json.loads(message)
-                pid = os.fork()
-                if pid == 0:
-                    targets = {target: fds[i] for i, target in enumerate(request["targets"])}
-                    ROLES[request["role"]](request["params"], targets)
+                pids, used = [], 0
+                for request in json.loads(message):  # the run's processes, in order
+                    mine = fds[used : used + len(request["targets"])]
+                    used += len(mine)
+                    pid = os.fork()
+                    if pid == 0:
+                        targets = {target: mine[i] for i, target in enumerate(request["targets"])}
+                        ROLES[request["role"]](request["params"], targets)
+                    pidfd = os.pidfd_open(pid)
+                    children[pidfd] = pid
+                    poller.register(pidfd, select.POLLIN)
+                    pids.append(pid)
                 for passed in fds:
                     os.close(passed)
-                pidfd = os.pidfd_open(pid)
-                children[pidfd] = pid
-                poller.register(pidfd, select.POLLIN)
-                sock.send(json.dumps({"pid": pid}).encode())
+                sock.send(json.dumps({"pids": pids}).encode())
     except BaseException:
         pass
     os._exit(1)
@@ -570,6 +615,7 @@ class ForkServer:
         theirs.close()
         self.pid = pid
         self.exits: dict[int, tuple[int, float]] = {}  # pid -> (wait status, CPU seconds)
+        self.current: set[int] = set()  # the run's processes: exit reports of others are stale
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -582,19 +628,27 @@ class ForkServer:
         if not message:
             raise RuntimeError("the fork server died")  # killed by a program: the host replaces us
         reply = json.loads(message)
-        if "exit" in reply:
+        if "exit" in reply and reply["exit"] in self.current:
             self.exits[reply["exit"]] = (reply["status"], reply["cpu"])
         return dict(reply)
 
-    def spawn(self, role: str, params: dict[str, Any], fds: dict[int, int]) -> int:
-        targets = sorted(t for t, fd in fds.items() if fd >= 0)
-        message = json.dumps({"role": role, "params": params, "targets": targets}).encode()
-        socket.send_fds(self.sock, [message], [fds[t] for t in targets])
+    def spawn(self, processes: list[tuple[str, dict[str, Any], dict[int, int]]]) -> list[int]:
+        """Fork (role, params, {target fd: our fd}) processes, in order, in one round trip."""
+        self.collect()
+        self.exits.clear()
+        requests, fds = [], []
+        for role, params, mapping in processes:
+            targets = sorted(t for t, fd in mapping.items() if fd >= 0)
+            requests.append({"role": role, "params": params, "targets": targets})
+            fds += [mapping[t] for t in targets]
+        socket.send_fds(self.sock, [json.dumps(requests).encode()], fds)
         deadline = time.monotonic() + 10.0
         while True:
             reply = self._receive(max(0.0, deadline - time.monotonic()))
-            if "pid" in reply:
-                return int(reply["pid"])
+            if "pids" in reply:
+                self.current = set(reply["pids"])
+                self.collect()  # a process may already have exited
+                return [int(pid) for pid in reply["pids"]]
 
     def collect(self) -> None:
         """Take in every exit report already sent."""
@@ -607,18 +661,100 @@ class ForkServer:
             self._receive(max(0.0, deadline - time.monotonic()))
 
 
-def kill_run(server: ForkServer, known: set[int]) -> int:
+def _live(pid: int) -> bool:
+    """True unless `pid` is gone or a zombie (dead, waiting to be reaped: it can do nothing)."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return False
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU seconds `pid` has used (utime + stime of /proc/<pid>/stat); 0 once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+
+
+def prefill(feeds: dict[int, bytes], pipes: _Pipes) -> dict[int, bytes]:
+    """Write each input into its pipe now, as far as it fits (pipes grown to up to 1 MiB, the
+    unprivileged maximum); inputs written whole are closed. Returns what is left to write."""
+    left = {}
+    for fd, data in feeds.items():
+        if len(data) > 65536:
+            with suppress(OSError):
+                fcntl.fcntl(fd, F_SETPIPE_SZ, min(len(data), 1 << 20))
+        os.set_blocking(fd, False)
+        written = 0
+        with suppress(BlockingIOError):
+            while written < len(data):
+                written += os.write(fd, data[written : written + (1 << 20)])
+        if written < len(data):
+            left[fd] = data[written:]
+        else:
+            pipes.close(fd)
+    return left
+
+
+class Checker:
+    """The runner's side of the sandbox's checker process."""
+
+    def __init__(self, server: ForkServer, params: dict[str, Any]) -> None:
+        self.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            (self.pid,) = server.spawn([("checker", {**params, "workdir": "/"}, {3: theirs.fileno()})])
+        finally:
+            theirs.close()
+        self.runs = 0
+
+    def healthy(self) -> bool:
+        """Alive and not stopped. A program may have stopped it: continue it first."""
+        with suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGCONT)
+        try:
+            with open(f"/proc/{self.pid}/stat") as handle:
+                state = handle.read().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return False
+        return state in ("S", "R", "D") and not select.select([self.sock], [], [], 0)[0]
+
+    def retire(self) -> None:
+        with suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGKILL)
+        self.sock.close()
+
+
+def kill_run(server: ForkServer, known: set[int], spare: int | None = None) -> int:
     """SIGKILL every process of the sandbox but its init, this runner and the fork server; reap the
-    orphans (ours, as child subreaper). Returns how many there were besides the run's own."""
+    orphans (ours, as child subreaper); the fork server reaps the run's own processes. Returns how
+    many processes there were besides the run's own."""
     with suppress(ProcessLookupError):
         os.kill(server.pid, signal.SIGCONT)  # a program may have stopped it; it must reap
-    leftovers = len([p for p in other_pids() if p != server.pid and p not in known])
+    keep = {server.pid, spare}
+    leftovers = len([p for p in other_pids() if p not in keep and p not in known and _live(p)])
     deadline = time.monotonic() + 5.0
     while True:
-        alive = [p for p in other_pids() if p != server.pid]
+        alive = [p for p in other_pids() if p not in keep and _live(p)]
+        pidfds = []
         for pid in alive:
             with suppress(ProcessLookupError):
+                pidfds.append(os.pidfd_open(pid))
                 os.kill(pid, signal.SIGKILL)
+        try:  # wait for their deaths (a pidfd turns readable at exit), not a fixed sleep
+            remaining = set(pidfds)
+            while remaining and time.monotonic() < deadline:
+                ready, _, _ = select.select(list(remaining), [], [], max(0.0, deadline - time.monotonic()))
+                remaining -= set(ready)
+        finally:
+            for pidfd in pidfds:
+                os.close(pidfd)
         while True:
             try:
                 pid, _ = os.waitpid(-1, os.WNOHANG)
@@ -659,20 +795,40 @@ class _Pipes:
         self.close(*list(self.open))
 
 
-def run(job: dict[str, Any], server: ForkServer, base_processes: int) -> dict[str, Any]:
+class Sandbox:
+    """What outlives runs: the fork server, the checker (None until an assert test needs it)."""
+
+    def __init__(self) -> None:
+        self.server = ForkServer()
+        self.base_processes = 1 + len(other_pids()) + 1  # bwrap's init + the fork server + this runner
+        self.checker: Checker | None = None
+
+    def ready_checker(self, params: dict[str, Any]) -> Checker:
+        if self.checker is not None and not self.checker.healthy():
+            self.retire_checker()
+        if self.checker is None:
+            self.checker = Checker(self.server, params)
+        return self.checker
+
+    def retire_checker(self) -> None:
+        if self.checker is not None:
+            self.checker.retire()
+            self.checker = None
+
+
+def run(job: dict[str, Any], box: Sandbox) -> dict[str, Any]:
     limits, test = job["limits"], job["test"]
     kind = test["kind"]
     cap = int(limits["output_bytes"])
     workdir = f"{WORK_ROOT}/run-{os.urandom(8).hex()}"  # unpredictable: nothing can be planted there
     os.mkdir(workdir, 0o700)
-    params = {
-        "workdir": workdir,
-        "limits": limits,
-        "nproc": base_processes + int(limits["processes"]) + (1 if kind == "check" else 0),
-        "serve": kind != "stdio",
-        "max_line": cap,
-    }
+    # RLIMIT_NPROC counts the uid's processes: the checker's too, while there is one.
+    nproc = box.base_processes + int(limits["processes"]) + 1
+    params = {"workdir": workdir, "limits": limits, "serve": kind != "stdio", "max_line": cap, "nproc": nproc}
+    checker = box.ready_checker(params) if kind == "check" else None
+    params["nproc"] = nproc - (box.checker is None)
     pipes = _Pipes()
+    ender: int | None = None
     try:
         stdin_r, stdin_w = pipes.pipe()
         stdout_r, stdout_w = pipes.pipe()
@@ -682,47 +838,58 @@ def run(job: dict[str, Any], server: ForkServer, base_processes: int) -> dict[st
         requests_r, requests_w = pipes.pipe() if kind != "stdio" else (-1, -1)
         feeds = {stdin_w: test.get("stdin", "").encode(), code_w: job["code"].encode()}
         sinks = {stdout_r: bytearray(), stderr_r: bytearray()}
-        checker = None
-        if kind == "check":
+        if checker is not None:
             test_r, test_w = pipes.pipe()
-            verdict_r, verdict_w = pipes.pipe()
-            checker = server.spawn(
-                "checker",
-                {**params, "workdir": "/"},
-                {
-                    C_REQUESTS_FD: requests_w,
-                    C_VALUES_FD: values_r,
-                    C_VERDICT_FD: verdict_w,
-                    C_TEST_FD: test_r,
-                },
-            )
-            pipes.close(requests_w, values_r, verdict_w, test_r)
+            header = json.dumps({"max_line": cap}).encode()
+            socket.send_fds(checker.sock, [header], [requests_w, values_r, test_r])
+            pipes.close(requests_w, values_r, test_r)
             feeds[test_w] = json.dumps(test["check"]).encode()
-            sinks[verdict_r] = bytearray()
         else:
             sinks[values_r] = bytearray()
             if kind == "call":
                 feeds[requests_w] = "".join(line + "\n" for line in test["requests"]).encode()
+        feeds = prefill(feeds, pipes)  # what fits now: the processes need not wait for us to run
+        solution_fds = {
+            0: stdin_r,
+            1: stdout_w,
+            2: stderr_w,
+            REQUESTS_FD: requests_r,
+            VALUES_FD: values_w,
+            CODE_FD: code_r,
+        }
         started = time.monotonic()
-        pid = server.spawn(
-            "solution",
-            params,
-            {
-                0: stdin_r,
-                1: stdout_w,
-                2: stderr_w,
-                REQUESTS_FD: requests_r,
-                VALUES_FD: values_w,
-                CODE_FD: code_r,
-            },
-        )
-        pipes.close(stdin_r, stdout_w, stderr_w, requests_r, values_w, code_r)
-        outcome, wall = supervise(pid, checker, server, limits, pipes, feeds, sinks, stderr_r, started)
-        server.collect()
-        ended_itself = pid in server.exits
-        leftovers = kill_run(server, {pid, checker} - {None})
-        server.wait_exits([p for p in (pid, checker) if p is not None], 5.0)
+        (pid,) = box.server.spawn([("solution", params, solution_fds)])
+        pipes.close(*solution_fds.values())
+        # The run ends when the program exits; for an assert test, when the checker's verdict comes
+        # (or its socket closes: it died). The program's exit is watched through a pidfd, not the fork
+        # server's report, which may wait for a CPU behind the program.
+        if checker is not None:
+            ender = checker.sock.fileno()
+        else:
+            with suppress(ProcessLookupError):  # else it already exited and was reaped
+                ender = os.pidfd_open(pid)
+        exempt = {box.server.pid, checker.pid if checker is not None else -1}
+        outcome, wall = supervise(pid, ender, exempt, limits, pipes, feeds, sinks, stderr_r, started)
+        verdict = None
+        if checker is not None:
+            ender = None  # the checker's socket is not ours to close
+            if outcome is None:
+                with suppress(OSError, ValueError):
+                    verdict = json.loads(checker.sock.recv(1 << 20, socket.MSG_DONTWAIT))
+            if not isinstance(verdict, dict):
+                box.retire_checker()  # timed out, died, or answered nonsense: a fresh one next time
+        ended_itself = not _live(pid)
+        cpu = cpu_seconds(pid)
+        leftovers = kill_run(box.server, {pid}, spare=box.checker.pid if box.checker is not None else None)
+        if ended_itself:  # its exit status comes from the fork server, its parent
+            box.server.wait_exits([pid], 5.0)
+        if box.checker is not None and checker is not None:
+            box.checker.runs += 1
+            if box.checker.runs >= CHECKER_RUNS or (verdict or {}).get("status") in CHECKER_RETIRES_ON:
+                box.retire_checker()
     finally:
+        if ender is not None:
+            os.close(ender)
         pipes.close_all()
     # Wipe the whole tmpfs, not only the run's directory: a file left anywhere writable would let a
     # later program (another sample) read what this one stored. No process is left to recreate one.
@@ -730,7 +897,8 @@ def run(job: dict[str, Any], server: ForkServer, base_processes: int) -> dict[st
         remove_tree(os.path.join(WORK_ROOT, name))
     if os.listdir(WORK_ROOT):
         raise RuntimeError("the work tmpfs could not be emptied")  # the host replaces this sandbox
-    status, cpu = server.exits.pop(pid)
+    # Killed by us (after the check, or at a limit): a SIGKILL status, the CPU it had used by then.
+    status, cpu = box.server.exits.get(pid, (signal.SIGKILL, cpu))
     stdout, stderr = sinks[stdout_r], sinks[stderr_r]
     result: dict[str, Any] = {
         "outcome": outcome or "exited",
@@ -746,13 +914,7 @@ def run(job: dict[str, Any], server: ForkServer, base_processes: int) -> dict[st
         "leftover_processes": leftovers,
     }
     if checker is not None:
-        checker_status, _ = server.exits.pop(checker)
-        result["checker_exit"] = checker_status
-        try:
-            verdict = json.loads(bytes(sinks[verdict_r]))
-        except ValueError:
-            verdict = None
-        result["verdict"] = verdict if isinstance(verdict, dict) else None
+        result["verdict"] = verdict
     else:
         result["values"] = bytes(sinks[values_r][: cap + 4096]).decode("utf-8", "replace")
     return result
@@ -760,8 +922,8 @@ def run(job: dict[str, Any], server: ForkServer, base_processes: int) -> dict[st
 
 def supervise(
     pid: int,
-    checker: int | None,
-    server: ForkServer,
+    ender: int | None,
+    exempt: set[int],
     limits: dict[str, Any],
     pipes: _Pipes,
     feeds: dict[int, bytes],
@@ -769,29 +931,22 @@ def supervise(
     stderr_fd: int,
     started: float,
 ) -> tuple[str | None, float]:
-    """Feed inputs, drain outputs and enforce the limits until the run ends: the solution's exit, or
-    for an assert test the checker's. Returns (outcome: None, "timeout" or "output_limit", wall s)."""
-    cap = int(limits["output_bytes"])
-    # The run ends when the solution exits (for an assert test: the checker). Watched here through a
-    # pidfd, not through the fork server's report, which may wait for a CPU behind the program.
-    try:
-        ender = os.pidfd_open(checker if checker is not None else pid)
-    except ProcessLookupError:  # already exited and reaped
-        return None, time.monotonic() - started
-    try:
-        return _supervise(pid, ender, server, limits, pipes, feeds, sinks, stderr_fd, started, cap)
-    finally:
-        os.close(ender)
+    """Feed inputs, drain outputs and enforce the limits until `ender` turns readable (None: the run
+    already ended). Returns (outcome: None, "timeout" or "output_limit", wall seconds). `exempt`:
+    processes that are not the run's (their CPU is not the program's)."""
+    return _supervise(
+        pid, ender, exempt, limits, pipes, feeds, sinks, stderr_fd, started, int(limits["output_bytes"])
+    )
 
 
-def _ended(pidfd: int) -> bool:
-    return bool(select.select([pidfd], [], [], 0)[0])
+def _ended(pidfd: int | None) -> bool:
+    return pidfd is None or bool(select.select([pidfd], [], [], 0)[0])
 
 
 def _supervise(
     pid: int,
-    ender: int,
-    server: ForkServer,
+    ender: int | None,
+    exempt: set[int],
     limits: dict[str, Any],
     pipes: _Pipes,
     feeds: dict[int, bytes],
@@ -812,12 +967,12 @@ def _supervise(
     for fd in sinks:
         os.set_blocking(fd, False)
         poller.register(fd, select.POLLIN)
-    poller.register(server.fileno(), select.POLLIN)
-    poller.register(ender, select.POLLIN)
+    if ender is not None:
+        poller.register(ender, select.POLLIN)
     timeout = float(limits["timeout_s"])
     hard_deadline = started + float(limits["max_wall_s"])
     born = start_time(pid)
-    outcome, ended = None, False
+    outcome, ended = None, ender is None
     while outcome is None and not ended:
         # The limit counts the time the program ran or slept, not the time it waited for a CPU that
         # processes outside the run held (at idle priority it yields to all of them): its age minus
@@ -827,7 +982,7 @@ def _supervise(
         age = (
             time.clock_gettime(time.CLOCK_BOOTTIME) - born if born is not None else time.monotonic() - started
         )
-        waited = max(0.0, run_delay(pid) - cpu_of_others(pid, server.pid))
+        waited = max(0.0, run_delay(pid) - cpu_of_others(pid, exempt))
         remaining = min(timeout - (age - waited), hard_deadline - time.monotonic())
         if remaining <= 0:
             if not _ended(ender):  # it did finish; we only noticed late
@@ -836,8 +991,6 @@ def _supervise(
         for fd, _event in poller.poll(remaining * 1000):
             if fd == ender:
                 ended = True
-            elif fd == server.fileno():
-                server.collect()
             elif fd in views:
                 try:
                     views[fd] = views[fd][os.write(fd, views[fd][:65536]) :]
@@ -883,6 +1036,10 @@ def _preload() -> None:
     for name in PRELOAD:
         with suppress(ImportError):
             __import__(name)
+    # Objects made so far are never collected: the garbage collector of a forked process then
+    # leaves them alone instead of touching (and so copying) every page of the shared heap.
+    gc.collect()
+    gc.freeze()
 
 
 def main() -> int:
@@ -895,15 +1052,14 @@ def main() -> int:
     # Orphans of a run are re-parented to us (not to bwrap's init), so we can reap them all.
     _libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     _preload()
-    server = ForkServer()
-    base_processes = 1 + len(other_pids()) + 1  # bwrap's init + the fork server + this runner
+    box = Sandbox()
     write_frame(
         proto_out,
         {
             "ready": True,
             "pid": os.getpid(),
             "python": sys.version.split()[0],
-            "base_processes": base_processes,
+            "base_processes": box.base_processes,
             "low_priority": LOW_PRIORITY,
             "autogroup_lowered": autogroup_lowered,
             "seccomp": SECCOMP_FILTER is not None,
@@ -915,7 +1071,7 @@ def main() -> int:
         except EOFError:
             return 0
         try:
-            reply = run(job, server, base_processes)
+            reply = run(job, box)
         except Exception:
             reply = {"outcome": "runner_error", "error": traceback.format_exc(limit=3), "restart": True}
             write_frame(proto_out, reply)

@@ -52,6 +52,9 @@ class Reference:
         """A plain value for this reference if there is one (a proxy asks the solution); else itself."""
         return self
 
+    def __bool__(self) -> bool:  # an object's own truth value would be its code deciding a check
+        raise TypeError(f"an object of the solution ({self.m2rl_type_name}) has no truth value here")
+
     def __repr__(self) -> str:
         return f"<{self.m2rl_type_name} object of the solution>"
 

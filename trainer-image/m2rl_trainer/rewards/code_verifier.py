@@ -335,27 +335,46 @@ def limits(options: CodeOptions) -> dict[str, Any]:
     }
 
 
-def call_requests(target: str, args: list[Any], kwargs: dict[str, Any]) -> list[str]:
-    """The request lines a function-call test sends the program's process ("Class.method": make an
-    instance, then call the method of the object it returned, reference 0)."""
+Call = tuple[Any, tuple[str, ...], tuple[Any, ...], dict[str, Any]]
+"""(target, attributes, args, kwargs): target is a global name of the program or ["r", k], the object
+its call k returned."""
+
+
+def test_calls(test: dict[str, Any]) -> tuple[Call, ...] | None:
+    """The calls a function-call test, or an assert test the host can check itself (host_plan),
+    makes in the program's process; None for stdin/stdout and checker-process tests."""
+    if test["kind"] == "call":
+        if "." not in test["fn"]:
+            return ((test["fn"], (), tuple(test["args"]), test["kwargs"]),)
+        class_name, method = test["fn"].split(".", 1)  # "Class.method": on a fresh instance
+        return ((class_name, (), (), {}), (["r", 0], (method,), tuple(test["args"]), test["kwargs"]))
+    if test["kind"] == "assert":
+        plan = host_plan(test["code"], test.get("entry_point"))
+        return plan.calls if plan is not None else None
+    return None
+
+
+@functools.lru_cache(maxsize=4096)
+def host_plan(code: str, entry_point: str | None) -> _checker.HostPlan | None:
+    return _checker.host_plan(code, entry_point)
+
+
+def call_request(call: Call) -> str:
+    """One request line of a call the host makes (no in-place changes reported back)."""
+    target, attrs, args, kwargs = call
     encoded_args, _ = _values.encode(list(args))
     encoded_kwargs, _ = _values.encode(dict(kwargs))
-    if "." not in target:
-        return [_values.dumps(["call", target, [], encoded_args, encoded_kwargs, False])]
-    class_name, method = target.split(".", 1)
-    return [
-        _values.dumps(["call", class_name, [], [], {"d": []}, False]),
-        _values.dumps(["call", {"h": [0, class_name]}, [method], encoded_args, encoded_kwargs, False]),
-    ]
+    return _values.dumps(["call", target, list(attrs), encoded_args, encoded_kwargs, False])
 
 
 def job(code: str, test: dict[str, Any], options: CodeOptions) -> dict[str, Any]:
     """The runner's job for one test. Expected outputs and values stay here, on the host; an assert
-    test goes to the sandbox's checker process, never to the program's."""
+    test the host cannot check itself goes to the sandbox's checker process, never to the program's."""
+    calls = test_calls(test)
     if test["kind"] == "stdio":
         run_test: dict[str, Any] = {"kind": "stdio", "stdin": test["stdin"]}
-    elif test["kind"] == "call":
-        run_test = {"kind": "call", "requests": call_requests(test["fn"], test["args"], test["kwargs"])}
+    elif calls is not None:
+        run_test = {"kind": "call", "requests": [call_request(call) for call in calls]}
     else:
         check = {"code": test["code"], "entry_point": test.get("entry_point"), "seed": options.seed}
         run_test = {"kind": "check", "check": check}
@@ -410,11 +429,13 @@ def _program_failure(msg: Mapping[str, Any], options: CodeOptions) -> tuple[str,
     return None
 
 
-def _classify_check(msg: Mapping[str, Any], options: CodeOptions) -> tuple[str, dict[str, Any]]:
-    """An assert test: the checker's verdict decides; the program's exit only explains a failure."""
-    verdict = msg.get("verdict")
-    if not isinstance(verdict, dict):
-        return RUNTIME_ERROR, {"reason": f"the checker process was killed (status {msg.get('checker_exit')})"}
+def _classify_verdict(
+    verdict: Mapping[str, Any] | None, msg: Mapping[str, Any], options: CodeOptions
+) -> tuple[str, dict[str, Any]]:
+    """An assert test: the verdict of the checker process (or of the host's own evaluation) decides;
+    the program's exit only explains a failure."""
+    if not isinstance(verdict, Mapping):  # the program killed it, or left it no memory
+        return RUNTIME_ERROR, {"reason": "the checker process died before its verdict"}
     status, reason = verdict.get("status"), str(verdict.get("reason", ""))[:800]
     if status == "passed":
         return PASSED, {}
@@ -450,8 +471,8 @@ def classify(reply: Reply, test: dict[str, Any], options: CodeOptions) -> tuple[
         return "sandbox_error", {**facts, "reason": str(msg.get("error", ""))[-500:]}
     if outcome in ("timeout", "output_limit"):
         return outcome, facts
-    if test["kind"] == "assert":
-        status, more = _classify_check(msg, options)
+    if test["kind"] == "assert" and "verdict" in msg:  # checked in the sandbox's checker process
+        status, more = _classify_verdict(msg.get("verdict"), msg, options)
         return status, {**facts, **more}
     failure = _program_failure(msg, options)
     if failure is not None:
@@ -462,13 +483,23 @@ def classify(reply: Reply, test: dict[str, Any], options: CodeOptions) -> tuple[
             facts["stdout_head"] = str(msg.get("stdout", ""))[:200]
         return (PASSED if ok else WRONG_ANSWER), facts
     report, replies, raw, problem = program_lines(str(msg.get("values", "")))
-    requests = 2 if "." in test["fn"] else 1
+    calls = test_calls(test) or ()
     if problem is not None:
         return RUNTIME_ERROR, {**facts, "reason": problem}
-    if report is None or report[1] & (_checker.EXITED | _checker.RAISED) or len(replies) < requests:
+    if report is None or report[1] & (_checker.EXITED | _checker.RAISED) or len(replies) < len(calls):
         return RUNTIME_ERROR, {**facts, "reason": "the program exited before the test finished"}
-    if len(replies) > requests:
+    if len(replies) > len(calls):
         return RUNTIME_ERROR, {**facts, "reason": "the program broke the value protocol"}
+    if test["kind"] == "assert":  # plain asserts, evaluated here over the values
+        plan = host_plan(test["code"], test.get("entry_point"))
+        assert plan is not None
+        shadowed = [n for n in report[2] if isinstance(n, str)] if isinstance(report[2], list) else []
+        status, reason = _checker.evaluate(plan, replies, shadowed)
+        verdict = {"status": status, "reason": reason}
+        result, more = _classify_verdict(verdict, {**msg, "ended_itself": False}, options)
+        if result != PASSED and any(r[0] == "e" for r in replies):
+            more["stderr_tail"] = str(msg.get("stderr_tail", ""))[-800:]
+        return result, {**facts, **more}
     for answer in replies:
         if answer[0] == "e":
             name, message = str(answer[1]), str(answer[3])[:300]
@@ -506,7 +537,7 @@ def run_hygiene(reply: Reply, test: dict[str, Any]) -> set[str]:
     if not msg.get("stdout_bytes") and msg.get("stderr_bytes"):
         flags.add("stderr_only")
     bits = 0
-    if test["kind"] == "assert":
+    if test["kind"] == "assert" and "verdict" in msg:
         verdict = msg.get("verdict") if isinstance(msg.get("verdict"), dict) else {}
         bits = verdict.get("flags", 0) if type(verdict.get("flags", 0)) is int else 0
         exited = verdict.get("status") == "candidate_exited" and msg.get("ended_itself")
@@ -515,7 +546,7 @@ def run_hygiene(reply: Reply, test: dict[str, Any]) -> set[str]:
     else:
         text = str(msg.get("values", ""))
         report, replies, _, problem = program_lines(text)
-        calls = (2 if "." in test["fn"] else 1) if test["kind"] == "call" else 0
+        calls = len(test_calls(test) or ())
         unfinished = not text or (problem is None and report is not None and len(replies) < calls)
         if unfinished and msg.get("exit_code") is not None and not (report and report[1] & _checker.RAISED):
             flags.add("early_exit")  # ended with a status before its code or a call finished: os._exit
