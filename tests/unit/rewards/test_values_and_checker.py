@@ -205,3 +205,49 @@ def test_equality_in_tests_is_rewritten_to_the_strict_one():
     exec(compile(_checker.analyse(code + "\nf", None).tree, "test.py", "exec"), ns)
     # ==/!= are strict (bool is not int, a list is not a tuple); `in` keeps Python's own ==
     assert ns["r"] == [False, True, True, False, True, False, True]
+
+
+@pytest.mark.parametrize(
+    ("code", "calls"),
+    [
+        ("assert f(1) == 2\nassert abs(f(2) - 1) < 1e-6", [("f", (), (1,), {}), ("f", (), (2,), {})]),
+        (
+            "assert Solution().m([1, 2], k=3) == [1]",
+            [("Solution", (), (), {}), (["r", 0], ("m",), ([1, 2],), {"k": 3})],
+        ),
+        (
+            "METADATA = {}\ndef check(candidate):\n    assert candidate('a') == 'b'\n"
+            "    assert True\ncheck(f)",
+            [("f", (), ("a",), {})],
+        ),
+        (
+            "import math\nassert math.isclose(f(1), 0.5)\nassert sorted(f(2)) == [1, 2]",
+            [("f", (), (1,), {}), ("f", (), (2,), {})],
+        ),
+    ],
+    ids=["asserts", "leetcode", "humaneval-check", "math-and-sorted"],
+)
+def test_plain_asserts_are_checked_on_the_host(code, calls):
+    plan = _checker.host_plan(code)
+    assert plan is not None and [tuple(c) for c in plan.calls] == [tuple(c) for c in calls]
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "x = 1\nassert f(x) == 2",  # statements: the checker process
+        "for i in range(3):\n    assert f(i) == i",
+        "assert f(1) or f(2)",  # a call short-circuiting may skip
+        "assert f(f(1)) == 2",  # a call's value as an argument
+        "assert f.attr == 2",  # the solution's name not called
+        "assert set(f(1)) == {1}",  # hashing a program's values: it may choose colliding ones
+        "assert 2 ** f(1) == 4",  # cost exponential in a program's number
+        "assert [0] * f(1) == []",
+        "assert f(1) % f(2) == 0",  # quadratic in the digits of two big numbers
+        "assert math.factorial(f(1)) == 1",
+        "assert len(list(range(f(1)))) == 3",
+    ],
+)
+def test_anything_else_goes_to_the_checker_process(code):
+    assert _checker.host_plan(code) is None
+    _checker.analyse(code)  # and the checker process takes it

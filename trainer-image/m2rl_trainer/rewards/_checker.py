@@ -224,14 +224,24 @@ def analyse(code: str, entry_point: str | None = None, *, validated: bool = Fals
 # the program's process makes the calls (a function-call job) and the host evaluates each assert's
 # expression over the decoded values. Expected values then never enter the sandbox at all.
 
+# What a host-checked assert may use. Each costs at most about linear time and memory in the size of
+# the values (bounded by the output cap): a program's value must not make the host's own evaluation
+# slow. Anything else (set() or dict() of a program's list, which it may fill with integers sharing
+# one hash; **, <<, *, range() over a program's number; %, // and divmod, quadratic in the digits of
+# two big numbers; other math functions) is left to the
+# checker process, which runs under the run's time and memory limits.
 SAFE_BUILTINS = {
     name: getattr(builtins, name)
     for name in (
-        "abs", "all", "any", "bool", "dict", "divmod", "float", "frozenset", "int", "isinstance", "len",
-        "list", "max", "min", "range", "repr", "reversed", "round", "set", "sorted", "str", "sum",
-        "tuple", "type", "True", "False", "None",
+        "abs", "all", "any", "bool", "float", "int", "isinstance", "len", "list", "max", "min",
+        "repr", "reversed", "round", "sorted", "str", "sum", "tuple", "type", "True", "False", "None",
     )
 }  # fmt: skip
+SAFE_MATH = frozenset(
+    {"ceil", "copysign", "e", "fabs", "floor", "fsum", "inf", "isclose", "isfinite", "isinf", "isnan"}
+    | {"log", "log10", "log2", "nan", "pi", "sqrt", "tau", "trunc"}
+)
+UNSAFE_OPERATORS = (ast.Pow, ast.LShift, ast.Mult, ast.MatMult, ast.Mod, ast.FloorDiv)
 VALUES_NAME = "__m2rl_values__"
 
 
@@ -289,9 +299,14 @@ class _HostCalls(ast.NodeTransformer):
         return node
 
     def visit_Attribute(self, node: ast.Attribute) -> ast.AST:
-        if not (isinstance(node.value, ast.Name) and node.value.id == "math") or node.attr.startswith("_"):
+        if not (isinstance(node.value, ast.Name) and node.value.id == "math") or node.attr not in SAFE_MATH:
             raise _NotPlain()
         return node
+
+    def visit_BinOp(self, node: ast.BinOp) -> ast.AST:
+        if isinstance(node.op, UNSAFE_OPERATORS):
+            raise _NotPlain()
+        return self.generic_visit(node)
 
     def visit_BoolOp(self, node: ast.BoolOp) -> ast.AST:
         first = self.visit(node.values[0])

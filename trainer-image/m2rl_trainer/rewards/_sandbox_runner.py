@@ -16,17 +16,19 @@ Processes of one sandbox:
   solution     one per run: reads its code from a pipe, confines itself (seccomp, rlimits, priority,
                a fresh work directory, an empty environment, no other descriptors), runs it; then,
                for function-call and assert tests, answers calls with plain values (`serve`).
-  checker      one per assert test: reads the test from a pipe and runs it against the solution
-               through proxies (_checker.run_check); it alone holds the pipe its verdict reaches the
-               runner on, so the solution cannot forge, reorder or cut it short.
+  checker      one per sandbox, forked from the fork server when an assert test first needs it:
+               runs each such test against the run's solution through proxies (_checker.run_check);
+               the verdict comes back on its socket, which no solution ever holds, so a solution
+               cannot forge, reorder or cut it short. Continued and health-checked after each run,
+               replaced after an odd run (a solution may kill or stop it) or CHECKER_RUNS runs.
 
 What crosses from the solution's process is data only: its stdout/stderr, and for calls one JSON
 line per value in the strict _values encoding. Expected stdout and expected return values never
-enter the sandbox (the host compares them); an assert test's expected values live in the checker
-only. After each run the runner SIGKILLs every other process of the sandbox's PID namespace but
-the fork server, reaps the orphans as child subreaper and wipes the tmpfs, so nothing outlives a
-run. The code may kill the runner or the fork server: the host sees a dead sandbox, answers
-sandbox_error and starts a new one.
+enter the sandbox (the host compares them; it also checks plain asserts itself); other assert
+tests live in the checker only. After each run the runner SIGKILLs every other process of the
+sandbox's PID namespace but the fork server and a healthy checker, reaps the orphans as child
+subreaper and wipes the tmpfs, so nothing of a run outlives it. The code may kill the runner or the
+fork server: the host sees a dead sandbox, answers sandbox_error and starts a new one.
 """
 
 from __future__ import annotations
