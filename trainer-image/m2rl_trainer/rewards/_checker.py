@@ -1,20 +1,29 @@
 """Assert-style tests, checked outside the solution's process.
 
 A test's code (dataset asserts, a HumanEval-style `check(candidate)` function, LeetCode-style
-`Solution().method(...)` calls) runs in a separate, clean checker process. Every name the test
-takes from the solution is a proxy (`Remote`) whose calls run in the solution's process and come
-back as plain values (the `_values` encoding); `==` and `!=` in the test are rewritten to
-`_values.strict_equal`. The asserts, the values they compare and the comparison itself are the
-checker's, so nothing the solution does to its own process (patching builtins, exiting early,
-returning objects that equal anything, reading its memory) can make a failing check pass.
+`Solution().method(...)` calls) is checked in one of two places, neither of them the solution's
+process:
+  - plain asserts (`host_plan`): the calls, with literal arguments, are made in the solution's
+    process like function-call tests, and the host evaluates each assert's expression over the
+    decoded values (`evaluate`);
+  - anything else (`run_check`): the sandbox's checker process runs the test code, where every name
+    the test takes from the solution is a proxy (`Remote`) whose calls run in the solution's
+    process and come back as plain values.
+Either way the values are `_values`-encoded built-in objects and `==`, `!=` and `is` in the test
+are rewritten to strict comparisons; the asserts, the values they compare and the comparison
+itself are the host's or the checker's, so nothing the solution does to its own process (patching
+builtins, exiting early, returning objects that equal anything, reading its memory) can make a
+failing check pass.
 
-`analyse` runs on the host when a reference is loaded (what cannot be checked this way is an error
-naming the test) and again in the checker, which compiles what it returns. Standard library only,
-Python >= 3.9: the sandbox runner loads this source (sandbox.runner_argv).
+`analyse` runs on the host when a reference is loaded (what cannot be checked outside the
+solution's process is an error naming the test) and again in the checker, which compiles what it
+returns. Standard library only, Python >= 3.9: the sandbox runner loads this source
+(sandbox.runner_argv).
 
 Wire protocol with the solution's process, one JSON line each way (see _sandbox_runner.serve):
   request  [op, target, attrs, args, kwargs, sync]  op: call | get | iter | next | len | getitem;
-           target: a global name of the solution or a reference {"h": [id, type]}; attrs: attribute
+           target: a global name of the solution, a reference {"h": [id, type]}, or ["r", k]: what
+           request k returned (function-call tests: `Solution()`, then its method); attrs: attribute
            names applied to it; sync: report arguments the call changed in place
   reply    ["v", value, flags, changed]  or  ["e", exception type name, flags, message, is_base]
   report   ["L", flags, names]  its first line: how its code ended, which builtins it redefined

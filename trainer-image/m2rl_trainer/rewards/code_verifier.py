@@ -18,10 +18,13 @@ Nothing the program does to its own process decides a verdict (threat model: doc
   stdin/stdout   the host compares the program's stdout with the expected one
   function call  the program's process makes the call and sends the value back in a strict, typed
                  encoding (_values); the host decodes it into built-in objects and compares
-  assert         the test runs in a separate, clean checker process (_checker) where the
+  plain assert   (`assert f(<literals>) == ...`, a check() of such asserts, Solution().m(...)) the
+                 calls are made as function-call tests; the host evaluates the asserts over the
+                 decoded values with a strict == (_checker.host_plan)
+  other assert   the test runs in the sandbox's checker process (_checker.run_check), where the
                  solution's names are proxies: each call runs in the program's process and comes
                  back as a plain value; the asserts, the values and == (made strict) are the
-                 checker's, and its verdict reaches the runner on a pipe the program never holds
+                 checker's, and its verdict reaches the runner on a socket the program never holds
 Expected outputs and values never enter the program's process. A test that cannot be checked this
 way (exec, sys tricks, changing the solution's objects, a check() nobody calls, no use of the
 solution at all) is a ConfigError when the reference is loaded, naming the test.
