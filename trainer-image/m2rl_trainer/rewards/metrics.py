@@ -78,6 +78,20 @@ class VerifierMetrics:
                 self.samples.labels(verifier, verdict)
             self.timeouts.labels(verifier)
 
+        self.rewarded_checked = Counter(
+            "m2rl_verifier_rewarded_checked",
+            "Rewarded samples whose program was checked for reward-hacking signs (code).",
+            ["verifier"],
+            registry=r,
+        )
+        self.rewarded_hygiene_flags = Counter(
+            "m2rl_verifier_rewarded_hygiene_flags",
+            "Rewarded samples showing a reward-hacking sign (rewards/hygiene.py): early_exit, eq_override, "
+            "builtins_touched, stderr_only.",
+            ["verifier", "flag"],
+            registry=r,
+        )
+
     def observe(self, result: Result) -> None:
         self.samples.labels(result.verifier, result.verdict).inc()
         self.sample_seconds.labels(result.verifier).observe(result.time_s)
@@ -89,6 +103,12 @@ class VerifierMetrics:
                     self.sandbox_kills.labels("code", test["status"]).inc()
                 if test.get("killed_processes"):
                     self.sandbox_kills.labels("code", "leftover_processes").inc(test["killed_processes"])
+        flags = result.details.get("hygiene")
+        if result.reward > 0 and isinstance(flags, dict):
+            self.rewarded_checked.labels(result.verifier).inc()
+            for flag, shown in flags.items():
+                if shown:
+                    self.rewarded_hygiene_flags.labels(result.verifier, flag).inc()
 
     def worker_killed(self, pool: str, reason: str) -> None:
         verifier = "code" if pool == "sandbox" else "math_ifeval"
