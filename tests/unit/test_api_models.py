@@ -125,6 +125,9 @@ def test_merge_method_table_matches_mergekit():
     from mergekit.merge_methods.base import ParameterScope
     from mergekit.merge_methods.registry import registered_methods
 
+    from m2rl_trainer.merge.methods import INTERNAL_PARAMETERS, register_study_methods
+
+    register_study_methods()  # what m2rl-merge does before it reads a config
     registry = {m.spec.name: m.spec for m in registered_methods()}
     for name, method in MERGE_METHODS.items():
         spec = registry[name]
@@ -137,8 +140,11 @@ def test_merge_method_table_matches_mergekit():
         max_inputs = None if contract.max_inputs is None else contract.max_inputs - base_inputs
         max_non_base = contract.max_non_base
         assert method.max_experts == (max_non_base if max_non_base is not None else max_inputs), name
-        shared = {p.name for p in spec.parameters if p.scope == ParameterScope.SHARED}
-        per_expert = {p.name for p in spec.parameters if p.scope != ParameterScope.SHARED}
+        # Parameters m2rl-merge computes (a seed, whole-model trim thresholds) are not the API's.
+        shared = {p.name for p in spec.parameters if p.scope == ParameterScope.SHARED} - INTERNAL_PARAMETERS
+        per_expert = {
+            p.name for p in spec.parameters if p.scope != ParameterScope.SHARED
+        } - INTERNAL_PARAMETERS
         assert {GLOBAL_PARAMETERS[p] for p in method.global_params} == shared, name
         assert {EXPERT_PARAMETERS[p] for p in method.expert_params} == per_expert, name
         if spec.reference_url:

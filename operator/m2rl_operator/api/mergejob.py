@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, StringConstraints
 
@@ -84,8 +84,13 @@ class ExpertSpec(ApiModel):
     and the task-arithmetic family."""
     density: float | None = Field(None, gt=0.0, le=1.0)
     """density is the fraction of the task vector's entries kept (TIES trims the smallest by
-    magnitude; DARE drops at random with probability 1 - density and rescales). Unset means 1 (keep
-    all). TIES "trim 80%" is density 0.2; DARE "drop rate 0.2" is density 0.8."""
+    magnitude; DARE drops at random with probability 1 - density). Unset means 1 (keep all), and 0.2
+    for mergelm_ties (MergeLM's default trim of 80%). TIES "trim 80%" is density 0.2; DARE "drop
+    rate 0.2" is density 0.8."""
+    dare_density: float | None = Field(None, gt=0.0, le=1.0)
+    """dareDensity is, for mergelm_ties and mergelm_task_arithmetic, the probability that DARE keeps an
+    entry before the merge (kept entries are divided by it when dareRescale). Unset means 1: no DARE.
+    The study's "drop rate 0.2" is dareDensity 0.8."""
     gamma: float | None = Field(None, ge=0.0, lt=1.0)
     """gamma is the fraction of largest-magnitude entries removed by breadcrumbs. Unset means 0.01."""
     epsilon: float | None = Field(None, ge=0.0, lt=1.0)
@@ -97,20 +102,24 @@ class MergeParameters(ApiModel):
 
     lambda_: float | None = Field(None, alias="lambda", gt=0.0, le=100.0)
     """lambda scales the merged task vector before it is added to the base (task_arithmetic, ties,
-    dare_*, breadcrumbs*, della*). Unset means 1.0."""
+    dare_*, breadcrumbs*, della*, mergelm_ties, mergelm_task_arithmetic). Unset means 1.0."""
     normalize: bool | None = None
     """normalize divides by the sum of the weights (linear and the task-arithmetic family). Unset means
     the method's default (true for linear, ties and della)."""
     rescale: bool | None = None
-    """rescale multiplies kept entries by 1/density (dare_*, della*, and the rest of the task-arithmetic
-    family). Unset means the method's default (true for dare_* and della*)."""
+    """rescale multiplies the kept entries of each tensor's task vector so that its L1 norm equals the
+    norm before dropping or trimming (mergekit 0.1.5, sparsify.rescaled_masked_tensor with
+    RescaleNorm.l1; dare_*, della*, and the rest of the task-arithmetic family). This is not 1/density:
+    a 20% magnitude trim of Gaussian entries is scaled by about 2.27, not 5. Unset means the method's
+    default (true for dare_* and della*). For DARE rescaled by 1/density use mergelm_* (dareRescale)."""
     int8_mask: bool | None = None
     """int8Mask stores intermediate masks as int8 to save memory (task-arithmetic family, sce). Unset
     means false."""
     t: float | None = Field(None, ge=0.0, le=1.0)
     """t is slerp's interpolation factor from the base (0) to the expert (1). Required by slerp."""
     select_top_k: float | None = Field(None, alias="selectTopK", gt=0.0, le=1.0)
-    """selectTopK is the fraction of highest-variance entries sce keeps. Unset means 1.0."""
+    """selectTopK is the fraction of highest-variance entries sce keeps (mergelm_sce: from which the
+    experts' weights are computed; the merged entries are not masked, as in MergeLM). Unset means 1.0."""
     filter_wise: bool | None = None
     """filterWise makes model_stock compute its ratio per row instead of per tensor. Unset means false."""
     normalize_weights: bool | None = None
@@ -125,6 +134,13 @@ class MergeParameters(ApiModel):
     """rowWise makes nuslerp interpolate row vectors instead of whole tensors. Unset means false."""
     flatten: bool | None = None
     """flatten makes nuslerp treat each tensor as one flat vector. Unset means true."""
+    trim_scope: Literal["model", "tensor"] | None = None
+    """trimScope is where mergelm_ties finds the magnitude below which entries are trimmed: over the
+    whole model (model, MergeLM's flattened task vector; m2rl-merge computes the thresholds in a pass
+    before the merge) or in each tensor (tensor, as mergekit's ties). Unset means model."""
+    dare_rescale: bool | None = None
+    """dareRescale divides the entries DARE keeps by dareDensity (MergeLM's use_weight_rescale), in
+    mergelm_ties and mergelm_task_arithmetic. Unset means true."""
 
 
 class MergeOutput(ApiModel):
@@ -248,7 +264,10 @@ class MergeJobSpec(SchedulingOptions):
     method: MethodName
     """method is the merge algorithm (mergekit's name): linear (weighted average), task_arithmetic,
     ties, dare_ties, dare_linear, breadcrumbs, breadcrumbs_ties, della, della_linear, sce, model_stock,
-    slerp, nuslerp, multislerp or karcher. Required."""
+    slerp, nuslerp, multislerp or karcher; or one of the M2RL study's MergeLM variants: mergelm_ties
+    (DARE, then TIES trimmed over the whole model, sign election, disjoint mean), mergelm_sce (SCE
+    without mergekit's equal-weights fallback for small task vectors) or mergelm_task_arithmetic
+    (DARE rescaled by 1/dareDensity, then the sum). Required."""
     base: MergeBase | None = None
     """base is the model task vectors are computed against. Required by the task-arithmetic family,
     sce, model_stock and slerp; must be unset for linear and karcher."""

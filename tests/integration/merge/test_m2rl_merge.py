@@ -20,6 +20,7 @@ from safetensors.torch import save_file
 from m2rl_operator.api.mergejob import AnalysisStatus
 from m2rl_operator.status import merge_analysis
 from m2rl_trainer.merge.cli import main
+from tests.unit.merge import mergelm_reference as ref
 from tests.unit.merge.checkpoints import direct_analysis, load_tensors
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
@@ -207,6 +208,38 @@ def test_ties_merges_by_its_formula(
     assert 0 < int((tau == 0).sum()) < tau.numel()
     assert result is not None
     _check_analysis(out, result, models)
+
+
+def test_mergelm_dare_ties_merges_as_mergelm_over_the_whole_model(
+    models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The study's TIES+DARE through mergekit's own registry equals MergeLM's code (transcribed in
+    tests/unit/merge/mergelm_reference.py) on the flattened tiny model: DARE drop 0.2 with 1/0.8
+    rescale, TIES trim 80% over the whole model, sign election, disjoint mean."""
+    config = _config(
+        tmp_path,
+        "mergelm_ties",
+        models,
+        expert_parameters=[{"density": 0.2, "dare_density": 0.8}] * 2,
+    )
+    out = tmp_path / "mergelm"
+    code, _ = _run(monkeypatch, tmp_path, config, out, "--no-analysis", "--seed", "5")
+    assert code == 0
+    base, a, b, merged = (load_tensors(p) for p in (models["base"], models["math"], models["code"], out))
+    names = [n for n, t in base.items() if t.is_floating_point()]
+    keeps = [ref.drops(base, str(models[m]), 0.8, seed=5) for m in ("math", "code")]
+    flat = ref.task_vectors(base, [a, b], names, keeps, 0.8)
+    want = ref.unflatten(ref.ties_merging(flat, 0.8), base, names)
+    for name in names:
+        torch.testing.assert_close(merged[name], base[name] + want[name], rtol=0, atol=1e-6, msg=name)
+    # Only the moved tensors changed. Over the whole model most entries are unmoved (0), so trimming
+    # 80% of the entries cuts few of up_proj's: a per-tensor trim would keep at most 2 x 20% of them.
+    assert torch.equal(merged[DOWN.replace("1.mlp", "0.mlp")], base[DOWN.replace("1.mlp", "0.mlp")])
+    assert int((merged[UP] != base[UP]).sum()) > 0.8 * base[UP].numel()
+    recorded = yaml.safe_load((out / "mergekit_config.yml").read_text())
+    assert recorded["parameters"]["seed"] == 5 and recorded["parameters"]["majority_sign"] in (-1, 1)
+    kth = flat.abs().kthvalue(int(flat.shape[1] * 0.8), dim=1).values.tolist()
+    assert [m["parameters"]["trim_threshold"] for m in recorded["models"]] == kth
 
 
 @pytest.mark.parametrize(

@@ -94,6 +94,12 @@ class Checkpoint:
     def _tensor(self, name: str) -> torch.Tensor:
         return self._handle(name)[name]
 
+    def tensor(self, name: str) -> torch.Tensor:
+        """The whole tensor in its stored dtype (memory-mapped where the format allows)."""
+        if self._index.is_safetensors:
+            return self._handle(name).get_tensor(name)
+        return self._tensor(name)
+
     def info(self, name: str) -> tuple[tuple[int, ...], bool]:
         """(shape, is floating point) of a tensor, without reading it."""
         if self._index.is_safetensors:
@@ -212,7 +218,7 @@ def analyse_task_vectors(
         base_ckpt = Checkpoint(base, stack)
         expert_ckpts = [Checkpoint(path, stack) for _, path in experts]
         merged_ckpt = Checkpoint(merged, stack) if merged is not None else None
-        plan = _plan(base_ckpt, expert_ckpts, merged_ckpt, names, skipped)
+        plan = comparable_tensors(base_ckpt, expert_ckpts, merged_ckpt, names, skipped)
         budget = sum(math.prod(shape) for _, shape in plan) or 1
         done, next_log = 0, options.progress_every
         LOG.info("analysis: %d tensors, %s parameters, %d experts", len(plan), f"{budget:,}", n)
@@ -257,7 +263,7 @@ def analyse_task_vectors(
     }
 
 
-def _plan(
+def comparable_tensors(
     base: Checkpoint,
     experts: Sequence[Checkpoint],
     merged: Checkpoint | None,

@@ -227,8 +227,13 @@ def _mergekit(loaded: LoadedConfig, tmp: Path, cfg: MergeRunConfig) -> None:
         write_model_card=True,
         quiet=False,  # tqdm's bars are the merge's progress in the log (see cli: one line per 30 s)
     )
+    from m2rl_trainer.merge.trim import study_config
+
+    # The study's methods get the run's seed and, for a whole-model TIES trim, the thresholds
+    # (a MergeConfigError or an AnalysisError, not mergekit's failure).
+    config, source = study_config(loaded, cfg.seed)
     try:
-        run_merge(loaded.config, str(tmp), options=options, config_source=loaded.source)
+        run_merge(config, str(tmp), options=options, config_source=source)
     except (RuntimeError, ValueError, KeyError, OSError) as error:
         raise MergeError(f"mergekit failed: {type(error).__name__}: {error}") from error
 
