@@ -152,11 +152,18 @@ class MergeOutput(ApiModel):
 
 
 class AnalysisSpec(ApiModel):
-    """Weight-space analysis of the experts' task vectors."""
+    """Weight-space analysis of the experts' task vectors, as the M2RL study defines it."""
 
     enabled: bool = True
-    """enabled runs the analysis (task-vector norms, pairwise cosine similarity, sign conflicts) after
-    the merge. Default true."""
+    """enabled runs the analysis after the merge (change masks, update sparsity, pairwise Jaccard with
+    its random-overlap reference, exact and projected cosine, sign conflicts; see docs/merge.md).
+    Default true. It needs a base: linear and karcher merges are analysed against spec.base when set."""
+    eta: float = Field(1e-3, ge=0.0, le=1.0)
+    """eta is the change threshold: a weight counts as changed when |w - w_base| > eta * max(|w|,
+    |w_base|). Default 1e-3 (the study's); 0 counts every change."""
+    projection_dims: int = Field(256, ge=1, le=65536)
+    """projectionDims is the size of the random orthogonal projection of the projected cosine. Default
+    256 (the study's)."""
 
 
 class MergeWorkerSpec(PodOptions):
@@ -177,17 +184,6 @@ def _method_rules() -> list[Rule]:
             "difference from the base model",
             message_expression="'base is required by method ' + self.method + ': it merges the "
             "difference of each expert from the base model'",
-            field_path=".base",
-        )
-    )
-    no_base = methods_where(lambda m: m.base == "ignored")
-    rules.append(
-        Rule(
-            rule=f"!(self.method in {cel_list(no_base)}) || !has(self.base)",
-            message=f"base must be unset for methods {english_list(no_base)}: they combine the experts' "
-            "weights directly and would ignore it",
-            message_expression="'base must be unset for method ' + self.method + ': it combines the "
-            "weights of the experts directly and would ignore the base'",
             field_path=".base",
         )
     )
@@ -270,7 +266,8 @@ class MergeJobSpec(SchedulingOptions):
     (DARE rescaled by 1/dareDensity, then the sum). Required."""
     base: MergeBase | None = None
     """base is the model task vectors are computed against. Required by the task-arithmetic family,
-    sce, model_stock and slerp; must be unset for linear and karcher."""
+    sce, model_stock, slerp and the mergelm_* methods. linear and karcher merge without it: for them
+    it is used only by the weight-space analysis (which is skipped without a base)."""
     experts: list[ExpertSpec] = Field(min_length=1, max_length=MAX_EXPERTS)
     """experts are the models to merge (1 to 16), each exactly one of runRef, mergeRef or model.
     Required."""
@@ -287,7 +284,7 @@ class MergeJobSpec(SchedulingOptions):
 
 
 class CosinePair(ApiModel):
-    """Cosine similarity of two experts' task vectors."""
+    """How two experts' task vectors relate."""
 
     first: str = Field(max_length=63)
     """first expert's name."""
@@ -295,6 +292,14 @@ class CosinePair(ApiModel):
     """second expert's name."""
     cosine: float = Field(ge=-1.0, le=1.0)
     """cosine similarity of the two flattened task vectors."""
+    projected_cosine: float | None = Field(None, ge=-1.0, le=1.0)
+    """projectedCosine is the cosine after the seeded random orthogonal projection to
+    analysis.projectionDims dimensions."""
+    jaccard: float | None = Field(None, ge=0.0, le=1.0)
+    """jaccard is |M_first and M_second| / |M_first or M_second| of the two change masks."""
+    jaccard_random: float | None = Field(None, ge=0.0, le=1.0)
+    """jaccardRandom is p1 p2 / (p1 + p2 - p1 p2), the Jaccard index of independent random masks with the
+    same update fractions: a jaccard well above it means the experts changed the same weights."""
 
 
 class AnalysisStatus(ApiModel):
@@ -305,10 +310,16 @@ class AnalysisStatus(ApiModel):
     task_vector_norms: dict[str, float] | None = Field(None, max_length=MAX_EXPERTS)
     """taskVectorNorms maps each expert to the L2 norm of its task vector (expert minus base)."""
     pairwise_cosine: list[CosinePair] | None = Field(None, max_length=MAX_EXPERTS * (MAX_EXPERTS - 1) // 2)
-    """pairwiseCosine lists the cosine similarity of every pair of task vectors."""
+    """pairwiseCosine lists, for every pair of experts, the exact and projected cosine of their task
+    vectors and the Jaccard index of their change masks with its random-overlap reference."""
+    update_fraction: dict[str, float] | None = Field(None, max_length=MAX_EXPERTS)
+    """updateFraction maps each expert to the fraction of weights it changed (its change mask; 1 minus
+    the update sparsity)."""
     sign_conflict_fraction: float | None = Field(None, ge=0.0, le=1.0)
-    """signConflictFraction is the fraction of parameters where non-zero task-vector entries disagree
-    in sign (what TIES resolves)."""
+    """signConflictFraction is the fraction of parameters that one expert changed upwards and another
+    downwards (what TIES resolves)."""
+    eta: float | None = Field(None, ge=0.0)
+    """eta is the change threshold the masks were computed with."""
 
 
 class MergeJobStatus(StatusBase):

@@ -111,9 +111,18 @@ def _check_analysis(out: Path, result: dict[str, Any], models: dict[str, Path]) 
     assert report["mergedModel"] == str(out)
     assert (out / "m2rl-analysis" / "cosine-heatmap.svg").read_text().startswith("<svg ")
 
+    assert list(s["updateFraction"].values()) == pytest.approx(want["updateFraction"], rel=1e-12)
+    assert s["jaccardMatrix"][0][1] == pytest.approx(want["jaccard"][0][1], rel=1e-12)
+    assert s["projectedCosineMatrix"][0][1] == pytest.approx(want["projectedCosine"][0][1], rel=1e-9)
+    # Both experts move up_proj only partly above eta (the embeddings: math's ten rows; down_proj: code).
+    assert 0 < s["jaccardMatrix"][0][1] < 1
+    assert (out / "m2rl-analysis" / "jaccard-heatmap.svg").is_file()
+
     assert set(result) == {"analysis"}
     analysis = result["analysis"]
-    assert set(analysis) == {"taskVectorNorms", "pairwiseCosine", "signConflictFraction", "reportFile"}
+    assert set(analysis) == {
+        "taskVectorNorms", "updateFraction", "pairwiseCosine", "signConflictFraction", "eta", "reportFile",
+    }  # fmt: skip
     assert analysis["reportFile"] == "m2rl-analysis/report.json"
     assert analysis["taskVectorNorms"] == {
         "math": pytest.approx(want["norms"][0], rel=1e-5),
@@ -122,6 +131,7 @@ def _check_analysis(out: Path, result: dict[str, Any], models: dict[str, Path]) 
     (pair,) = analysis["pairwiseCosine"]
     assert (pair["first"], pair["second"]) == ("math", "code")
     assert pair["cosine"] == pytest.approx(want["cosine"][0][1], rel=1e-5, abs=1e-9)
+    assert pair["jaccard"] == pytest.approx(want["jaccard"][0][1], rel=1e-5)
     assert analysis["signConflictFraction"] == pytest.approx(want["signConflictFraction"], rel=1e-5)
     # What the operator makes of it is a valid MergeJob status.analysis.
     status = merge_analysis([result], "pvc://ckpt/merges/x")
@@ -242,10 +252,46 @@ def test_mergelm_dare_ties_merges_as_mergelm_over_the_whole_model(
     assert [m["parameters"]["trim_threshold"] for m in recorded["models"]] == kth
 
 
+def test_a_plain_average_is_analysed_against_the_base_given_for_it(
+    models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = _config(tmp_path, "linear", models)
+    out = tmp_path / "avg"
+    code, result = _run(
+        monkeypatch,
+        tmp_path,
+        config,
+        out,
+        "--analysis-base",
+        str(models["base"]),
+        "--expert-names",
+        "math,code",
+    )
+    assert code == 0
+    base, a, b, merged = (load_tensors(p) for p in (models["base"], models["math"], models["code"], out))
+    for name in base:  # the average of the experts: the base is not averaged in
+        torch.testing.assert_close(merged[name], (a[name] + b[name]) / 2, rtol=0, atol=1e-6)
+    assert result is not None
+    _check_analysis(out, result, models)
+    # The average's task vector is half of each expert's where only one moved: cosine with each > 0.
+    report = json.loads((out / "m2rl-analysis" / "report.json").read_text())
+    assert all(c > 0.5 for c in report["summary"]["merged"]["cosineWithExperts"].values())
+    # A method with a base of its own takes no other base for the analysis.
+    code, _ = _run(
+        monkeypatch, tmp_path, _config(tmp_path, "ties", models), tmp_path / "t", "--analysis-base", "/x"
+    )
+    assert code == 2
+
+
 @pytest.mark.parametrize(
     ("method", "flags", "reason"),
     [
-        ("linear", [], "merge_method linear has no base_model, and task vectors are differences from a base"),
+        (
+            "linear",
+            [],
+            "merge_method linear has no base_model, and task vectors are differences from a base "
+            "(give one with --analysis-base)",
+        ),
         ("ties", ["--no-analysis"], "analysis disabled (--no-analysis)"),
     ],
     ids=["no-base", "disabled"],
