@@ -54,6 +54,10 @@ class DomainConfig:
     verifier_options: dict[str, Any] = field(default_factory=dict)
     weight: float = 1.0  # relative sampling weight in "weighted" mixing
     max_samples: int | None = None  # cap on prompts taken from this dataset (None: all)
+    # How records are read: "jsonl" maps columns with `fields`; "nemotron" reads the Nemotron RL
+    # blend's rows as the M2RL study does (m2rl_trainer.data.nemotron); options per format.
+    format: str = "jsonl"
+    format_options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -273,6 +277,9 @@ def validate(config: TrainerConfig) -> list[str]:
             problems.append(f"data.domains[{i}].weight: must be > 0")
         if d.max_samples is not None and d.max_samples < 1:
             problems.append(f"data.domains[{i}].max_samples: must be at least 1 (or unset for all)")
+        from m2rl_trainer.data.formats import format_problems
+
+        problems += format_problems(d, f"data.domains[{i}]")
     if config.rollout.mode == "server" and not config.rollout.server_urls:
         problems.append("rollout.server_urls: server mode needs at least one vLLM server URL")
     if config.rollout.weight_sync == "nccl":

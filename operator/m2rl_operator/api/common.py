@@ -164,6 +164,20 @@ class PodOptions(ApiModel):
 # ---- datasets and verifiers ----------------------------------------------------------------------
 
 VerifierType = Literal["math", "code", "multiple_choice", "ifeval"]
+DatasetFormat = Literal[
+    "jsonl",
+    "nemotron",
+    "aime24",
+    "aime25",
+    "amc23",
+    "math500",
+    "gpqa",
+    "mmlu_redux",
+    "livecodebench",
+    "hle",
+    "ifeval",
+    "ifbench",
+]
 """The verifiers of the trainer image (m2rl_trainer.rewards.registry.VERIFIERS), by registered name."""
 
 
@@ -193,7 +207,18 @@ class DatasetSpec(ApiModel):
     config: str | None = Field(None, max_length=SHORT_TEXT_MAX_LENGTH)
     """config is the Hub dataset configuration (subset). Unset means the default configuration."""
     fields: FieldMapping = Field(default_factory=FieldMapping)
-    """fields maps dataset columns to prompt, answer and id. Default: columns "prompt", "answer"."""
+    """fields maps dataset columns to prompt, answer and id (format jsonl only). Default: columns
+    "prompt", "answer"."""
+    format: DatasetFormat = "jsonl"
+    """format is the layout the data is published in. jsonl: any JSONL/JSON/Parquet file, columns
+    mapped by fields. nemotron: rows of the Nemotron RL blend, routed by their `dataset` field with
+    the M2RL study's prompt prefixes (training domains). Benchmarks as published: aime24, aime25,
+    amc23, math500, gpqa, mmlu_redux, livecodebench, hle, ifeval, ifbench (each in the study's prompt
+    template; see docs/eval.md). Default jsonl."""
+    format_options: FreeForm | None = None
+    """formatOptions are the format's own options, passed as is with the keys docs/eval.md gives
+    (e.g. {"release": "release_v6", "start_date": "2025-02-01"} for livecodebench, {"domains":
+    ["math"]} for nemotron). Unset means the format's defaults."""
 
 
 class VerifierRef(ApiModel):

@@ -48,6 +48,8 @@ def build_eval_config(spec: EvalSuiteSpec, *, resolved: Resolved, options: Opera
                 },
                 "verifier": b.verifier.type,
                 "verifier_options": dict(b.verifier.options or {}),
+                "format": b.dataset.format,
+                "format_options": dict(b.dataset.format_options or {}),
                 "samples": b.samples,
                 "metrics": list(b.metrics),
                 "max_response_tokens": b.max_response_tokens or spec.sampling.max_response_tokens,

@@ -76,6 +76,8 @@ def build_trainer_config(
                         "id": d.dataset.fields.id,
                     },
                     "verifier_options": dict(d.verifier.options or {}),
+                    "format": d.dataset.format,
+                    "format_options": dict(d.dataset.format_options or {}),
                     "weight": d.weight,
                     "max_samples": d.max_samples,
                 }

@@ -137,6 +137,8 @@ def test_trainer_config_of_the_tiny_cpu_run() -> None:
                     "verifier": "math",
                     "fields": {"prompt": "question", "reference": "solution", "id": "uid"},
                     "verifier_options": {},
+                    "format": "jsonl",
+                    "format_options": {},
                     "weight": 1.0,
                     "max_samples": None,
                 }
@@ -232,12 +234,14 @@ def test_validation_problems_name_the_fields() -> None:
     assert rlvrrun_problems(RLVRRunSpec.model_validate(run["spec"])) == []
     bad = copy.deepcopy(run["spec"])
     bad["domains"][0]["dataset"]["uri"] = "hf://org/data"
+    bad["domains"][0]["dataset"]["format"] = "gpqa"
     bad["algorithm"].update(weightDecay=0.1, normalizeAdvantageStd=True)
     bad["model"]["dtype"] = "float16"
     bad["rollout"] = {"mode": "server", "gpusPerReplica": 0, "weightSync": "nccl"}
     assert rlvrrun_problems(RLVRRunSpec.model_validate(bad)) == [
         "spec.domains[0].dataset.uri: hf://org/data: the trainer reads dataset files "
         "(.jsonl, .json, .parquet) from a volume; copy the Hub dataset to a pvc:// path",
+        "spec.domains[0].dataset.format: gpqa is a benchmark format; training reads jsonl or nemotron",
         "spec.algorithm.weightDecay: the trainer image does not support weight decay yet",
         "spec.algorithm.normalizeAdvantageStd: the trainer ties it to the algorithm type (dr_grpo: false); "
         "choose the type instead",

@@ -34,6 +34,8 @@ class Prompt:
     id: the mapped id column as a string, or the record's 0-based index in the file when unmapped.
     prompt: raw text, or chat messages [{"role": ..., "content": ...}] for the chat template.
     reference: the verifier's gold data (answer string, tests, instructions); never None.
+    meta: what a dataset format records about how it built the prompt (e.g. GPQA's choice order);
+        copied into each evaluation sample's record.
     """
 
     domain: str
@@ -42,24 +44,34 @@ class Prompt:
     reference: Any
     verifier: str
     verifier_options: dict[str, Any] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
 
 
-def load_domain(domain: DomainConfig) -> list[Prompt]:
-    """Read, map and validate one domain's dataset; at most `max_samples` records (the first ones)."""
-    path = Path(domain.dataset)
-    where = f"domain {domain.name!r}: {path}"
+def read_records(path: Path, where: str) -> Iterator[tuple[str, Any]]:
+    """(location, record) of a .jsonl / .json / .parquet file; `where` starts every error message."""
     if path.suffix not in _SUFFIXES:
         raise DatasetError(f"{where}: unsupported file type {path.suffix!r} (use {', '.join(_SUFFIXES)})")
     if not path.is_file():
         reason = "is a directory" if path.is_dir() else "does not exist"
         raise DatasetError(f"{where}: cannot read dataset: file {reason}")
-    records = {".jsonl": _jsonl_records, ".json": _json_records, ".parquet": _parquet_records}[path.suffix]
+    reader = {".jsonl": _jsonl_records, ".json": _json_records, ".parquet": _parquet_records}[path.suffix]
+    return reader(path, where)
+
+
+def load_domain(domain: DomainConfig) -> list[Prompt]:
+    """Read, map and validate one domain's dataset; at most `max_samples` records (the first ones)."""
+    if domain.format != "jsonl":
+        from m2rl_trainer.data.formats import load_formatted_domain
+
+        return load_formatted_domain(domain)
+    path = Path(domain.dataset)
+    where = f"domain {domain.name!r}: {path}"
     prompts: list[Prompt] = []
     seen_ids: dict[str, str] = {}
     try:
         # The cap takes the first N records (deterministic, no RNG); later ones are never read.
         for index, (location, record) in enumerate(
-            itertools.islice(records(path, where), domain.max_samples)
+            itertools.islice(read_records(path, where), domain.max_samples)
         ):
             prompt = _to_prompt(domain, index, record, f"{where} {location}")
             if prompt.id in seen_ids:

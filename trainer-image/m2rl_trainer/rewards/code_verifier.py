@@ -92,9 +92,16 @@ class CodeOptions(CommonOptions):
     )
     output_match: str = opt(
         "lines",
-        "stdout comparison: lines (trailing spaces and blank lines ignored), exact, or tokens "
-        "(whitespace-separated, numbers within float_tolerance).",
-        choices=("lines", "exact", "tokens"),
+        "stdout comparison: lines (trailing spaces and blank lines ignored), exact, tokens "
+        "(whitespace-separated, numbers within float_tolerance), strip (equal after str.strip, the "
+        "M2RL study's sandbox) or livecodebench (LiveCodeBench's grade_stdio: stripped lines, numbers "
+        "equal as decimals).",
+        choices=("lines", "exact", "tokens", "strip", "livecodebench"),
+    )
+    prelude: str = opt(
+        "",
+        "Python source run before the response's code, in its namespace (e.g. LiveCodeBench's imports, "
+        "rewards/lcb_compare.PRELUDE).",
     )
     float_tolerance: float = opt(
         1e-6, "Relative and absolute tolerance for floats (tokens mode, call results).", min=0.0, max=1.0
@@ -231,6 +238,12 @@ def _token_equal(got: str, want: str, tol: float) -> bool:
 def stdout_matches(got: str, want: str, options: CodeOptions) -> bool:
     if options.output_match == "exact":
         return got == want
+    if options.output_match == "strip":
+        return got.strip() == want.strip()
+    if options.output_match == "livecodebench":
+        from m2rl_trainer.rewards.lcb_compare import stdout_matches as lcb_matches
+
+        return lcb_matches(got, want)
     if options.output_match == "tokens":
         a, b = got.split(), want.split()
         tol = options.float_tolerance
@@ -336,6 +349,8 @@ def verify(response: str, reference: Any, options: CodeOptions, run: RunOne) -> 
     code = extract_code(text)
     if code is None or not code.strip():
         return Result(0.0, NO_ANSWER, {"reason": "no fenced Python code block"})
+    if options.prelude:
+        code = options.prelude + "\n" + code
     tests = normalise_tests(reference)
     chosen = sample_tests(tests, options)
     run_limits = limits(options)
