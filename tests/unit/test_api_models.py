@@ -17,7 +17,13 @@ from m2rl_operator.api import cel
 from m2rl_operator.api.algorithm import PRESETS, AlgorithmSpec, resolve_algorithm
 from m2rl_operator.api.common import Condition
 from m2rl_operator.api.crd import KINDS_BY_NAME, object_schema
-from m2rl_operator.api.evalsuite import EvalResult, EvalSuiteStatus
+from m2rl_operator.api.evalsuite import (
+    EvalAnalysisStatus,
+    EvalResult,
+    EvalSuiteStatus,
+    JudgeAccuracy,
+    KLPair,
+)
 from m2rl_operator.api.merge_methods import EXPERT_PARAMETERS, GLOBAL_PARAMETERS, MERGE_METHODS
 from m2rl_operator.api.mergejob import AnalysisStatus, CosinePair, MergeJobStatus
 from m2rl_operator.api.rlvrrun import CheckpointStatus, DomainStatus, RLVRRunSpec, RLVRRunStatus
@@ -195,8 +201,19 @@ def test_status_models_fit_the_status_schema():
         analysis=AnalysisStatus(
             report_uri="pvc://c/merges/ties/analysis.json",
             task_vector_norms={"math": 3.5},
-            pairwise_cosine=[CosinePair(first="math", second="code", cosine=0.07)],
+            pairwise_cosine=[
+                CosinePair(
+                    first="math",
+                    second="code",
+                    cosine=0.07,
+                    projected_cosine=0.05,
+                    jaccard=0.2,
+                    jaccard_random=0.11,
+                )
+            ],
+            update_fraction={"math": 0.3},
             sign_conflict_fraction=0.31,
+            eta=0.001,
         ),
     ).to_dict()
     _check_status("MergeJob", merge)
@@ -210,6 +227,13 @@ def test_status_models_fit_the_status_schema():
                 model="mixed", benchmark="aime24", phase="Succeeded", metrics={"avg@k": 0.31}, prompts=30
             )
         ],
+        analysis=EvalAnalysisStatus(
+            report_uri="pvc://results/suite/_analysis/report.json",
+            kl=[KLPair(sampler="math", scorer="mixed", kl=3.2, neighbour=False)],
+            epsilon=1.0,
+            gain_cosine={"mixed": 0.8},
+            judge_accuracy=[JudgeAccuracy(model="mixed", mode="outcome", accuracy=0.7)],
+        ),
     ).to_dict()
     _check_status("EvalSuite", suite)
 
