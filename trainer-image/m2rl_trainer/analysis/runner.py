@@ -200,22 +200,28 @@ def _information(
     trajectories: list[Trajectory] = []
     for a_index, a in enumerate(names):
         model = models[a]
-        for d_index, (domain, items) in enumerate(per_domain.items()):
-            texts = [render_prompt(p, tokenizers[a], model.chat_template) for _, p in items]
-            params = SamplingParams(
-                n=info.samples,
-                max_tokens=info.max_response_tokens,
-                temperature=1.0,  # the policy itself: a KL of pi_A needs samples of pi_A, untruncated
-                top_p=1.0,
-                seed=derive_seed(derive_seed(info.seed, a_index), d_index),
-            )
-            with engines(model, texts, info.max_response_tokens) as engine:
-                groups = engine.generate(texts, params)
-            for (_, prompt), group in zip(items, groups, strict=True):
-                for j, c in enumerate(group):
-                    trajectories.append(
-                        Trajectory(domain, a, prompt.id, j, list(c.prompt_token_ids), list(c.token_ids), {})
-                    )
+        texts = {
+            domain: [render_prompt(p, tokenizers[a], model.chat_template) for _, p in items]
+            for domain, items in per_domain.items()
+        }
+        everything = [t for domain_texts in texts.values() for t in domain_texts]
+        with engines(model, everything, info.max_response_tokens) as engine:  # one server per model
+            for d_index, (domain, items) in enumerate(per_domain.items()):
+                params = SamplingParams(
+                    n=info.samples,
+                    max_tokens=info.max_response_tokens,
+                    temperature=1.0,  # the policy itself: a KL of pi_A needs samples of pi_A, untruncated
+                    top_p=1.0,
+                    seed=derive_seed(derive_seed(info.seed, a_index), d_index),
+                )
+                groups = engine.generate(texts[domain], params)
+                for (_, prompt), group in zip(items, groups, strict=True):
+                    for j, c in enumerate(group):
+                        trajectories.append(
+                            Trajectory(
+                                domain, a, prompt.id, j, list(c.prompt_token_ids), list(c.token_ids), {}
+                            )
+                        )
         log.info("information: %s sampled %d trajectories", a, sum(t.sampler == a for t in trajectories))
     for b in names:
         loaded = scorer(models[b].path)
