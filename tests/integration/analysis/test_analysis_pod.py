@@ -34,14 +34,16 @@ def _variant(source: Path, out: Path, seed: int) -> Path:
 
 
 def test_the_analysis_pod_after_the_evaluation_pods(
-    tmp_path: Path, max3_sft_model: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # The plumbing end to end (the numbers are checked by tests/unit/analysis on known answers): the
+    # untrained tiny model and two variants, so no SFT warm-up is needed.
     models = {
-        "sft": max3_sft_model,
-        "expert": _variant(max3_sft_model, tmp_path / "expert", 1),
-        "mixed": _variant(max3_sft_model, tmp_path / "mixed", 2),
+        "sft": tiny_model_dir,
+        "expert": _variant(tiny_model_dir, tmp_path / "expert", 1),
+        "mixed": _variant(tiny_model_dir, tmp_path / "mixed", 2),
     }
-    write_jsonl(toy_splits("max3", 500, 8, seed=0)[1], tmp_path / "max3.jsonl")  # questions SFT never saw
+    write_jsonl(toy_splits("max3", 500, 8, seed=0)[1], tmp_path / "max3.jsonl")
     eval_yaml = tmp_path / "eval.yaml"
     eval_yaml.write_text(
         yaml.safe_dump(
