@@ -128,12 +128,12 @@ class EvalWorkerSpec(PodOptions):
 
 
 class EvalOutput(ApiModel):
-    """Where the evaluation writes its files."""
+    """Where evaluation results are written."""
 
     uri: WritableURI
-    """uri is a folder (pvc://CLAIM/PATH or file:///PATH) that every evaluation pod writes MODEL/ into
-    (per-sample JSONL, results.json, results.md, results.png) and keeps its per-sample cache in, so a
-    restarted pod does only the missing work. The analysis writes _analysis/ there. Required."""
+    """uri is the output directory (pvc://CLAIM/PATH or file:///PATH): every evaluation pod writes
+    MODEL/ there (per-sample JSONL, results.json, results.md, results.png) and keeps its per-sample
+    cache in it; the analysis writes _analysis/ there. Required."""
 
 
 MAX_DOMAINS = 16
@@ -247,6 +247,12 @@ class EvalSuiteSpec(SchedulingOptions):
 
     model_config = model_rules(
         Rule(
+            rule="!has(self.queueName) || !has(self.suspend) || !self.suspend",
+            message="suspend cannot be used with queueName: Kueue alone sets the suspend of a Job it "
+            "queues; stop a queued suite by deactivating its Kueue Workload (spec.active: false)",
+            field_path=".suspend",
+        ),
+        Rule(
             rule="!has(self.analysis) || has(self.output)",
             message="analysis needs output: it reads the evaluations' per-sample files from there",
             field_path=".output",
@@ -297,13 +303,18 @@ class EvalSuiteSpec(SchedulingOptions):
     worker: EvalWorkerSpec = Field(default_factory=EvalWorkerSpec)
     """worker sizes and places the evaluation pods. Default: 1 GPU, one pod at a time."""
     verifier: VerifierServiceSpec = Field(default_factory=VerifierServiceSpec)
-    """verifier sizes and isolates the sandbox used by code benchmarks. Default: 1 replica."""
+    """verifier isolates the sandbox that code benchmarks run in, inside each evaluation pod
+    (`isolation`, `runtimeClassName`, `seccompLocalhostProfile`); its replicas, resources and
+    concurrency do not apply (an evaluation pod runs its own checks). Default: isolation Auto."""
     output: EvalOutput | None = None
-    """output is where the evaluation writes its per-sample files, results and cache. Unset means the
-    results reach only the status (and a retried pod evaluates again from scratch)."""
+    """output is where each evaluation pod writes its per-sample results and results.json
+    (OUTPUT/MODEL/...), mounted writable. Unset means results reach only the status table."""
     analysis: EvalAnalysisSpec | None = None
     """analysis runs the study's information, prediction-behaviour and self-verification analyses in one
     more pod after the evaluations it reads (needs output). Unset means none."""
+    suspend: bool = False
+    """suspend stops the evaluation pods (finished models keep their results); false resumes.
+    Default false."""
 
 
 class EvalResult(ApiModel):

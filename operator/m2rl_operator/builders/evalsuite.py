@@ -24,10 +24,9 @@ from m2rl_operator.builders.common import (
     config_volume,
     dump,
     local_path,
-    resources,
     shm_volume,
-    worker_job,
 )
+from m2rl_operator.builders.pods import requests_for, sandbox_security, worker_job
 from m2rl_operator.builders.references import Resolved, merge_key, run_key
 from m2rl_operator.settings import OperatorOptions
 
@@ -118,9 +117,18 @@ def build_analysis_config(spec: EvalSuiteSpec) -> dict[str, Any]:
     return config
 
 
+def uses_sandbox(spec: EvalSuiteSpec) -> bool:
+    """Whether the evaluation pods run model-written code (a benchmark checked by the code verifier,
+    in the pod's own sandbox)."""
+    return any(b.verifier.type == "code" for b in spec.benchmarks)
+
+
 def build_evalsuite(
     spec: EvalSuiteSpec, *, name: str, namespace: str, resolved: Resolved, options: OperatorOptions
 ) -> list[Manifest]:
+    """The ConfigMap and the Indexed Job (one index per model, plus the analysis' with spec.analysis).
+    With spec.output the output location is mounted writable and passed as `--output`
+    (OUTPUT/MODEL/results.json and per-sample files)."""
     config = config_map(KIND, name, namespace, build_eval_config(spec, resolved=resolved, options=options))
     if spec.analysis is not None:
         config["data"][ANALYSIS_FILE] = yaml.safe_dump(build_analysis_config(spec), sort_keys=False)
@@ -157,21 +165,26 @@ def build_evalsuite(
             },
             *(dump(e) for e in w.env or []),
         ],
+        "resources": requests_for(w, options.default_requests.for_gpus(w.gpus), w.gpus),
         "volumeMounts": [config_mount, shm_mount, *claim_mounts],
     }
-    if res := resources(w, w.gpus):
-        container["resources"] = res
+    v = spec.verifier
+    sandbox = (
+        sandbox_security(v.isolation, v.runtime_class_name, v.seccomp_localhost_profile)
+        if uses_sandbox(spec)
+        else None
+    )
     job = worker_job(
         KIND,
         name,
         namespace,
+        spec,
         job_name=naming.eval_job(name),
         component=naming.EVAL,
         worker=w,
         container=container,
         volumes=[config_vol, shm_vol, *claim_vols],
-        queue_name=spec.queue_name,
-        priority_class_name=spec.priority_class_name,
+        sandbox=sandbox,
         job_spec={
             "completionMode": "Indexed",
             "completions": completions,
