@@ -82,11 +82,13 @@ def test_micro_batches_respect_the_size_and_the_token_budget() -> None:
     assert len(micro_batches(groups, 64)) == 1
     assert [len(c) for c in micro_batches(groups, 1)] == [1] * 9  # micro_batch_size is honoured
     split = micro_batches(groups, 64, 20)
-    assert len(split) > 1 and any(len(g["completions"]) < 4 for chunk in split for g in chunk if len(g["prompt"]) == 4)
+    assert len(split) > 1 and any(
+        len(g["completions"]) < 4 for chunk in split for g in chunk if len(g["prompt"]) == 4
+    )
 
 
 def _loss_gradients(model, chunks, aggregation: str, temperature: float = 0.8) -> dict[str, torch.Tensor]:
-    """What `GRPOTrainer._update` does with one rank: per micro-batch loss with global normalisers, summed grads."""
+    """What `GRPOTrainer._update` does on one rank: micro-batch losses with global normalisers."""
     completions = [c for chunk in chunks for g in chunk for c in g["completions"]]
     num_tokens = float(sum(len(c["ids"]) for c in completions))
     model.zero_grad()
@@ -113,7 +115,9 @@ def _rl_groups(vocab: int) -> list[dict]:
 
 
 @pytest.mark.parametrize("aggregation", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"])
-def test_token_budget_micro_batches_give_the_full_batch_gradient(tiny_model_dir: Path, aggregation: str) -> None:
+def test_token_budget_micro_batches_give_the_full_batch_gradient(
+    tiny_model_dir: Path, aggregation: str
+) -> None:
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     groups = _rl_groups(model.config.vocab_size)
     full = _loss_gradients(model, [groups], aggregation)
@@ -153,5 +157,10 @@ def test_without_the_read_only_cache_transformers_drops_the_prefix(tiny_model_di
     model.train()
     batch = shared_prefix_batch(_groups(model.config.vocab_size), pad_id=0, device="cpu")
     cache = DynamicCache(config=model.config)
-    out = model(input_ids=batch["prompt_ids"], attention_mask=batch["prompt_mask"], past_key_values=cache, use_cache=True)
+    out = model(
+        input_ids=batch["prompt_ids"],
+        attention_mask=batch["prompt_mask"],
+        past_key_values=cache,
+        use_cache=True,
+    )
     assert out.past_key_values is None and cache.get_seq_length() == 0  # nothing was cached

@@ -54,7 +54,11 @@ def test_chunked_equals_full_values_and_gradients(chunk: int, temperature: float
 
 def test_gradients_match_finite_differences_in_float64() -> None:
     hidden, weight, bias, targets, _, _ = _inputs(torch.float64)
-    small = (hidden[:5].detach().requires_grad_(), weight[:11].detach().requires_grad_(), bias[:11].detach().requires_grad_())
+    small = (
+        hidden[:5].detach().requires_grad_(),
+        weight[:11].detach().requires_grad_(),
+        bias[:11].detach().requires_grad_(),
+    )
 
     def f(h, w, b):
         return chunked_logprobs(h, w, targets[:5] % 11, bias=b, temperature=0.7, chunk_tokens=2)
@@ -97,6 +101,8 @@ def test_chunk_rows_bounds_the_tile_and_bad_input_is_named() -> None:
     assert chunk_rows(151_936, 256) == 441  # 441 x 151,936 x 4 bytes <= 256 MiB
     assert chunk_rows(151_936, 0.001) == 1
     with pytest.raises(ValueError, match="chunk_tokens"):
-        chunked_logprobs(torch.zeros(2, 3), torch.zeros(4, 3), torch.zeros(2, dtype=torch.long), chunk_tokens=0)
+        chunked_logprobs(
+            torch.zeros(2, 3), torch.zeros(4, 3), torch.zeros(2, dtype=torch.long), chunk_tokens=0
+        )
     with pytest.raises(ValueError, match=r"hidden must be \[N, H\]"):
         chunked_logprobs(torch.zeros(2, 3), torch.zeros(4, 3), torch.zeros(3, dtype=torch.long))

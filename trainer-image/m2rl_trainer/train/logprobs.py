@@ -94,9 +94,7 @@ class ChunkedHeadFunction(torch.autograd.Function):
         acc = torch.promote_types(weight.dtype, torch.float32)
         grad_weight = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_weight else None
         grad_bias = (
-            torch.zeros(bias.shape, dtype=acc, device=bias.device)
-            if need_bias and bias is not None
-            else None
+            torch.zeros(bias.shape, dtype=acc, device=bias.device) if need_bias and bias is not None else None
         )
         for start in range(0, n, ctx.chunk_tokens):
             end = min(start + ctx.chunk_tokens, n)
@@ -151,9 +149,12 @@ def chunked_logprobs(
     temperature: float = 1.0,
     chunk_tokens: int = 1024,
 ) -> tuple[Tensor, Tensor]:
-    """(log p(targets) [N], entropy [N]), fp32 (fp64 for fp64 input), of hidden [N, H] through the head W [V, H] (+ b)."""
+    """(log p(targets) [N], entropy [N]) of hidden [N, H] through the head W [V, H] (+ b); fp32
+    (fp64 for fp64 input)."""
     if hidden.ndim != 2 or targets.shape != hidden.shape[:1]:
-        raise ValueError(f"hidden must be [N, H] and targets [N], got {tuple(hidden.shape)}, {tuple(targets.shape)}")
+        raise ValueError(
+            f"hidden must be [N, H] and targets [N], got {tuple(hidden.shape)}, {tuple(targets.shape)}"
+        )
     if chunk_tokens < 1:
         raise ValueError(f"chunk_tokens must be >= 1, got {chunk_tokens}")
     result: tuple[Tensor, Tensor] = ChunkedHeadFunction.apply(

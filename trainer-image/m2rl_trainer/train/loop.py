@@ -133,7 +133,9 @@ class GRPOTrainer:
         device_bytes = (
             torch.cuda.get_device_properties(self.dist.local_rank).total_memory if self.on_gpu else None
         )
-        check_fits(config, world_size=self.dist.world_size, weight_bytes=dtype.itemsize, device_bytes=device_bytes)
+        check_fits(
+            config, world_size=self.dist.world_size, weight_bytes=dtype.itemsize, device_bytes=device_bytes
+        )
         model = AutoModelForCausalLM.from_pretrained(config.model, dtype=dtype)
         prepare_policy(model, gradient_checkpointing=config.memory.gradient_checkpointing)
         self.ref_model = None

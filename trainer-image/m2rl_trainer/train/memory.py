@@ -125,7 +125,9 @@ def model_shape(model_dir: str | Path) -> ModelShape:
     )
 
 
-def estimate(shape: ModelShape, config: TrainerConfig, *, world_size: int, weight_bytes: int) -> dict[str, int]:
+def estimate(
+    shape: ModelShape, config: TrainerConfig, *, world_size: int, weight_bytes: int
+) -> dict[str, int]:
     """Bytes per rank at the peak of one micro-batch's forward + backward, by part (see the module doc)."""
     a, ds, mem = config.algorithm, config.deepspeed, config.memory
     p, w, world = shape.params, weight_bytes, world_size
@@ -156,7 +158,9 @@ def estimate(shape: ModelShape, config: TrainerConfig, *, world_size: int, weigh
         "head gradient copy": 0 if zero3 else shape.vocab * shape.hidden * 4,
         "activations": activations,
         "attention mask": rows * response * (prompt + response) * (1 + w * mask_layers),
-        "LM head": 3 * int(mem.logits_chunk_mib * 2**20) + shape.vocab * shape.hidden * 4 + 2 * tokens * shape.hidden * w,
+        "LM head": 3 * int(mem.logits_chunk_mib * 2**20)
+        + shape.vocab * shape.hidden * 4
+        + 2 * tokens * shape.hidden * w,
     }
     return parts
 
