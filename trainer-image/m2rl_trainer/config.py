@@ -126,7 +126,7 @@ class MemoryConfig:
     # Padded tokens per micro-batch (prompt rows x widest prompt + completions x longest); groups
     # may split across micro-batches. None: only micro_batch_size bounds a micro-batch.
     max_tokens_per_micro_batch: int | None = None
-    logits_chunk_mib: float = 256.0  # fp32 logits per LM-head chunk; no [B, R, V] tensor is kept
+    logits_chunk_mib: float = 64.0  # fp32 logits per LM-head chunk; no [B, R, V] tensor is kept
     # Accelerator memory per rank the up-front check plans for. None: the device's own (CUDA), or
     # no check on CPU. The check refuses configs whose estimate exceeds `usable_fraction` of it.
     device_memory_gib: float | None = None

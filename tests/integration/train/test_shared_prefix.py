@@ -121,12 +121,14 @@ def test_token_budget_micro_batches_give_the_full_batch_gradient(
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     groups = _rl_groups(model.config.vocab_size)
     full = _loss_gradients(model, [groups], aggregation)
-    chunks = micro_batches(groups, 3, max_tokens=20)  # splits groups; 5 micro-batches
-    assert len(chunks) >= 4 and len({id(g["completions"]) for chunk in chunks for g in chunk}) > len(groups)
-    split = _loss_gradients(model, chunks, aggregation)
     assert any(g.abs().max() > 1e-4 for g in full.values())
-    for name, grad in full.items():
-        torch.testing.assert_close(split[name], grad, atol=1e-6, rtol=1e-4, msg=name)
+    # groups split by the token budget; then one completion per micro-batch (whole-sequence forward)
+    for chunks in (micro_batches(groups, 3, max_tokens=20), micro_batches(groups, 1)):
+        pieces = {id(g["completions"]) for chunk in chunks for g in chunk}
+        assert len(chunks) >= 4 and len(pieces) > len(groups)
+        split = _loss_gradients(model, chunks, aggregation)
+        for name, grad in full.items():
+            torch.testing.assert_close(split[name], grad, atol=1e-6, rtol=1e-4, msg=name)
 
 
 def test_gradient_checkpointing_keeps_the_shared_prefix_and_the_gradients(tiny_model_dir: Path) -> None:

@@ -157,7 +157,8 @@ def estimate(
         "reference model": p * w if a.kl_coef > 0 else 0,
         "head gradient copy": 0 if zero3 else shape.vocab * shape.hidden * 4,
         "activations": activations,
-        "attention mask": rows * response * (prompt + response) * (1 + w * mask_layers),
+        # one sequence alone runs without a mask (batching.py: `_one_completion_per_prompt`)
+        "attention mask": 0 if rows == 1 else rows * response * (prompt + response) * (1 + w * mask_layers),
         "LM head": 3 * int(mem.logits_chunk_mib * 2**20)
         + shape.vocab * shape.hidden * 4
         + 2 * tokens * shape.hidden * w,
