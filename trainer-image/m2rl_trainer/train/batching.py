@@ -21,7 +21,12 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 
 from m2rl_trainer.train.logprobs import HeadRequest, add_chunked_head
 
-DEFAULT_CHUNK_MIB = 64.0  # fp32 logits per LM-head chunk (MemoryConfig.logits_chunk_mib)
+DEFAULT_CHUNK_MIB = 64.0
+# whether this transformers lets a layer keep a read-only cache under checkpointing (5.19 does;
+# modeling_layers.py `_can_checkpoint_with_cache`); without it, checkpointed updates run whole sequences
+CACHE_UNDER_CHECKPOINTING = hasattr(
+    GradientCheckpointingLayer, "_can_checkpoint_with_cache"
+)  # fp32 logits per LM-head chunk (MemoryConfig.logits_chunk_mib)
 
 Group = dict[str, Any]
 
@@ -133,8 +138,10 @@ def shared_prefix_logprobs(
     def head(select: Any, targets: torch.Tensor) -> HeadRequest:
         return HeadRequest(select=select, targets=targets, temperature=temperature, chunk_mib=chunk_mib)
 
-    if len(owner) == batch["prompt_ids"].shape[0]:
-        return _one_completion_per_prompt(model, batch, head)
+    # Whole sequences when nothing is shared, or when this transformers cannot keep a cache under
+    # checkpointing (`_can_checkpoint_with_cache` is recent): then each prompt runs once per completion.
+    if len(owner) == batch["prompt_ids"].shape[0] or (checkpointing and not CACHE_UNDER_CHECKPOINTING):
+        return _whole_sequences(model, batch, head)
     with _layer_flags(flagged, "gradient_checkpointing", False, checkpointing):
         prefix = model(
             input_ids=batch["prompt_ids"],
@@ -165,21 +172,19 @@ def shared_prefix_logprobs(
     return torch.cat(logprobs, 1), torch.cat(entropy, 1)
 
 
-def _one_completion_per_prompt(
-    model: Any, batch: dict[str, torch.Tensor], head: Any
-) -> tuple[torch.Tensor, ...]:
-    """Whole sequences in one forward, when no prompt is shared (micro_batch_size 1, a long response
-    alone in its token budget): nothing to save, and without padding no attention mask is built at
-    all (transformers then lets SDPA use its causal kernels), which removes the mask's
-    query x key term, the one part of the memory that grows with the square of the length."""
-    mask = batch["mask"].bool()
-    ids = torch.cat([batch["prompt_ids"], batch["ids"]], 1)
+def _whole_sequences(model: Any, batch: dict[str, torch.Tensor], head: Any) -> tuple[torch.Tensor, ...]:
+    """Each completion after its own copy of its prompt, in one forward. Used when no prompt is
+    shared (micro_batch_size 1, or a long response alone in its token budget): nothing to save,
+    and without padding no attention mask is built at all (transformers then lets SDPA use its
+    causal kernels), which removes the mask's query x key term, the one part of the memory that
+    grows with the square of the length."""
+    mask, owner = batch["mask"].bool(), batch["owner"]
     attention = batch["attention"]
     width = batch["prompt_ids"].shape[1]
     out = model(
-        input_ids=ids,
+        input_ids=torch.cat([batch["prompt_ids"][owner], batch["ids"]], 1),
         attention_mask=None if bool(attention.all()) else attention,
-        position_ids=torch.cat([batch["prompt_positions"], batch["positions"]], 1),
+        position_ids=torch.cat([batch["prompt_positions"][owner], batch["positions"]], 1),
         use_cache=False,
         head=head(lambda hidden: hidden[:, width - 1 : -1][mask], batch["ids"][mask]),
     )

@@ -13,7 +13,8 @@ layers, hidden H, MLP width I, KV width K, vocabulary V, and a micro-batch of T 
   checkpointing only each layer's input (w H) L times plus one layer's activations during its
   recompute. The attention mask: one bool per (query, key) pair, and its additive float copy per
   layer (one layer under checkpointing): rows R (P_t + R) (1 + w L).
-- the chunked LM head (train/logprobs.py): three fp32 tiles of `logits_chunk_mib`, its fp32 weight
+- the chunked LM head (train/logprobs.py): three fp32 tiles of `logits_chunk_mib` (fewer rows if T
+  is smaller), its fp32 weight
   gradient V H 4, and two copies of the selected hidden states T H w.
 
 Checked against measured peaks: on CPU in tests/unit/train/test_memory.py (the estimate bounds the
@@ -34,6 +35,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from m2rl_trainer.config import ConfigError, TrainerConfig
+from m2rl_trainer.train.logprobs import chunk_rows
 
 
 def prepare_policy(model: torch.nn.Module, *, gradient_checkpointing: bool) -> None:
@@ -157,9 +159,9 @@ def estimate(
         "reference model": p * w if a.kl_coef > 0 else 0,
         "head gradient copy": 0 if zero3 else shape.vocab * shape.hidden * 4,
         "activations": activations,
-        # one sequence alone runs without a mask (batching.py: `_one_completion_per_prompt`)
+        # one sequence alone runs without a mask (batching.py: `_whole_sequences`)
         "attention mask": 0 if rows == 1 else rows * response * (prompt + response) * (1 + w * mask_layers),
-        "LM head": 3 * int(mem.logits_chunk_mib * 2**20)
+        "LM head": 3 * min(chunk_rows(shape.vocab, mem.logits_chunk_mib), tokens) * shape.vocab * 4
         + shape.vocab * shape.hidden * 4
         + 2 * tokens * shape.hidden * w,
     }
