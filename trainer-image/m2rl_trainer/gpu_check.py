@@ -233,6 +233,9 @@ def check_train(plan: Plan, state: dict[str, Any], checkpointing: bool) -> str:
         prepare_policy(model, gradient_checkpointing=True)
     params = sum(p.numel() for p in model.parameters())
     w = plan.dtype.itemsize
+    model.zero_grad(set_to_none=True)
+    # Tensors of earlier checks still on the device (the other model) are outside the estimate.
+    other = torch.cuda.memory_allocated() - params * w if plan.device == "cuda" else 0
     shape = ModelShape(
         params=params, layers=plan.layers, hidden=plan.hidden, intermediate=plan.intermediate,
         kv_width=plan.kv_heads * plan.hidden // plan.heads, vocab=plan.vocab,
@@ -242,7 +245,7 @@ def check_train(plan: Plan, state: dict[str, Any], checkpointing: bool) -> str:
     # cuBLAS workspaces come from the caching allocator on CUDA (4 MiB x 8 per handle: 2 handles)
     workspace = 64 * 2**20 if plan.device == "cuda" else 0
     micro_batch = sum(parts[k] for k in ("weights", "gradients", "activations", "attention mask", "LM head"))
-    bound = micro_batch + adam_states + workspace
+    bound = micro_batch + adam_states + workspace + other
     full_logits = 2 * plan.response * plan.vocab * 4
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
     batch = _batch(plan, plan.response)
@@ -285,7 +288,7 @@ def check_train(plan: Plan, state: dict[str, Any], checkpointing: bool) -> str:
     return (
         f"{plan.response} response tokens, loss {losses[0]:+.3f} -> {losses[1]:+.3f}; peak fwd+bwd "
         f"{peak / gib:.2f} GiB <= bound {bound / gib:.2f} GiB (the trainer's estimate + AdamW states"
-        f"{' + cuBLAS workspaces' if workspace else ''}; "
+        f"{' + cuBLAS workspaces' if workspace else ''} + {other / gib:.2f} GiB of other resident tensors; "
         f"full logits + gradient alone: {full_logits / gib:.1f} GiB)"
     )
 
