@@ -292,11 +292,11 @@ def _pad_prompts(rows: list[dict[str, str]], tokenizer: Any, tokens: int) -> lis
     warm-up, GRPO and held-out rows (a realistic prompt length; the question stays last)."""
     if tokens <= 0:
         return rows
-    words = "max 3 7 1 = 7 . max 2 5 9 = 9 . ".split()
+    words = ["max", "3", "7", "1", "=", "7", ".", "max", "2", "5", "9", "=", "9", "."]
     prefix = ""
     for k in range(10_000):
         candidate = prefix + words[k % len(words)] + " "
-        if len(tokenizer((candidate + rows[0]["prompt"]))["input_ids"]) > tokens:
+        if len(tokenizer(candidate + rows[0]["prompt"])["input_ids"]) > tokens:
             break
         prefix = candidate
     return [{**row, "prompt": prefix + row["prompt"]} for row in rows]
