@@ -367,6 +367,7 @@ def main() -> int:
     )
     parser.add_argument("--no-server", action="store_true", help="skip the vLLM server-mode run")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    parser.add_argument("--work", type=Path, help="work folder (kept); reuses its warm-up model if there")
     parser.add_argument("--worker", choices=["ours", "trl"], help=argparse.SUPPRESS)
     parser.add_argument("--spec", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -376,11 +377,19 @@ def main() -> int:
     if (args.prompts * args.group) % args.micro:
         parser.error("--micro must divide prompts x group")
 
-    work = Path(tempfile.mkdtemp(prefix="bench-grpo-"))
+    work = args.work or Path(tempfile.mkdtemp(prefix="bench-grpo-"))
     t0 = time.perf_counter()
-    model, train_path, heldout_path, sft_s, acc0 = _prepare(
-        work, args.sft_steps, args.size, args.prompt_tokens
-    )
+    prepared = work / "prepared.json"  # --work DIR of an earlier run with the same settings: no warm-up
+    if prepared.exists():
+        saved = json.loads(prepared.read_text())
+        model, train_path, heldout_path = (Path(p) for p in saved[:3])
+        sft_s, acc0 = saved[3:]
+    else:
+        work.mkdir(parents=True, exist_ok=True)
+        model, train_path, heldout_path, sft_s, acc0 = _prepare(
+            work, args.sft_steps, args.size, args.prompt_tokens
+        )
+        prepared.write_text(json.dumps([str(model), str(train_path), str(heldout_path), sft_s, acc0]))
     print(
         f"[bench] warm-up model: {sft_s:.0f} s, held-out greedy accuracy {acc0:.3f}; work dir {work}",
         flush=True,
@@ -437,7 +446,7 @@ def main() -> int:
             server.stop()
 
     _report(args, runs, server_result, startup_s, acc0, sft_s, time.perf_counter() - t0)
-    if not args.keep:
+    if not args.keep and not args.work:
         import shutil
 
         shutil.rmtree(work, ignore_errors=True)
