@@ -35,6 +35,8 @@ from torch import Tensor
 from transformers.utils import ModelOutput
 
 FP32_BYTES = 4
+# `torch.addmm(..., out_dtype=torch.float32)` from bf16/fp16 inputs: CUDA, torch >= 2.8 (TRL's guard)
+_MM_OUT_DTYPE = tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 8)
 
 
 def chunk_rows(vocab_size: int, chunk_mib: float) -> int:
@@ -134,7 +136,7 @@ class ChunkedHeadFunction(torch.autograd.Function):
 
 def _addmm_fp32(acc: Tensor, a: Tensor, b: Tensor) -> None:
     """acc += a @ b in fp32 without rounding a @ b to bf16 first (TRL's `_addmm_fp32`, chunked_logprob.py)."""
-    if acc.device.type == "cuda" and a.dtype in (torch.float16, torch.bfloat16):
+    if _MM_OUT_DTYPE and acc.device.type == "cuda" and a.dtype in (torch.float16, torch.bfloat16):
         torch.addmm(acc, a, b, out_dtype=torch.float32, out=acc)
     else:
         acc.addmm_(a.to(acc.dtype), b.to(acc.dtype))
