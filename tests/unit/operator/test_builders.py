@@ -180,6 +180,7 @@ def test_trainer_config_of_the_tiny_cpu_run() -> None:
             "offload_params": False,
             "dtype": "float32",
         },
+        "memory": {"gradient_checkpointing": True},  # the API's default reaches the trainer
         "rollout": {
             "mode": "colocated",
             "server_urls": [],

@@ -47,7 +47,6 @@ from m2rl_trainer.grpo import (
     group_advantages,
     overlong_penalty,
     policy_loss,
-    token_entropy_from_logits,
     zero_variance_groups,
 )
 from m2rl_trainer.rewards import hygiene
@@ -65,6 +64,7 @@ from m2rl_trainer.train.engine import (
     init_distributed,
     resolve_dtype,
 )
+from m2rl_trainer.train.memory import check_fits, prepare_policy
 from m2rl_trainer.train.metrics import MetricsSink
 
 
@@ -133,7 +133,15 @@ class GRPOTrainer:
         _seed_everything(self.algo.seed)
 
         dtype = resolve_dtype(config.deepspeed, self.on_gpu)
+        # A config that cannot fit is refused here, before any weights are read (train/memory.py).
+        device_bytes = (
+            torch.cuda.get_device_properties(self.dist.local_rank).total_memory if self.on_gpu else None
+        )
+        check_fits(
+            config, world_size=self.dist.world_size, weight_bytes=dtype.itemsize, device_bytes=device_bytes
+        )
         model = AutoModelForCausalLM.from_pretrained(config.model, dtype=dtype)
+        prepare_policy(model, gradient_checkpointing=config.memory.gradient_checkpointing)
         self.ref_model = None
         if self.algo.kl_coef > 0:  # no reference model at all when the KL term is off
             self.ref_model = AutoModelForCausalLM.from_pretrained(config.model, dtype=dtype).eval()
@@ -348,7 +356,9 @@ class GRPOTrainer:
     def _policy_logprobs(
         self, model: Any, batch: dict[str, torch.Tensor]
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        return shared_prefix_logprobs(model, batch, self.algo.temperature)
+        return shared_prefix_logprobs(
+            model, batch, self.algo.temperature, chunk_mib=self.config.memory.logits_chunk_mib
+        )
 
     def _watch_lm_head_grad(self) -> torch.Tensor | None:
         """A buffer summing the output layer's gradient over micro-batches (ZeRO 0-2, where DeepSpeed
@@ -381,7 +391,9 @@ class GRPOTrainer:
         """`update_epochs` optimiser steps over this rank's groups; returns averaged statistics."""
         world = self.dist.world_size
         completions = [c for g in groups for c in g["completions"]]
-        chunks = micro_batches(groups, self.algo.micro_batch_size)
+        chunks = micro_batches(
+            groups, self.algo.micro_batch_size, self.config.memory.max_tokens_per_micro_batch
+        )
         num_tokens, num_sequences, max_micro = (
             *_all_reduce([float(sum(len(c["ids"]) for c in completions)), float(len(completions))]),
             _all_reduce([float(len(chunks))], dist.ReduceOp.MAX)[0],
@@ -400,13 +412,13 @@ class GRPOTrainer:
                         "a rank has no sequences to train on: prompts_per_step < world size?"
                     )
                 batch = self._micro_batch(chunk)
-                logprobs, logits = self._policy_logprobs(self.engine, batch)
+                logprobs, entropy = self._policy_logprobs(self.engine, batch)
                 ref_logprobs = None
                 if self.ref_model is not None:
                     with torch.no_grad():
                         ref_logprobs, _ = self._policy_logprobs(self.ref_model, batch)
                 # Entropy is always measured; it carries gradient only when it is part of the loss.
-                entropy = token_entropy_from_logits(logits if self.algo.entropy_coef > 0 else logits.detach())
+                entropy = entropy if self.algo.entropy_coef > 0 else entropy.detach()
                 loss, stats = policy_loss(
                     logprobs,
                     batch["old_logprobs"],
