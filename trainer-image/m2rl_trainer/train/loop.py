@@ -49,7 +49,7 @@ from m2rl_trainer.rewards.scorer import Scorer, ScorerConfig
 from m2rl_trainer.rewards.types import Sample
 from m2rl_trainer.rollout.base import SamplingParams
 from m2rl_trainer.train import checkpoint as ckpt
-from m2rl_trainer.train.collectives import all_gather_objects, all_reduce
+from m2rl_trainer.train.collectives import all_reduce
 from m2rl_trainer.train.dynamic_sampling import rebalance
 from m2rl_trainer.train.engine import (
     DistInfo,
@@ -374,20 +374,11 @@ class GRPOTrainer:
         return final
 
     def resume_if_possible(self) -> bool:
-        """Load the newest complete checkpoint, if any. Rank 0 verifies the checksums (once per
-        file, not once per rank on the shared volume) and tells the others the verdict."""
+        """Load the newest complete checkpoint, if any (checksums verified first, by rank 0)."""
         latest = ckpt.latest_checkpoint(self.checkpoint_root)
         if latest is None:
             return False
-        problem = None
-        if self.is_main:
-            try:
-                ckpt.verify_checksums(latest)
-            except ckpt.CheckpointError as error:
-                problem = str(error)
-        problem = all_gather_objects(problem)[0]  # rank 0's verdict, on every rank
-        if problem is not None:
-            raise ckpt.CheckpointError(problem)
+        ckpt.verify_once(latest, self.is_main)
         self.engine.load_checkpoint(str(latest / "deepspeed"), tag="state")
         state = json.loads((latest / "trainer_state.json").read_text())
         self.step = int(state["step"])
