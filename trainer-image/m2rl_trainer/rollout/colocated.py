@@ -14,6 +14,13 @@ How it matches the server engine (see `rollout.base` for the logprob convention)
   the EOS token; stop strings end a completion as in vLLM (text cut before the stop string, the
   token that completed it kept); a trailing incomplete UTF-8 character is dropped from the text.
 - prompts are left-padded into batches; the returned ids have no padding.
+
+Under ZeRO-3 with several ranks (`synced_gpus=True`) every forward gathers the partitioned weights
+collectively, so the ranks must run the same forwards: transformers' `synced_gpus` keeps a rank that
+finished stepping until all have (`GenerationMixin._has_unfinished_sequences`), and this class runs
+the same number of `generate` calls on every rank, a rank with fewer prompts (or none) running
+one-token dummy calls. transformers switches `synced_gpus` on by itself only under an
+`HfDeepSpeedConfig`, which the trainer does not create.
 """
 
 from __future__ import annotations
@@ -100,7 +107,10 @@ class HFGenerateRollout:
     model: a causal LM (the trainer's policy itself, or a copy kept current with update_weights).
     max_batch_sequences: rows (prompts x n) per `generate` call; bounds activation and KV memory.
     share_prefill: compute each prompt once for its n samples (`_shared_prefill`); False: plain
-    `generate` with `num_return_sequences` (the same tokens and log-probabilities, tested).
+    `generate` with `num_return_sequences` (the same tokens and log-probabilities, tested). Off
+    under `synced_gpus`.
+    synced_gpus: the model is partitioned over ranks (ZeRO-3): every rank must call `generate`
+        together, even with no prompts (collective; see the module docstring).
     """
 
     def __init__(
@@ -110,12 +120,14 @@ class HFGenerateRollout:
         device: str | torch.device = "cpu",
         max_batch_sequences: int = 256,
         share_prefill: bool = True,
+        synced_gpus: bool = False,
     ) -> None:
         self.model = model
         self.share_prefill = share_prefill
         self.tokenizer = tokenizer
         self.device = torch.device(device)
         self.max_batch_sequences = max_batch_sequences
+        self.synced_gpus = synced_gpus
         eos = {tokenizer.eos_token_id}
         configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
         eos |= set(configured) if isinstance(configured, list) else {configured}
@@ -142,12 +154,36 @@ class HFGenerateRollout:
             with rng:
                 if params.seed is not None:
                     torch.manual_seed(params.seed)
-                for start in range(0, len(prompts), per_call):
+                starts = range(0, len(prompts), per_call)
+                for start in starts:
                     groups += self._generate_batch(encoded[start : start + per_call], start, params)
+                for _ in range(self._calls_of_other_ranks(len(starts)) - len(starts)):
+                    self._dummy_batch()
         finally:
             self.model.generation_config = saved_config
             self.model.train(was_training)
         return groups
+
+    def _calls_of_other_ranks(self, calls: int) -> int:
+        """The most `generate` calls any rank makes in this round (synced mode), else `calls`."""
+        if not self.synced_gpus:
+            return calls
+        import torch.distributed as dist
+
+        most = torch.tensor([calls], dtype=torch.int64)
+        dist.all_reduce(most, op=dist.ReduceOp.MAX)  # a CPU tensor: gloo (see engine.process_group_backend)
+        return int(most.item())
+
+    def _dummy_batch(self) -> None:
+        """A one-token generation whose forwards keep this rank in step with the others."""
+        self.model.generate(
+            input_ids=torch.tensor([[self.pad_id]], device=self.device),
+            attention_mask=torch.ones((1, 1), dtype=torch.long, device=self.device),
+            generation_config=GenerationConfig(
+                do_sample=False, max_new_tokens=1, eos_token_id=self.eos_ids, pad_token_id=self.pad_id
+            ),
+            synced_gpus=True,
+        )
 
     def _generate_batch(
         self, prompt_ids: list[list[int]], first_index: int, params: SamplingParams
@@ -163,7 +199,10 @@ class HFGenerateRollout:
         stopper = _StopStrings(self.tokenizer, params.stop, length) if params.stop else None
         sampling = {} if greedy else {"temperature": params.temperature, "top_p": params.top_p, "top_k": 0}
         input_ids, attention = input_ids.to(self.device), attention.to(self.device)
-        cache = self._shared_prefill(input_ids, attention, params.n) if self.share_prefill else None
+        # Under synced_gpus the ranks must run identical forwards: the extra prefill forward of a rank
+        # with prompts would wait for a rank without any, so it is plain `generate` there.
+        shared = self.share_prefill and not self.synced_gpus
+        cache = self._shared_prefill(input_ids, attention, params.n) if shared else None
         config = GenerationConfig(
             do_sample=not greedy,
             **sampling,
@@ -183,6 +222,7 @@ class HFGenerateRollout:
             generation_config=config,
             logits_processor=[recorder],
             stopping_criteria=[stopper] if stopper else None,
+            synced_gpus=self.synced_gpus,
         )
         logprobs = recorder.finish(sequences).tolist()  # [rows, steps]
         generated = sequences[:, length:].tolist()
