@@ -336,22 +336,27 @@ def check_loss(plan: Plan, state: dict[str, Any]) -> str:
 def check_process_group(plan: Plan, state: dict[str, Any]) -> str:
     import torch.distributed as dist
 
-    from m2rl_trainer.train import loop
+    from m2rl_trainer.train import collectives
     from m2rl_trainer.train.engine import init_distributed
 
     info = init_distributed(plan.device == "cuda")
     backend = dist.get_backend()
-    real = loop.dist.get_world_size
-    loop.dist.get_world_size = lambda *a, **k: 2  # type: ignore[assignment]  # take the collective path
+    real = dist.get_world_size
+    dist.get_world_size = lambda *a, **k: 2  # type: ignore[assignment]  # take the collective path
     try:
-        reduced = loop._all_reduce([1.0, 2.5])
+        reduced = collectives.all_reduce([1.0, 2.5])  # CPU float64: the loop's statistics
     finally:
-        loop.dist.get_world_size = real  # type: ignore[assignment]
+        dist.get_world_size = real  # type: ignore[assignment]
     if reduced != [1.0, 2.5]:
         raise AssertionError(f"all-reduce over one rank changed the values: {reduced}")
+    if plan.device == "cuda":  # device tensors go through NCCL in the same group
+        on_device = torch.tensor([1.0, 2.5], device="cuda")
+        dist.all_reduce(on_device)
+        if on_device.tolist() != [1.0, 2.5]:
+            raise AssertionError(f"all-reduce of a CUDA tensor changed the values: {on_device.tolist()}")
     return (
         f"rank {info.rank} of {info.world_size}, backend {backend!r}; "
-        "the loop's all-reduce ran on its collective path"
+        "the loop's CPU all-reduce ran on its collective path"
     )
 
 
@@ -363,7 +368,7 @@ def check_deepspeed(plan: Plan, state: dict[str, Any]) -> str:
     model = _qwen2(small)
     algo = AlgorithmConfig(micro_batch_size=1, learning_rate=1e-3, steps=1)
     ds = deepspeed_config(DeepSpeedConfig(zero_stage=2), algo, world_size=1, on_gpu=plan.device == "cuda")
-    engine = build_engine(model, ds, algo)
+    engine = build_engine(model, ds)
     before = {n: p.detach().float().clone() for n, p in engine.module.named_parameters()}
     ids = torch.randint(10, 1024, (2, 32), device=engine.device)
     loss = engine(input_ids=ids, labels=ids).loss
