@@ -24,6 +24,7 @@ from m2rl_operator.api.common import (
     Timestamp,
     VerifierRef,
     VerifierServiceSpec,
+    WritableURI,
 )
 
 MAX_MODELS = 32
@@ -125,8 +126,24 @@ class EvalWorkerSpec(PodOptions):
     """extraArgs are appended to the vLLM command line. Unset means none."""
 
 
+class EvalOutput(ApiModel):
+    """Where evaluation results are written."""
+
+    uri: WritableURI
+    """uri is the output directory (pvc://CLAIM/PATH or file:///PATH). Required."""
+
+
 class EvalSuiteSpec(SchedulingOptions):
     """The desired state of an EvalSuite."""
+
+    model_config = model_rules(
+        Rule(
+            rule="!has(self.queueName) || !has(self.suspend) || !self.suspend",
+            message="suspend cannot be used with queueName: Kueue alone sets the suspend of a Job it "
+            "queues; stop a queued suite by deactivating its Kueue Workload (spec.active: false)",
+            field_path=".suspend",
+        )
+    )
 
     models: list[EvalModel] = Field(
         min_length=1, max_length=MAX_MODELS, json_schema_extra=field_rules(_unique_names("model"))
@@ -145,7 +162,15 @@ class EvalSuiteSpec(SchedulingOptions):
     worker: EvalWorkerSpec = Field(default_factory=EvalWorkerSpec)
     """worker sizes and places the evaluation pods. Default: 1 GPU, one pod at a time."""
     verifier: VerifierServiceSpec = Field(default_factory=VerifierServiceSpec)
-    """verifier sizes and isolates the sandbox used by code benchmarks. Default: 1 replica."""
+    """verifier isolates the sandbox that code benchmarks run in, inside each evaluation pod
+    (`isolation`, `runtimeClassName`, `seccompLocalhostProfile`); its replicas, resources and
+    concurrency do not apply (an evaluation pod runs its own checks). Default: isolation Auto."""
+    output: EvalOutput | None = None
+    """output is where each evaluation pod writes its per-sample results and results.json
+    (OUTPUT/MODEL/...), mounted writable. Unset means results reach only the status table."""
+    suspend: bool = False
+    """suspend stops the evaluation pods (finished models keep their results); false resumes.
+    Default false."""
 
 
 class EvalResult(ApiModel):

@@ -202,6 +202,10 @@ class CheckpointSpec(ApiModel):
     storage_class_name: str | None = Field(None, max_length=URI_MAX_LENGTH)
     """storageClassName of the claim the operator creates when uri is unset. Unset means the
     cluster's default class."""
+    delete_with_run: bool = False
+    """deleteWithRun makes the claim the operator creates (when uri is unset) belong to the run, so
+    deleting the run, or its ttlSecondsAfterFinished, deletes the claim and every checkpoint and
+    the final model with it. Default false: the claim outlives the run (delete it yourself)."""
 
 
 class RLVRRunSpec(SchedulingOptions):
@@ -286,7 +290,11 @@ class RLVRRunStatus(StatusBase):
     total_steps: int | None = Field(None, ge=0)
     """totalSteps is spec.algorithm.steps, copied for `kubectl get`."""
     restarts: int | None = Field(None, ge=0)
-    """restarts counts restarts after failures (see spec.maxRestarts)."""
+    """restarts counts restarts after failures (see spec.maxRestarts); restarts after a disruption
+    (preemption, eviction, node drain) or a spec update are not counted."""
+    attempt: int | None = Field(None, ge=0)
+    """attempt is the number of the current trainer Job: every restart, counted or not, starts a
+    new attempt (label m2rl.io/attempt of the Job and its pods)."""
     latest_checkpoint: CheckpointStatus | None = None
     """latestCheckpoint is the newest checkpoint; a restart resumes from it."""
     final_model: str | None = Field(None, max_length=URI_MAX_LENGTH)

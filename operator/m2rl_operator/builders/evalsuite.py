@@ -7,6 +7,7 @@ from typing import Any
 
 from m2rl_operator import naming
 from m2rl_operator.api.evalsuite import EvalSuiteSpec
+from m2rl_operator.api.uri import parse_uri
 from m2rl_operator.builders.common import (
     Manifest,
     claim_volumes,
@@ -14,10 +15,9 @@ from m2rl_operator.builders.common import (
     config_volume,
     dump,
     local_path,
-    resources,
     shm_volume,
-    worker_job,
 )
+from m2rl_operator.builders.pods import requests_for, sandbox_security, worker_job
 from m2rl_operator.builders.references import Resolved, merge_key, run_key
 from m2rl_operator.settings import OperatorOptions
 
@@ -65,25 +65,38 @@ def build_eval_config(spec: EvalSuiteSpec, *, resolved: Resolved, options: Opera
     }
 
 
+def uses_sandbox(spec: EvalSuiteSpec) -> bool:
+    """Whether the evaluation pods run model-written code (a benchmark checked by the code verifier,
+    in the pod's own sandbox)."""
+    return any(b.verifier.type == "code" for b in spec.benchmarks)
+
+
 def build_evalsuite(
     spec: EvalSuiteSpec, *, name: str, namespace: str, resolved: Resolved, options: OperatorOptions
 ) -> list[Manifest]:
+    """The ConfigMap and the Indexed Job (one index per model). With spec.output the output location
+    is mounted writable and passed as `--output` (OUTPUT/MODEL/results.json and per-sample files)."""
     config = config_map(KIND, name, namespace, build_eval_config(spec, resolved=resolved, options=options))
     w = spec.worker
-    uris = [*model_uris(spec, resolved), *(b.dataset.uri for b in spec.benchmarks)]
-    claim_vols, claim_mounts = claim_volumes(uris, [], options)
+    out = parse_uri(spec.output.uri) if spec.output else None
+    writable = [out.claim] if out is not None and out.scheme == "pvc" else []
+    uris = [*model_uris(spec, resolved), *(b.dataset.uri for b in spec.benchmarks), *([out] if out else [])]
+    claim_vols, claim_mounts = claim_volumes(uris, writable, options)
     config_vol, config_mount = config_volume(naming.config_map(name), options)
     shm_vol, shm_mount = shm_volume(options)
+    args = [
+        "--config",
+        f"{options.config_dir}/{naming.CONFIG_FILE[KIND]}",
+        "--model-index",
+        "$(JOB_COMPLETION_INDEX)",
+    ]
+    if out is not None:
+        args += ["--output", local_path(out, options)]
     container: dict[str, Any] = {
         "name": "eval",
         "image": w.image or options.images.eval,
         "command": ["m2rl-eval"],
-        "args": [
-            "--config",
-            f"{options.config_dir}/{naming.CONFIG_FILE[KIND]}",
-            "--model-index",
-            "$(JOB_COMPLETION_INDEX)",
-        ],
+        "args": args,
         "env": [
             {
                 "name": "JOB_COMPLETION_INDEX",
@@ -95,21 +108,26 @@ def build_evalsuite(
             },
             *(dump(e) for e in w.env or []),
         ],
+        "resources": requests_for(w, options.default_requests.for_gpus(w.gpus), w.gpus),
         "volumeMounts": [config_mount, shm_mount, *claim_mounts],
     }
-    if res := resources(w, w.gpus):
-        container["resources"] = res
+    v = spec.verifier
+    sandbox = (
+        sandbox_security(v.isolation, v.runtime_class_name, v.seccomp_localhost_profile)
+        if uses_sandbox(spec)
+        else None
+    )
     job = worker_job(
         KIND,
         name,
         namespace,
+        spec,
         job_name=naming.eval_job(name),
         component=naming.EVAL,
         worker=w,
         container=container,
         volumes=[config_vol, shm_vol, *claim_vols],
-        queue_name=spec.queue_name,
-        priority_class_name=spec.priority_class_name,
+        sandbox=sandbox,
         job_spec={
             "completionMode": "Indexed",
             "completions": len(spec.models),

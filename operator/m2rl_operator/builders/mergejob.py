@@ -21,9 +21,8 @@ from m2rl_operator.builders.common import (
     config_volume,
     dump,
     local_path,
-    resources,
-    worker_job,
 )
+from m2rl_operator.builders.pods import requests_for, worker_job
 from m2rl_operator.builders.references import BASE_SUFFIX, Resolved, merge_key, run_key
 from m2rl_operator.settings import OperatorOptions
 
@@ -121,19 +120,17 @@ def build_mergejob(
     }
     if w.env:
         container["env"] = [dump(e) for e in w.env]
-    if res := resources(w, w.gpus):
-        container["resources"] = res
+    container["resources"] = requests_for(w, options.default_requests.for_gpus(w.gpus), w.gpus)
     job = worker_job(
         KIND,
         name,
         namespace,
+        spec,
         job_name=naming.merge_job(name),
         component=naming.MERGE,
         worker=w,
         container=container,
         volumes=[config_vol, *claim_vols],
-        queue_name=spec.queue_name,
-        priority_class_name=spec.priority_class_name,
         job_spec={
             "backoffLimit": 2,  # a merge is deterministic; retries cover evicted or OOM-killed pods
             # ...but not an invalid config or an occupied output path, which fail the same way again.

@@ -30,6 +30,7 @@ import json
 import random
 import shutil
 import time
+from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +50,7 @@ from m2rl_trainer.grpo import (
     token_entropy_from_logits,
     zero_variance_groups,
 )
+from m2rl_trainer.rewards import hygiene
 from m2rl_trainer.rewards.client import HttpScorer
 from m2rl_trainer.rewards.scorer import Scorer, ScorerConfig
 from m2rl_trainer.rewards.types import Sample
@@ -79,8 +81,10 @@ class Rollouts:
     groups: list[list[Completion]] = field(default_factory=list)
     rewards: list[list[float]] = field(default_factory=list)  # shaped rewards (what advantages see)
     correct: list[list[float]] = field(default_factory=list)  # verifier reward alone (accuracy)
+    hygiene: Counter[str] = field(default_factory=Counter)  # rewarded samples' hacking signs, every round
 
     def extend(self, other: Rollouts, keep: list[bool]) -> None:
+        self.hygiene.update(other.hygiene)
         for i, k in enumerate(keep):
             if k:
                 self.prompts.append(other.prompts[i])
@@ -248,7 +252,11 @@ class GRPOTrainer:
         timings["time_reward_s"] = time.perf_counter() - start
 
         n = self.algo.group_size
-        rollouts = Rollouts()
+        rollouts = Rollouts(
+            hygiene=hygiene.count(
+                [p.domain for p, g in zip(prompts, groups, strict=True) for _ in g], results
+            )
+        )
         for i, (prompt, group) in enumerate(zip(prompts, groups, strict=True)):
             correct = [float(r.reward) for r in results[i * n : (i + 1) * n]]
             shaped = list(correct)
@@ -580,6 +588,10 @@ class GRPOTrainer:
                     "accuracy": correct_sum / n,
                     "response_length": length_sum / n,
                 }
+        hygiene_keys = hygiene.keys(names)
+        counts = _all_reduce([float(rollouts.hygiene[k]) for k in hygiene_keys])
+        for name, shares in hygiene.shares(dict(zip(hygiene_keys, counts, strict=True))).items():
+            per_domain[name].update(shares)
         record: dict[str, Any] = {
             "step": self.step + 1,
             "reward": all_reward / max(all_n, 1),
@@ -633,7 +645,7 @@ class GRPOTrainer:
             f"acc {r['accuracy']:.3f} "
             f"({domains}) len {r['response_length']:.1f} loss {r.get('loss', float('nan')):+.2e} "
             f"gen {r['time_generation_s']:.1f}s upd {r['time_update_s']:.1f}s sync {r['time_sync_s']:.1f}s"
-        )
+        ) + hygiene.progress(r["per_domain"])
 
     def close(self) -> None:
         if self.prefetcher is not None:
