@@ -60,10 +60,13 @@ class ServiceConfig:
 
 
 class EnvironmentMetrics:
+    """Names follow Prometheus' conventions, counters written out with `_total` as exposed (as the
+    verifier's, rewards/metrics.py)."""
+
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry()
         self.requests = Counter(
-            "m2rl_agent_env_requests",
+            "m2rl_agent_env_requests_total",
             "HTTP requests by endpoint and status code.",
             ["endpoint", "code"],
             registry=r,
@@ -71,9 +74,11 @@ class EnvironmentMetrics:
         self.request_seconds = Histogram(
             "m2rl_agent_env_request_duration_seconds", "HTTP request latency.", ["endpoint"], registry=r
         )
-        self.tool_calls = Counter("m2rl_agent_env_tool_calls", "Tool calls by tool.", ["tool"], registry=r)
+        self.tool_calls = Counter(
+            "m2rl_agent_env_tool_calls_total", "Tool calls by tool.", ["tool"], registry=r
+        )
         self.episodes = Counter(
-            "m2rl_agent_env_verified_episodes", "Verified episodes by reward.", ["reward"], registry=r
+            "m2rl_agent_env_verified_episodes_total", "Verified episodes by reward.", ["reward"], registry=r
         )
         self.sessions = Gauge("m2rl_agent_env_sessions", "Sessions currently kept.", registry=r)
 
