@@ -41,6 +41,7 @@ from m2rl_operator.status import (
     RunObservation,
     condition,
     dependency_conditions,
+    eval_analysis,
     eval_results_table,
     job_phase_status,
     job_state,
@@ -569,14 +570,17 @@ async def _refresh_dependent(ctx: Context, kind: str, obj: dict[str, Any], creat
             status["analysis"] = analysis
     if kind == "EvalSuite":
         spec = EvalSuiteSpec.model_validate(obj["spec"])  # with defaults (metrics: avg@k)
+        results = results_of_pods(pods, job_name)
         table = eval_results_table(
             [m.name for m in spec.models],
             [(b.name, list(b.metrics)) for b in spec.benchmarks],
-            results_of_pods(pods, job_name),
+            results,
             job_phase=status["phase"],
             old=old,
             now=now_iso(),
         )
+        if (analysis := eval_analysis(results, spec.output.uri if spec.output else None)) is not None:
+            status["analysis"] = analysis
         status["results"] = table
         status["cellsTotal"] = len(table)
         status["cellsSucceeded"] = sum(c["phase"] == "Succeeded" for c in table)

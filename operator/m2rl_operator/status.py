@@ -333,6 +333,17 @@ def merge_analysis(results: list[Status], output_uri: str) -> Status | None:
     return summary
 
 
+def eval_analysis(results: list[Status], output_uri: str | None) -> Status | None:
+    """status.analysis of an EvalSuite from its analysis pod's result ({"analysis": {..., "reportFile"}})."""
+    analysis = next((r["analysis"] for r in results if isinstance(r.get("analysis"), dict)), None)
+    if analysis is None:
+        return None
+    summary = {k: v for k, v in analysis.items() if k != "reportFile"}
+    if (report := analysis.get("reportFile")) and output_uri:
+        summary["reportUri"] = f"{output_uri.rstrip('/')}/{report}"
+    return summary
+
+
 def eval_results_table(
     models: list[str],
     benchmarks: list[tuple[str, list[str]]],

@@ -539,6 +539,8 @@ def test_monitoring_manifests_are_valid(monitoring):
         "PodMonitor",
         "PodMonitor",
         "PrometheusRule",
+        "Role",
+        "RoleBinding",
         "Service",
         "ServiceAccount",
         "ServiceMonitor",

@@ -71,7 +71,9 @@ def build_merge_config(spec: MergeJobSpec, *, resolved: Resolved, options: Opera
     """mergekit's YAML config (merge_method, base_model, models[].parameters, parameters, dtype)."""
     params_in = dump(spec.parameters)
     config: dict[str, Any] = {"merge_method": spec.method}
-    if (base := _base_uri(spec, resolved)) is not None:
+    # A method that ignores the base (linear, karcher) would average it in if mergekit were given it;
+    # its base goes to m2rl-merge's --analysis-base instead.
+    if (base := _base_uri(spec, resolved)) is not None and MERGE_METHODS[spec.method].base != "ignored":
         config["base_model"] = local_path(base, options)
     models = []
     # mergekit 0.1.5 requires a weight per model for the methods that read one; the API's unset is 1.
@@ -89,6 +91,17 @@ def build_merge_config(spec: MergeJobSpec, *, resolved: Resolved, options: Opera
         config["parameters"] = parameters
     config["dtype"] = spec.dtype
     return config
+
+
+def _analysis_args(spec: MergeJobSpec, resolved: Resolved, options: OperatorOptions) -> list[str]:
+    """m2rl-merge's analysis flags: the thresholds, and the base of a method that merges without one."""
+    if not spec.analysis.enabled:
+        return []
+    args = ["--eta", repr(spec.analysis.eta), "--projection-dims", str(spec.analysis.projection_dims)]
+    base = _base_uri(spec, resolved)
+    if base is not None and MERGE_METHODS[spec.method].base == "ignored":
+        args += ["--analysis-base", local_path(base, options)]
+    return args
 
 
 def build_mergejob(
@@ -115,6 +128,7 @@ def build_mergejob(
             *([] if spec.analysis.enabled else ["--no-analysis"]),
             "--expert-names",
             ",".join(expert_names(spec)),
+            *_analysis_args(spec, resolved, options),
         ],
         "volumeMounts": [config_mount, *claim_mounts],
     }

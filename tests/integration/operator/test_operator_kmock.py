@@ -720,7 +720,7 @@ async def test_merge_and_eval_wait_for_dependencies_and_are_not_re_resolved(kmoc
         assert (container["command"], container["args"]) == (
             ["m2rl-merge"],
             ["--config", "/etc/m2rl/merge.yaml", "--output", "/mnt/pvc/checkpoints/merges/avg",
-             "--expert-names", "tiny,other"],
+             "--expert-names", "tiny,other", "--eta", "0.001", "--projection-dims", "256"],
         )  # fmt: skip
         assert not exists(kmock, JOBS, "ev-eval")
         analysis = {

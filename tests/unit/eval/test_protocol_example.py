@@ -76,8 +76,12 @@ def test_the_study_merges() -> None:
         for doc in iter_documents(FOLDER / "30-merges.yaml")
     }
     assert {e["density"] for e in merges["qwen3-4b-ties"]["experts"]} == {0.2}
-    assert {e["density"] for e in merges["qwen3-4b-dare"]["experts"]} == {0.8}  # drop 0.2
-    assert merges["qwen3-4b-dare"]["parameters"]["normalize"] is False
+    assert merges["qwen3-4b-ties"]["method"] == "mergelm_ties"  # MergeLM's TIES: whole-model trim
+    assert {e["dareDensity"] for e in merges["qwen3-4b-dare"]["experts"]} == {0.8}  # drop 0.2
+    assert merges["qwen3-4b-dare"]["method"] == "mergelm_task_arithmetic"  # a sum, 1/0.8 rescale
+    dare_ties = merges["qwen3-4b-dare-ties"]["experts"]
+    assert {(e["density"], e["dareDensity"]) for e in dare_ties} == {(0.2, 0.8)}
+    assert merges["qwen3-4b-sce"]["method"] == "mergelm_sce"
     ta = merges["qwen3-4b-ta"]
     assert ta["parameters"] == {"normalize": False, "lambda": 1.0}  # a sum of task vectors
     assert {e["weight"] for e in ta["experts"]} == {1.0}
