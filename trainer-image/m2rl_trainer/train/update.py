@@ -81,9 +81,10 @@ class PolicyUpdate:
         pad_id: int,
         world_size: int,
         zero_stage: int,
-        memory: MemoryConfig,
+        memory: MemoryConfig | None = None,
     ) -> None:
-        self.engine, self.ref_model, self.algo, self.memory = engine, ref_model, algo, memory
+        self.engine, self.ref_model, self.algo = engine, ref_model, algo
+        self.memory = memory or MemoryConfig()  # chunked head size and token budget of micro-batches
         self.domains, self.pad_id, self.world = domains, pad_id, world_size
         self.zero_stage = zero_stage
         self._lm_head_grad = self._watch_lm_head_grad()
