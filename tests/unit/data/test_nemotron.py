@@ -44,11 +44,23 @@ ROWS = [
         "Read two numbers and print their sum.",
         verifier_metadata={"unit_tests": {"inputs": ["1 2\n"], "outputs": ["3\n"], "fn_name": None}},
     ),
-    _row(
-        "nano_v3_sft_profiled_workbench",
-        "Book a meeting.",
-        ground_truth=[{"name": "book", "arguments": "{}"}],
-    ),
+    # the layout of NeMo Gym's workplace_assistant rows: system + user messages, tools, JSON-string arguments
+    {
+        "responses_create_params": {
+            "input": [
+                {"role": "system", "content": "Today's date is Thursday, 2023-11-30 ..."},
+                {"role": "user", "content": "Reply to carlos's last email with 'Thanks.'"},
+            ],
+            "tools": [{"type": "function", "name": "email_reply_email", "parameters": {"type": "object"}}],
+            "parallel_tool_calls": False,
+        },
+        "dataset": "nano_v3_sft_profiled_workbench",
+        "ground_truth": [
+            {"name": "email_reply_email", "arguments": '{"email_id": "00000057", "body": "Thanks."}'}
+        ],
+        "category": "workplace_assistant_email",
+        "agent_ref": {"type": "responses_api_agents", "name": "x"},
+    },
     _row("nano_v3_sft_profiled_structured_outputs", "Emit JSON."),
     _row("nano_v3_sft_profiled_skywork_no_omni", "Compute 2*3.", expected_answer="6"),
 ]
@@ -93,8 +105,57 @@ def test_each_domain_takes_its_rows_with_the_studys_prefixes(blend: Path) -> Non
         spec.check_reference(prompt.reference, spec.parse_options(prompt.verifier_options))
 
 
-def test_agent_rows_and_unknown_routes_are_refused(blend: Path, tmp_path: Path) -> None:
-    with pytest.raises(DatasetError, match=r"agent rows .* need a multi-turn tool environment"):
+def test_agent_rows_are_workplace_tasks(blend: Path, tmp_path: Path) -> None:
+    (agent,) = load_domain(_domain(blend, "workplace_assistant"))
+    assert (agent.id, agent.verifier, agent.meta) == (
+        "4",
+        "workplace_assistant",
+        {"dataset": "nano_v3_sft_profiled_workbench", "category": "workplace_assistant_email"},
+    )
+    assert agent.prompt == ROWS[4]["responses_create_params"]["input"]  # system + user, no prefix
+    assert agent.reference == {
+        "ground_truth": [
+            {"name": "email_reply_email", "arguments": {"email_id": "00000057", "body": "Thanks."}}
+        ],
+        "tools": ROWS[4]["responses_create_params"]["tools"],
+    }
+    row = json.loads(json.dumps(ROWS[4]))
+    del row["responses_create_params"]["tools"]  # no tools in the row: the environment's 27
+    path = tmp_path / "no-tools.jsonl"
+    path.write_text(json.dumps(row) + "\n" + json.dumps(row) + "\n")
+    first, second = load_domain(_domain(path, "workplace_assistant"))
+    assert len(first.reference["tools"]) == 27 and first.reference["tools"] is second.reference["tools"]
+
+
+@pytest.mark.parametrize(
+    ("ground_truth", "message"),
+    [
+        (None, r"line 1: field 'ground_truth' is missing or null"),
+        (
+            [{"name": "book_room", "arguments": "{}"}],
+            r"field 'ground_truth'\[0\]\.name: unknown workplace tool 'book_room'",
+        ),
+        (
+            [{"name": "email_delete_email", "arguments": "{email_id"}],
+            r"'ground_truth'\[0\]\.arguments: arguments are not valid JSON",
+        ),
+        ('[{"name": "email_delete_email"', r"field 'ground_truth': not valid JSON"),
+        ({"name": "email_delete_email"}, r"field 'ground_truth': must be a list of tool calls, got dict"),
+    ],
+    ids=["missing", "unknown-tool", "bad-arguments", "bad-json-string", "not-a-list"],
+)
+def test_agent_row_errors_name_the_line_and_field(tmp_path: Path, ground_truth: Any, message: str) -> None:
+    row = {**ROWS[4], "ground_truth": ground_truth}
+    path = tmp_path / "blend.jsonl"
+    path.write_text(json.dumps(row) + "\n")
+    with pytest.raises(DatasetError, match=message):
+        load_domain(_domain(path, "workplace_assistant"))
+
+
+def test_unknown_routes_are_refused(blend: Path, tmp_path: Path) -> None:
+    with pytest.raises(
+        DatasetError, match=r"'agent' rows are scored by verifier 'workplace_assistant', not 'math'"
+    ):
         load_domain(_domain(blend, "math", format_options={"domains": ["agent"]}))
     with pytest.raises(
         DatasetError, match="'science' rows are scored by verifier 'multiple_choice', not 'math'"

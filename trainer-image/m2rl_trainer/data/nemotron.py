@@ -10,14 +10,17 @@ each row into a prompt, a label and a reward type in Mosi-AI/M2RL `data/process_
   expected_answer                             math answer / science letter
   prompt, instruction_id_list, kwargs         instruction-following reference (IFEvalG)
   verifier_metadata.unit_tests.inputs/outputs code tests (stdin -> stdout)
-  ground_truth                                agent tool calls: not supported (refused, see below)
+  ground_truth, responses_create_params.tools agent tasks: reference tool calls and the tools shown
 
 Routes (`DATASETS`) and prompt prefixes are the study's: math rows get "Solve the following math
 problem step by step. The last line of your response should be of the form Answer: $Answer ..."
 before the first message; science rows have "Answer the following multiple choice question." turned
 into "... question step by step."; IF and code rows are used as they are. The study drops
-`structured_outputs` rows, and so does this format; `workbench` (agent) rows need a multi-turn tool
-environment this project does not have yet: a domain that asks for them is an error.
+`structured_outputs` rows, and so does this format. `workbench` (agent) rows are tasks of NeMo Gym's
+workplace assistant (m2rl_trainer.agent): the prompt is the row's messages (system and user turn),
+the reference holds the ground-truth tool calls (`ground_truth`, checked against the environment's
+tools) and the tools the prompt shows (`responses_create_params.tools`; the environment's own when
+the row has none); the domain's verifier is the environment, `workplace_assistant`.
 
 A domain takes the rows of the study domains in `format_options.domains` (default: every study
 domain scored by the domain's verifier), in file order; rows routed elsewhere are skipped, so one
@@ -61,7 +64,8 @@ DATASETS: dict[str, Route] = {
     "nano_v3_sft_profiled_instruction_following": Route("if", "ifeval", {"registry": "ifevalg"}),
     # study: rm_type "unit_test", 20 tests sampled when there are more (slime/rewards/code.py)
     "nano_v3_sft_profiled_comp_coding_50tests": Route("code", "code", {"max_tests": 20}),
-    "nano_v3_sft_profiled_workbench": Route("agent", None),
+    # study: rm_type "workbench", rewarded by the workplace assistant's state replay (agent/)
+    "nano_v3_sft_profiled_workbench": Route("agent", "workplace_assistant"),
     "nano_v3_sft_profiled_structured_outputs": Route("structured_outputs", None),
 }
 STUDY_DOMAINS = ("math", "science", "if", "code", "agent", "structured_outputs")
@@ -91,16 +95,11 @@ def option_problems(domain: DomainConfig) -> list[str]:
     if not names:
         problems.append(
             f"no study domain is scored by verifier {domain.verifier!r}; the blend's verifiers are "
-            "math, multiple_choice, ifeval and code"
+            "math, multiple_choice, ifeval, code and workplace_assistant (agent)"
         )
     for name in names:
         if name not in STUDY_DOMAINS:
             problems.append(f"domains: unknown study domain {name!r}; known: {', '.join(STUDY_DOMAINS)}")
-        elif name == "agent":
-            problems.append(
-                "domains: agent rows (ground_truth tool calls) need a multi-turn tool environment, "
-                "which M2RL does not have yet; split them off with `m2rl-train data split`"
-            )
         elif name == "structured_outputs":
             problems.append("domains: the study drops structured_outputs rows; there is no verifier for them")
         else:
@@ -163,6 +162,36 @@ def _messages(row: Mapping[str, Any], where: str) -> list[Message]:
     return messages
 
 
+_TOOL_LISTS: dict[str, list[dict[str, Any]]] = {}  # one shared list per distinct tool set (rows repeat it)
+
+
+def _agent_reference(row: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """{"ground_truth": [{"name", "arguments": {...}}], "tools": [schemas]} of a workbench row."""
+    import json
+
+    from m2rl_trainer.agent import parse_ground_truth
+    from m2rl_trainer.agent.workplace import schemas
+
+    try:
+        calls = parse_ground_truth(_field(row, "ground_truth", where), "field 'ground_truth'")
+    except ValueError as error:
+        raise DatasetError(f"{where}: {error}") from None
+    tools = row["responses_create_params"].get("tools")
+    if tools is None:
+        tools = schemas()
+    if not isinstance(tools, list) or not all(
+        isinstance(t, Mapping) and isinstance(t.get("name"), str) for t in tools
+    ):
+        raise DatasetError(
+            f"{where}: field 'responses_create_params.tools' must be a list of tool schemas with a name"
+        )
+    key = json.dumps(tools, sort_keys=True)
+    return {
+        "ground_truth": [{"name": c.name, "arguments": c.arguments} for c in calls],
+        "tools": _TOOL_LISTS.setdefault(key, [dict(t) for t in tools]),
+    }
+
+
 def to_prompt(domain: DomainConfig, index: int, row: Mapping[str, Any], route: Route, where: str) -> Prompt:
     """One row as the study uses it: prefixed messages and the reference of its reward type."""
     messages = _messages(row, where)
@@ -198,7 +227,9 @@ def to_prompt(domain: DomainConfig, index: int, row: Mapping[str, Any], route: R
             "inputs": _field(row, "verifier_metadata.unit_tests.inputs", where),
             "outputs": _field(row, "verifier_metadata.unit_tests.outputs", where),
         }
-    else:  # option_problems keeps agent and structured_outputs from getting here
+    elif route.domain == "agent":
+        reference = _agent_reference(row, where)
+    else:  # option_problems keeps structured_outputs from getting here
         raise DatasetError(f"{where}: {route.domain} rows cannot be used for training")
     messages[0] = {"role": messages[0]["role"], "content": first}
     return Prompt(
@@ -208,7 +239,14 @@ def to_prompt(domain: DomainConfig, index: int, row: Mapping[str, Any], route: R
         reference=reference,
         verifier=domain.verifier,
         verifier_options={**route.verifier_defaults, **domain.verifier_options},
-        meta={"dataset": row["dataset"]},
+        meta={
+            "dataset": row["dataset"],
+            **(
+                {"category": row["category"]}
+                if route.domain == "agent" and isinstance(row.get("category"), str)
+                else {}
+            ),
+        },
     )
 
 
