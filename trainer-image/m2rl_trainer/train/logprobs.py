@@ -24,6 +24,7 @@ in fp32 (TRL and Liger do the same), so bf16 training does not add one rounding 
 
 from __future__ import annotations
 
+import functools
 import types
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -213,6 +214,7 @@ def add_chunked_head(model: torch.nn.Module) -> None:
             chunk_tokens=rows,
         )
 
+    @functools.wraps(type(model).forward)  # keep the signature: `generate` validates kwargs against it
     def forward(self: Any, *args: Any, head: HeadRequest | None = None, **kwargs: Any) -> Any:
         if head is None:
             return model_forward(*args, **kwargs)
