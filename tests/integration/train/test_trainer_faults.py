@@ -123,7 +123,8 @@ def test_kill9_then_resume_matches_an_uninterrupted_run(
     assert sorted(ma) == sorted(mb) == list(range(1, steps + 1))
     for step in ma:
         for key in DETERMINISTIC + (CORRECTION if algorithm is ALL_OPTIONS else ()):
-            assert ma[step][key] == mb[step][key], (step, key, kill_after)
+            # .get: a step whose dynamic sampling kept no group takes no update (no grad_norm)
+            assert ma[step].get(key) == mb[step].get(key), (step, key, kill_after)
     # The run really trained: weights moved from the initial model.
     initial = load_file(max3_sft_model / "model.safetensors")
     assert any(not torch.equal(initial[k], a[k]) for k in initial if k in a)
@@ -185,7 +186,7 @@ def test_nonfinite_loss_skips_the_step_then_aborts(tmp_path: Path, max3_sft_mode
     # Step 5's record is not written: the run aborts on it.
     assert [r["updates_applied"] for r in records] == [2, 0, 2, 1]
     assert [r["skipped_steps"] for r in records] == [0, 1, 1, 1]  # step 4 changed the weights
-    assert [r["nonfinite_steps"] for r in records] == [0, 1, 1, 2]
+    assert [r["nonfinite_steps_total"] for r in records] == [0, 1, 1, 2]
 
 
 def test_prompts_over_the_token_limit_are_left_out_or_refused(
