@@ -69,7 +69,7 @@ CORRECTION = ("rollout_trainer_kl", "importance_weight_clip_ratio", "kept_accura
 # The study's mismatch correction with everything else that keeps state across a step switched on.
 ALL_OPTIONS = {
     "recompute_old_logprobs": True, "importance_sampling": "tis", "clip_high": 0.28, "clip_ratio_c": 3.0,
-    "mini_batches": 2, "update_epochs": 2, "dynamic_sampling": True, "max_refill_rounds": 1,
+    "mini_batches": 2, "dynamic_sampling": True, "max_refill_rounds": 1,
     "overlong_filtering": True, "kl_coef": 0.01, "lr_schedule": "cosine", "warmup_steps": 2,
 }  # fmt: skip
 
