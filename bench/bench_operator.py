@@ -2,7 +2,7 @@
 
 Three processes, so that each figure belongs to one of them and none waits for another's GIL:
 
-* the emulator (bench/kmock_fast.py: kmock's KubernetesEmulator without its O(requests) dispatch
+* the emulator (tests/support/kmock_fast.py: kmock's KubernetesEmulator without its O(requests) dispatch
   and O(objects) lookups, and with resourceVersions as a real API server bumps them);
 * the operator: the real handlers under kopf with production settings (kopf's defaults, the
   handlers' start-up timeouts, INFO logging to a file as `kopf run` logs, Events at INFO);
@@ -15,7 +15,14 @@ separately; API requests per run by client (kopf itself vs the handlers' kuberne
 client) and verb; the emulator's service time per request; how often, and how long, each
 reconcile entry point ran. Not a timed test. Other jobs may share the cores: note the load.
 
+With --lifecycle the driver then plays the Job controller for every run (its trainer Job becomes
+active, then complete) and waits until every run reports Running, then Succeeded: the refreshes
+that child events trigger, counted per run. With --foreign-jobs N, N Jobs the operator does not
+manage exist in the cluster and change status once each while the runs are created: what an
+operator that watches every Job of the cluster receives and filters itself.
+
     .venv/bin/python bench/bench_operator.py --runs 500 [--concurrency 50] [--settle 0]
+        [--lifecycle] [--foreign-jobs 2000]
         [--profile DIR] [--kopf-setting persistence.consistency_timeout=60]
         [--emulator-variant slow-dispatch] [--operator-experiment no-trust-env]
 """
@@ -43,6 +50,8 @@ from bench import operator_bench_procs as procs  # noqa: E402
 
 CASE = ROOT / "tests" / "unit" / "operator" / "cases" / "tiny-cpu.yaml"
 RUNS_PATH = "/apis/m2rl.io/v1alpha1/namespaces/default/rlvrruns"
+JOBS_PATH = "/apis/batch/v1/namespaces/default/jobs"
+MERGE_PATCH = {"Content-Type": "application/merge-patch+json"}
 DRIVER_AGENT = "bench-driver/1"
 VARIANTS = {  # --emulator-variant: undo one of kmock_fast's fixes, to measure what it is worth
     "slow-dispatch": {"fast_dispatch": False},
@@ -85,14 +94,35 @@ def run_body(template: dict[str, Any], name: str) -> dict[str, Any]:
     return body
 
 
+def foreign_job(name: str) -> dict[str, Any]:
+    """A Job of someone else (no m2rl labels)."""
+    container = {"name": "main", "image": "busybox", "command": ["true"]}
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": name, "namespace": "default", "labels": {"app": "someone-else"}},
+        "spec": {"template": {"spec": {"restartPolicy": "Never", "containers": [container]}}},
+    }
+
+
 async def drive(
-    runs: int, concurrency: int, timeout_s: float, settle_s: float, emulator: Any, server: str
+    runs: int,
+    concurrency: int,
+    timeout_s: float,
+    settle_s: float,
+    emulator: Any,
+    server: str,
+    *,
+    lifecycle: bool = False,
+    foreign_jobs: int = 0,
 ) -> dict[str, Any]:
     import aiohttp
     import yaml
 
     template = yaml.safe_load(CASE.read_text())
+    del template["spec"]["queueName"]  # no Kueue here: trainer Jobs start unsuspended
     names = [f"run-{i:04d}" for i in range(runs)]
+    foreign = [f"foreign-{i:05d}" for i in range(foreign_jobs)]
     created: dict[str, float] = {}
     limit = asyncio.Semaphore(concurrency)
 
@@ -102,26 +132,52 @@ async def drive(
 
     async with aiohttp.ClientSession(headers={"User-Agent": DRIVER_AGENT}) as session:
 
+        async def call(method: str, path: str, body: dict[str, Any], **kwargs: Any) -> None:
+            async with limit, session.request(method, server + path, json=body, **kwargs) as reply:
+                assert reply.status < 300, (reply.status, await reply.text())
+
         async def create(name: str) -> None:
             async with limit:
                 created[name] = time.time()
                 async with session.post(server + RUNS_PATH, json=run_body(template, name)) as reply:
                     assert reply.status < 300, (reply.status, await reply.text())
 
-        start = last_report = time.time()
+        async def wait_for(what: str, command: str, start: float) -> float:
+            done, last_report = 0, time.time()
+            while done < runs and time.time() - start < timeout_s:
+                await asyncio.sleep(0.5)
+                done = await asyncio.to_thread(ask, command)
+                if time.time() - last_report >= 30:
+                    last_report = time.time()
+                    print(f"{last_report - start:.0f} s: {done}/{runs} {what}", file=sys.stderr, flush=True)
+            return round(time.time() - start, 2)
+
+        for name in foreign:  # present before the operator's work starts, as in a shared cluster
+            await call("POST", JOBS_PATH, foreign_job(name))
+        start = time.time()
+        churn = asyncio.gather(
+            *(call("PATCH", f"{JOBS_PATH}/{n}/status", {"status": {"active": 1}}, headers=MERGE_PATCH)
+              for n in foreign)
+        )  # fmt: skip
         creating = asyncio.gather(*(create(n) for n in names))
-        ready = 0
-        while ready < runs and time.time() - start < timeout_s:
-            await asyncio.sleep(1)
-            ready = await asyncio.to_thread(ask, "progress")
-            if time.time() - last_report >= 30:
-                last_report = time.time()
-                print(f"{last_report - start:.0f} s: {ready}/{runs} ready", file=sys.stderr, flush=True)
+        await wait_for("ready", "progress", start)
         await creating
+        await churn
         created_s = max(created.values()) - start
+        phases: dict[str, Any] = {}
+        if lifecycle:
+            phases["counts_after_ready"] = await asyncio.to_thread(ask, "counts")
+            complete = {"active": 0, "succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]}
+            for state, phase in (({"active": 1}, "Running"), (complete, "Succeeded")):
+                begin = time.time()
+                await asyncio.gather(
+                    *(call("PATCH", f"{JOBS_PATH}/{n}-trainer/status", {"status": state}, headers=MERGE_PATCH)
+                      for n in names)
+                )  # fmt: skip
+                phases[f"seconds_until_all_{phase.lower()}"] = await wait_for(phase, f"phase {phase}", begin)
     if settle_s:
         await asyncio.sleep(settle_s)  # steady state: status timers, watch events, Events
-    return {"start": start, "created": created, "created_s": created_s}
+    return {"start": start, "created": created, "created_s": created_s, **phases}
 
 
 def main() -> None:
@@ -130,6 +186,10 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=50, help="create calls in flight at once")
     parser.add_argument("--timeout", type=float, default=1800, help="give up after this many seconds")
     parser.add_argument("--settle", type=float, default=0, help="seconds to keep running after all ready")
+    parser.add_argument(
+        "--lifecycle", action="store_true", help="then make every trainer Job active, then complete"
+    )
+    parser.add_argument("--foreign-jobs", type=int, default=0, help="Jobs of others in the cluster")
     parser.add_argument("--profile", help="cProfile both children; stats into this directory")
     parser.add_argument("--log", help="operator log file (default: a temporary file)")
     parser.add_argument(
@@ -183,7 +243,12 @@ def main() -> None:
     assert operator.recv() == "ready", "operator did not start"
     load_before = os.getloadavg()[0]
     try:
-        driven = asyncio.run(drive(args.runs, args.concurrency, args.timeout, args.settle, emulator, server))
+        driven = asyncio.run(
+            drive(
+                args.runs, args.concurrency, args.timeout, args.settle, emulator, server,
+                lifecycle=args.lifecycle, foreign_jobs=args.foreign_jobs,
+            )
+        )  # fmt: skip
     finally:
         operator.send("stop")
         operator_stats = operator.recv()
@@ -210,6 +275,16 @@ def main() -> None:
             for key in ("peak_rss_mib", "cpu_s", "service", "objects", "recorded_requests")
         },
         "requests_per_run": per_run(emulator_stats["counts"], args.runs),
+        **(
+            {
+                "requests_per_run_until_ready": per_run(driven["counts_after_ready"], args.runs)["total"],
+                "seconds_until_all_running": driven["seconds_until_all_running"],
+                "seconds_until_all_succeeded": driven["seconds_until_all_succeeded"],
+            }
+            if args.lifecycle
+            else {}
+        ),
+        "foreign_jobs": args.foreign_jobs,
         "settle_s": args.settle,
         "kopf_settings": overrides,
         "emulator_variant": variant,

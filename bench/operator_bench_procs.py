@@ -96,12 +96,13 @@ async def _serve_emulator(conn: Connection, variant: dict[str, bool]) -> None:
     from kmock import Server
     from kmock._internal import enums
 
-    from bench.kmock_fast import FastKubernetesEmulator
+    from tests.support.kmock_fast import FastKubernetesEmulator
     from tests.support.kopf_kmock import CORE_RESOURCES, M2RL_RESOURCES, declare_resources
 
     job_at: dict[str, float] = {}
     phase_at: dict[str, float] = {}
     ready_at: dict[str, float] = {}  # run -> wall time (time.time) both were first true
+    first_phase: dict[str, dict[str, float]] = {}  # phase -> run -> when a run first reported it
 
     for flag, value in variant.items():  # fast_dispatch, indexed, stamped: all True by default
         setattr(FastKubernetesEmulator, flag, value)
@@ -123,6 +124,7 @@ async def _serve_emulator(conn: Connection, variant: dict[str, bool]) -> None:
                     return
                 run = name
                 phase_at.setdefault(run, now)
+                first_phase.setdefault(str(obj["status"]["phase"]), {}).setdefault(run, now)
             else:
                 return
             if run in job_at and run in phase_at and run not in ready_at:
@@ -133,6 +135,10 @@ async def _serve_emulator(conn: Connection, variant: dict[str, bool]) -> None:
         def answer(command: str) -> Any:
             if command == "progress":
                 return len(ready_at)
+            if command.startswith("phase "):  # how many runs have reported this phase so far
+                return len(first_phase.get(command.split(" ", 1)[1], {}))
+            if command == "counts":
+                return {"|".join(key): n for key, n in kmock.counts.items()}
             if command in ("stats", "stop"):
                 objects: dict[str, int] = {}
                 for (res, _, _), obj in kmock.objects.items():

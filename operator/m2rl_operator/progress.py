@@ -1,10 +1,10 @@
 """Training progress from the trainer's Prometheus endpoint (rank 0, port 9400).
 
-The operator scrapes `m2rl_train_step`, `m2rl_train_checkpoint_step` and the per-domain
-`m2rl_train_domain_reward` / `m2rl_train_domain_accuracy` gauges (m2rl_trainer.train.metrics)
-through the trainer's headless Service: no exec into pods, no API write permission for the
-trainer, and the same numbers Prometheus sees. The handler does it on every status refresh
-(every status_interval_s, 30 s).
+The operator scrapes the gauges named below (m2rl_trainer.train.metrics defines them; the operator
+does not import the trainer package, so they are repeated here, once, and a unit test reads a real
+MetricsSink through parse_progress) through the trainer's headless Service: no exec into pods, no
+API write permission for the trainer, and the same numbers Prometheus sees. The handler does it on
+every status refresh (every status_interval_s, 30 s).
 """
 
 from __future__ import annotations
@@ -14,7 +14,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from m2rl_operator.status import Progress
 
-DOMAIN_METRICS = {"m2rl_train_domain_reward": "reward", "m2rl_train_domain_accuracy": "accuracy"}
+STEP = "m2rl_train_step"
+CHECKPOINT_STEP = "m2rl_train_checkpoint_step"
+DOMAIN_REWARD = "m2rl_train_domain_reward"
+DOMAIN_ACCURACY = "m2rl_train_domain_accuracy_ratio"
+DOMAIN_METRICS = {DOMAIN_REWARD: "reward", DOMAIN_ACCURACY: "accuracy"}  # -> status.domains keys
 
 
 def parse_progress(text: str, run: str) -> Progress | None:
@@ -26,9 +30,9 @@ def parse_progress(text: str, run: str) -> Progress | None:
         for sample in family.samples:
             if sample.labels.get("run") != run:
                 continue
-            if sample.name == "m2rl_train_step":
+            if sample.name == STEP:
                 step = int(sample.value)
-            elif sample.name == "m2rl_train_checkpoint_step":
+            elif sample.name == CHECKPOINT_STEP:
                 checkpoint = int(sample.value)
             elif sample.name in DOMAIN_METRICS and "domain" in sample.labels:
                 domains.setdefault(sample.labels["domain"], {})[DOMAIN_METRICS[sample.name]] = float(

@@ -1,19 +1,24 @@
-"""What the handlers do, as plain async functions over `Kube`: ensure children, refresh status.
+"""What the handlers do, as plain async functions over `Kube` and the children cache.
 
 Every function reads the current state and converges towards the spec (level-based), so running
 one twice, or after an operator restart half-way, creates nothing twice: child names are fixed
-(naming), a create that meets an existing child only syncs the mutable fields.
+(naming), a create that meets an existing child is a no-op, and a missing child is created again.
+Children are read from the watch-fed cache (cache.Children); the resource itself is read with one
+GET per refresh, so decisions always start from its latest status.
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
 
 import kopf
+from kubernetes_asyncio.client.exceptions import ApiException
 
 from m2rl_operator import metrics, naming
 from m2rl_operator.api.evalsuite import EvalSuiteSpec
@@ -25,15 +30,18 @@ from m2rl_operator.builders.references import (
     evalsuite_references,
     mergejob_references,
 )
-from m2rl_operator.builders.rlvrrun import ATTEMPT_ANNOTATION, build_trainer_job
+from m2rl_operator.builders.rlvrrun import build_trainer_job, config_hash, trainer_selector
 from m2rl_operator.builders.trainer_config import checkpoint_uri, final_model_uri
-from m2rl_operator.kube import Kube
+from m2rl_operator.cache import Children
+from m2rl_operator.kube import Kube, api_message, is_refusal, results_of_pods
+from m2rl_operator.lifecycle import Trainer, kueue_managed, plan_run, scale_step
 from m2rl_operator.progress import scrape
 from m2rl_operator.settings import OperatorOptions
 from m2rl_operator.status import (
     RunObservation,
     condition,
     dependency_conditions,
+    eval_analysis,
     eval_results_table,
     job_phase_status,
     job_state,
@@ -42,6 +50,9 @@ from m2rl_operator.status import (
 )
 
 MetricsURL = Callable[[str, str], str]
+WATCHED = {"Job", "StatefulSet", "Deployment"}  # children the cache holds (handlers.CHILDREN)
+Key = tuple[str, str, str]  # kind, namespace, name
+log = logging.getLogger(__name__)
 
 
 def as_body(obj: dict[str, Any]) -> kopf.Body:
@@ -55,15 +66,86 @@ def now_iso() -> str:
 
 @dataclass
 class Context:
-    """What every reconcile needs: the API facade, the options, per-object locks."""
+    """What every reconcile needs: the API facade, the children cache, the options, per-object
+    locks and the refreshes scheduled by watch events."""
 
     kube: Kube
     options: OperatorOptions
     metrics_url: MetricsURL
-    locks: dict[tuple[str, str, str], asyncio.Lock] = field(default_factory=dict)
+    children: Children
+    locks: dict[Key, asyncio.Lock] = field(default_factory=dict)
+    pending: dict[Key, asyncio.Task[None]] = field(default_factory=dict)
+    known: dict[tuple[str, str], set[Key]] = field(default_factory=dict)
+    """(namespace, owner) -> unwatched children (Services, ConfigMaps, NetworkPolicies, claims)
+    created or found (409) by this process: not created again while it runs. A restarted operator
+    creates them again on resume (409 for those that exist)."""
+    desired: dict[tuple[str, str], tuple[Any, list[dict[str, Any]], str]] = field(default_factory=dict)
+    """(namespace, run) -> ((uid, generation, attempt), its children, its config hash): rendering
+    (YAML of the trainer config) costs more than the rest of a refresh, and the spec changes only
+    with the generation."""
 
     def lock(self, kind: str, namespace: str, name: str) -> asyncio.Lock:
         return self.locks.setdefault((kind, namespace, name), asyncio.Lock())
+
+    def forget(self, kind: str, namespace: str, name: str) -> None:
+        """A resource is gone: drop its lock and any scheduled refresh (Context.locks stays bounded)."""
+        key = (kind, namespace, name)
+        lock = self.locks.get(key)
+        if lock is not None and not lock.locked():
+            del self.locks[key]
+        task = self.pending.pop(key, None)
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+        self.known.pop((namespace, name), None)
+        if kind == "RLVRRun":
+            self.desired.pop((namespace, name), None)
+
+    def run_children(
+        self, run: dict[str, Any], spec: RLVRRunSpec, attempt: int
+    ) -> tuple[list[dict[str, Any]], str]:
+        """The run's children for `attempt` and its trainer config hash, rendered once per spec
+        generation and attempt (callers copy what they change)."""
+        meta = run["metadata"]
+        key = (meta.get("uid"), meta.get("generation"), attempt)
+        cached = self.desired.get((meta["namespace"], meta["name"]))
+        if cached is None or cached[0] != key:
+            name, namespace = meta["name"], meta["namespace"]
+            children = build_rlvrrun(
+                spec, name=name, namespace=namespace, options=self.options, attempt=attempt
+            )
+            config = next(c for c in children if c["kind"] == "ConfigMap")
+            if not any(c["kind"] == "Job" for c in children):  # a suspended run's build has none
+                children.append(
+                    build_trainer_job(
+                        spec, name=name, namespace=namespace, options=self.options, attempt=attempt,
+                        config_map=config,
+                    )
+                )  # fmt: skip
+            digest = config_hash(config)
+            cached = (key, children, digest)
+            self.desired[(meta["namespace"], meta["name"])] = cached
+        return cached[1], cached[2]
+
+    def refresh_soon(self, kind: str, namespace: str, name: str, delay_s: float) -> None:
+        """Refresh a resource once after `delay_s`, however many child events ask for it meanwhile
+        (a new run's children arrive as a burst of ADDED events)."""
+        key = (kind, namespace, name)
+        if key in self.pending and not self.pending[key].done():
+            return
+
+        async def later() -> None:
+            await asyncio.sleep(delay_s)
+            self.pending.pop(key, None)
+            try:
+                with metrics.reconcile(kind):
+                    if kind == "RLVRRun":
+                        await refresh_run(self, namespace, name)
+                    else:
+                        await refresh_dependent(self, kind, namespace, name)
+            except Exception:  # the status timer or the next event retries
+                log.exception("refresh of %s %s/%s failed", kind, namespace, name)
+
+        self.pending[key] = asyncio.create_task(later())
 
 
 def default_metrics_url(options: OperatorOptions) -> MetricsURL:
@@ -75,129 +157,227 @@ def default_metrics_url(options: OperatorOptions) -> MetricsURL:
 # ---- children ----------------------------------------------------------------------------------------
 
 
-async def apply_children(kube: Kube, owner: dict[str, Any], children: list[dict[str, Any]]) -> list[str]:
-    """Create missing children (owned by `owner`); sync the mutable fields of existing ones.
-
-    Returns the names of the children created now.
-    """
-    created = []
+async def create_missing(
+    ctx: Context,
+    owner: dict[str, Any],
+    children: list[dict[str, Any]],
+    replicas: dict[str, int] | None = None,
+) -> tuple[list[str], str | None]:
+    """Create the children the cache does not hold (owned by `owner`, except those annotated
+    naming.KEEP, which outlive it), `replicas` by kind overriding the manifests' (a run gated by
+    Kueue or finished starts its servers at zero). Returns the children created now and, when the
+    API server refused one (admission, quota, validation), which one and its message."""
+    created: list[str] = []
+    refused: str | None = None
+    known = ctx.known.setdefault((owner["metadata"]["namespace"], owner["metadata"]["name"]), set())
     for child in children:
-        kopf.adopt(child, owner=as_body(owner))
-        if await kube.create(child):
-            created.append(f"{child['kind']}/{child['metadata']['name']}")
-        else:
-            await sync_mutable(kube, child)
-    return created
+        kind, meta = child["kind"], child["metadata"]
+        key = (kind, meta["namespace"], meta["name"])
+        if (ctx.children.get(*key) is not None) if kind in WATCHED else key in known:
+            continue
+        child = copy.deepcopy(child)  # manifests may be shared (Context.run_children)
+        meta = child["metadata"]
+        if replicas and kind in replicas:
+            child["spec"]["replicas"] = replicas[kind]
+        if (meta.get("annotations") or {}).get(naming.KEEP) != "true":
+            kopf.adopt(child, owner=as_body(owner))
+        try:
+            obj = await ctx.kube.create(child)
+        except ApiException as error:
+            if not is_refusal(error):
+                raise
+            refused = refused or f"{kind}/{meta['name']}: {api_message(error)}"
+            continue
+        if obj is not None:
+            created.append(f"{kind}/{meta['name']}")
+            if kind in WATCHED:
+                ctx.children.created(kind, obj)
+        if kind not in WATCHED:
+            known.add(key)
+    return created, refused
 
 
-async def sync_mutable(kube: Kube, child: dict[str, Any]) -> None:
-    """Apply spec changes to an existing child: replicas (scale, suspend), Job suspend, config data."""
-    kind, meta = child["kind"], child["metadata"]
-    existing = await kube.get(kind, meta["namespace"], meta["name"])
-    if existing is None:
-        return
-    patch: dict[str, Any] = {}
-    if (
-        kind in ("StatefulSet", "Deployment")
-        and existing["spec"].get("replicas") != child["spec"]["replicas"]
-    ):
-        patch = {"spec": {"replicas": child["spec"]["replicas"]}}
-    elif kind == "Job" and bool(existing["spec"].get("suspend")) != bool(child["spec"].get("suspend")):
-        patch = {"spec": {"suspend": child["spec"]["suspend"]}}
-    elif kind == "ConfigMap" and existing.get("data") != child["data"]:
-        patch = {"data": child["data"]}
-    if patch:
-        await kube.patch(kind, meta["namespace"], meta["name"], patch)
+async def sync_config(ctx: Context, children: list[dict[str, Any]]) -> None:
+    """A spec update or a resume: rewrite ConfigMaps whose content changed (the trainer reads its
+    new config when lifecycle.plan_run restarts it; the verifier on its next start)."""
+    for child in children:
+        if child["kind"] != "ConfigMap":
+            continue
+        meta = child["metadata"]
+        existing = await ctx.kube.get("ConfigMap", meta["namespace"], meta["name"])
+        if existing is not None and existing.get("data") != child["data"]:
+            await ctx.kube.patch("ConfigMap", meta["namespace"], meta["name"], {"data": child["data"]})
+
+
+def pod_failures(ctx: Context, children: list[dict[str, Any] | None]) -> tuple[str, ...]:
+    """Children that cannot create their pods, with the API server's message: a Job's or a
+    StatefulSet's FailedCreate Event, a Deployment's ReplicaFailure condition (which the deployment
+    controller copies from its ReplicaSet). Cleared once the child has its pods."""
+    out = []
+    for child in children:
+        if child is None:
+            continue
+        status, kind, name = child.get("status") or {}, child["kind"], child["metadata"]["name"]
+        if kind == "Deployment":
+            failure = next(
+                (
+                    c
+                    for c in status.get("conditions") or []
+                    if c.get("type") == "ReplicaFailure" and c.get("status") == "True"
+                ),
+                None,
+            )
+            if failure:
+                out.append(f"{kind}/{name}: {failure.get('message') or failure.get('reason')}")
+            continue
+        message = ctx.children.failed_create(child)
+        if message is None:
+            continue
+        if kind == "Job" and (status.get("active") or status.get("succeeded") or status.get("failed")):
+            continue  # the Job has pods now
+        if kind == "StatefulSet" and int(status.get("replicas") or 0) >= int(
+            (child.get("spec") or {}).get("replicas") or 0
+        ):
+            continue
+        out.append(f"{kind}/{name}: {message}")
+    return tuple(out)
 
 
 # ---- RLVRRun -------------------------------------------------------------------------------------------
 
 
-async def ensure_run(ctx: Context, body: dict[str, Any]) -> None:
-    """Validate, then create or sync every child; InvalidSpec problems fail the run for good."""
-    name, namespace = body["metadata"]["name"], body["metadata"]["namespace"]
+async def ensure_run(ctx: Context, body: dict[str, Any], *, sync: bool = True) -> None:
+    """Create, update or resume: rewrite changed config (`sync`: not on create, where nothing
+    exists yet), then converge (refresh_run creates what is missing). InvalidSpec problems fail
+    the run until the spec is fixed."""
+    meta = body["metadata"]
     spec = RLVRRunSpec.model_validate(body["spec"])
+    if sync and not rlvrrun_problems(spec):
+        attempt = int((body.get("status") or {}).get("attempt") or 0)
+        desired, _ = ctx.run_children(body, spec, attempt)
+        await sync_config(ctx, desired)
+    await refresh_run(ctx, meta["namespace"], meta["name"])
+
+
+async def refresh_run(ctx: Context, namespace: str, name: str, *, scrape_progress: bool = False) -> None:
+    """Observe, decide (lifecycle.plan_run), act on the children, publish the status."""
+    async with ctx.lock("RLVRRun", namespace, name):
+        run = await ctx.kube.get_custom("RLVRRun", namespace, name)
+        if run is None:
+            metrics.set_phase("RLVRRun", namespace, name, None)
+            ctx.forget("RLVRRun", namespace, name)
+            return
+        await _refresh_run(ctx, run, scrape_progress)
+
+
+async def _refresh_run(ctx: Context, run: dict[str, Any], scrape_progress: bool) -> None:
+    namespace, name = run["metadata"]["namespace"], run["metadata"]["name"]
+    generation = run["metadata"].get("generation")
+    old = dict(run.get("status") or {})
+    spec = RLVRRunSpec.model_validate(run["spec"])
     problems = rlvrrun_problems(spec)
-    old = dict(body.get("status") or {})
     if problems:
         message = "; ".join(problems)
-        generation = body["metadata"].get("generation")
         status = {
             "phase": "Failed",
             "observedGeneration": generation,
             "conditions": [condition(old, "Failed", True, "InvalidSpec", message, generation, now_iso())],
         }
-        await ctx.kube.patch_status("RLVRRun", namespace, name, status)
-        metrics.set_phase("RLVRRun", namespace, name, "Failed")
-        raise kopf.PermanentError(message)
-    attempt = int(old.get("restarts") or 0)
-    async with ctx.lock("RLVRRun", namespace, name):
-        created = await apply_children(
-            ctx.kube,
-            body,
-            build_rlvrrun(spec, name=name, namespace=namespace, options=ctx.options, attempt=attempt),
-        )
-    if created:
-        kopf.info(as_body(body), reason="Created", message=f"created {', '.join(created)}")
-    await refresh_run(ctx, namespace, name)
-
-
-async def refresh_run(ctx: Context, namespace: str, name: str, *, scrape_progress: bool = False) -> None:
-    """Observe the children, restart a failed trainer if allowed, patch the status if it changed."""
-    async with ctx.lock("RLVRRun", namespace, name):
-        run = await ctx.kube.get_custom("RLVRRun", namespace, name)
-        if run is None:
-            metrics.set_phase("RLVRRun", namespace, name, None)
-            return
-        old = dict(run.get("status") or {})
-        if any(c.get("reason") == "InvalidSpec" for c in old.get("conditions") or []):
-            return
-        spec = RLVRRunSpec.model_validate(run["spec"])
-        kube, trainer = ctx.kube, naming.trainer(name)
-        job = await kube.get("Job", namespace, trainer)
-        restarts = int(old.get("restarts") or 0)
-        if (
-            job is not None
-            and job_state(job) == "Failed"
-            and restarts < spec.max_restarts
-            and not spec.suspend
-        ):
-            attempt = int(((job["metadata"].get("annotations") or {}).get(ATTEMPT_ANNOTATION)) or 0)
-            if attempt >= restarts:  # not yet restarted for this failure
-                restarts += 1
-                message = f"trainer failed; restart {restarts}/{spec.max_restarts} from the latest checkpoint"
-                kopf.warn(as_body(run), reason="Restarting", message=message)
-            await ctx.kube.patch_status("RLVRRun", namespace, name, {"restarts": restarts})
-            await kube.delete("Job", namespace, trainer)
-            new_job = build_trainer_job(
-                spec, name=name, namespace=namespace, options=ctx.options, attempt=restarts
-            )
-            kopf.adopt(new_job, owner=as_body(run))
-            await kube.create(new_job)  # 409 while the old Job terminates: the next refresh retries
-            job = await kube.get("Job", namespace, trainer)
-        rollout_ready = None
-        if spec.rollout.mode == "server":
-            sts = await kube.get("StatefulSet", namespace, naming.rollout(name))
-            rollout_ready = int(((sts or {}).get("status") or {}).get("readyReplicas") or 0)
-        deployment = await kube.get("Deployment", namespace, naming.verifier(name))
-        verifier_ready = int(((deployment or {}).get("status") or {}).get("readyReplicas") or 0)
-        progress = None
-        if scrape_progress and job_state(job) == "Running":
-            progress = await scrape(ctx.metrics_url(namespace, name), name, ctx.options.scrape_timeout_s)
-        status = run_status(
-            spec,
-            RunObservation(
-                job=job, rollout_ready=rollout_ready, verifier_ready=verifier_ready, progress=progress
-            ),
-            old=old,
-            generation=run["metadata"].get("generation"),
-            now=now_iso(),
-            restarts=restarts,
-            final_model=final_model_uri(name, spec),
-            checkpoint_uri=lambda step: checkpoint_uri(name, spec, step),
-        )
         await _publish(ctx, "RLVRRun", run, old, status)
-        await expire(ctx, "RLVRRun", run, status)
+        return
+    if any(c.get("reason") == "InvalidSpec" for c in old.get("conditions") or []):
+        old = {}  # the spec was fixed: start over (the InvalidSpec status is not an outcome)
+
+    children, kube = ctx.children, ctx.kube
+    trainer = naming.trainer(name)
+    job = children.get("Job", namespace, trainer)
+    pods_left = len(children.pods(namespace, "RLVRRun", name, naming.TRAINER))
+    attempt_now = int(old.get("attempt") or 0)
+    _, wanted_hash = ctx.run_children(run, spec, attempt_now)
+    plan = plan_run(
+        trainer=Trainer(job=job, pods_left=pods_left),
+        suspend=spec.suspend,
+        queued=bool(spec.queue_name) or kueue_managed(job),
+        max_restarts=spec.max_restarts,
+        rollout_replicas=spec.rollout.replicas,
+        verifier_replicas=spec.verifier.replicas,
+        config_hash=wanted_hash,
+        old=old,
+    )
+    if (plan.attempt, plan.restarts) != (int(old.get("attempt") or 0), int(old.get("restarts") or 0)):
+        # Persist the decision before acting on it: a refresh that stops half-way resumes from here.
+        await kube.patch_status(
+            "RLVRRun", namespace, name, {"attempt": plan.attempt, "restarts": plan.restarts}
+        )
+        old.update(attempt=plan.attempt, restarts=plan.restarts)
+    for type_, reason, message in plan.events:
+        (kopf.warn if type_ == "Warning" else kopf.info)(as_body(run), reason=reason, message=message)
+
+    refused = None
+    if not plan.terminal:
+        desired, _ = ctx.run_children(run, spec, plan.attempt)
+        wanted = [c for c in desired if not (c["kind"] == "Job" and c["metadata"]["name"] == trainer)]
+        if plan.action == "create":
+            wanted += [c for c in desired if c["kind"] == "Job" and c["metadata"]["name"] == trainer]
+        replicas = {"StatefulSet": plan.rollout_replicas, "Deployment": plan.verifier_replicas}
+        created, refused = await create_missing(ctx, run, wanted, replicas)
+        if plan.action == "delete" or (plan.action == "create" and plan.attempt > 0):
+            # A restart: the Service selects the new attempt's pods only, from now on.
+            selector = trainer_selector(name, plan.attempt)
+            await kube.patch("Service", namespace, trainer, {"spec": {"selector": selector}})
+        if created:
+            kopf.info(as_body(run), reason="Created", message=f"created {', '.join(created)}")
+    if plan.action == "delete" and job is not None:
+        # Foreground: the Job stays (with a deletionTimestamp) until its pods are gone, so the
+        # new attempt's Job, of the same name, cannot be created before (JobSet deleteJobs).
+        await kube.delete("Job", namespace, trainer, propagation="Foreground")
+        children.deleted("Job", namespace, trainer)
+    sts = (
+        children.get("StatefulSet", namespace, naming.rollout(name))
+        if spec.rollout.mode == "server"
+        else None
+    )
+    deployment = children.get("Deployment", namespace, naming.verifier(name))
+    await _scale(ctx, sts, plan.rollout_replicas, kueue=bool(spec.queue_name))
+    await _scale(ctx, deployment, plan.verifier_replicas, kueue=False)
+
+    progress = None
+    if scrape_progress and job_state(job) == "Running":
+        progress = await scrape(ctx.metrics_url(namespace, name), name, ctx.options.scrape_timeout_s)
+    observed = RunObservation(
+        job=job if plan.action != "delete" else None,
+        rollout_ready=int(((sts or {}).get("status") or {}).get("readyReplicas") or 0)
+        if spec.rollout.mode == "server"
+        else None,
+        verifier_ready=int(((deployment or {}).get("status") or {}).get("readyReplicas") or 0),
+        progress=progress,
+        create_error=refused,
+        pod_failures=pod_failures(ctx, [job, sts, deployment]),
+    )
+    status = run_status(
+        spec,
+        observed,
+        old=old,
+        generation=generation,
+        now=now_iso(),
+        plan=plan,
+        final_model=final_model_uri(name, spec),
+        checkpoint_uri=lambda step: checkpoint_uri(name, spec, step),
+    )
+    await _publish(ctx, "RLVRRun", run, old, status)
+    await expire(ctx, "RLVRRun", run, status)
+
+
+async def _scale(ctx: Context, child: dict[str, Any] | None, desired: int, *, kueue: bool) -> None:
+    if child is None:
+        return
+    spec, status = child.get("spec") or {}, child.get("status") or {}
+    step = scale_step(
+        int(spec.get("replicas") or 0), desired, kueue=kueue, pods_gone=int(status.get("replicas") or 0) == 0
+    )
+    if step is not None:
+        meta = child["metadata"]
+        await ctx.kube.patch(child["kind"], meta["namespace"], meta["name"], {"spec": {"replicas": step}})
 
 
 def ttl_expired(spec: dict[str, Any], status: dict[str, Any], now: datetime) -> bool:
@@ -210,7 +390,8 @@ def ttl_expired(spec: dict[str, Any], status: dict[str, Any], now: datetime) -> 
 
 
 async def expire(ctx: Context, kind: str, obj: dict[str, Any], status: dict[str, Any]) -> None:
-    """Delete a finished resource after its TTL; its children go with their owner references."""
+    """Delete a finished resource after its TTL; its owned children go with their owner references
+    (claims it created are not owned unless the spec asked: they stay)."""
     if ttl_expired(obj["spec"], status, datetime.now(UTC)):
         meta = obj["metadata"]
         kopf.info(as_body(obj), reason="Expired", message="ttlSecondsAfterFinished reached: deleting")
@@ -223,15 +404,16 @@ async def _publish(
     """Patch the status when it changed; post an Event when the phase changed."""
     namespace, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
     metrics.set_phase(kind, namespace, name, status.get("phase"))
-    if all(old.get(k) == v for k, v in status.items()):
+    current = dict(obj.get("status") or {})
+    if all(current.get(k) == v for k, v in status.items()):
         return
     await ctx.kube.patch_status(kind, namespace, name, status)
-    if old.get("phase") != status.get("phase"):
+    if current.get("phase") != status.get("phase"):
         post = kopf.warn if status["phase"] == "Failed" else kopf.info
         post(
             as_body(obj),
             reason=str(status["phase"]),
-            message=f"phase {old.get('phase') or '-'} -> {status['phase']}",
+            message=f"phase {current.get('phase') or '-'} -> {status['phase']}",
         )
 
 
@@ -271,11 +453,24 @@ async def resolve(kube: Kube, namespace: str, keys: list[str]) -> Resolution:
     return result
 
 
+def _job_name(kind: str, name: str) -> str:
+    return naming.merge_job(name) if kind == "MergeJob" else naming.eval_job(name)
+
+
 async def ensure_dependent(ctx: Context, kind: str, body: dict[str, Any]) -> None:
-    """MergeJob/EvalSuite: wait for the references, then create the Job (and its config)."""
+    """MergeJob/EvalSuite: wait for the references, then create the Job (and its config).
+
+    References are resolved only while the Job does not exist yet: a merge or evaluation that has
+    its Job, or has finished, never looks at them again (a referenced run deleted by its TTL
+    must not turn a finished merge back into Waiting)."""
     name, namespace = body["metadata"]["name"], body["metadata"]["namespace"]
     generation = body["metadata"].get("generation")
     old = dict(body.get("status") or {})
+    job = ctx.children.get("Job", namespace, _job_name(kind, name))
+    finished = old.get("phase") in ("Succeeded", "Failed") and old.get("completionTime")
+    if job is not None or finished:
+        await refresh_dependent(ctx, kind, namespace, name)
+        return
     if kind == "MergeJob":
         merge_spec = MergeJobSpec.model_validate(body["spec"])
         keys = mergejob_references(merge_spec)
@@ -308,54 +503,84 @@ async def ensure_dependent(ctx: Context, kind: str, body: dict[str, Any]) -> Non
         children = build_evalsuite(
             eval_spec, name=name, namespace=namespace, resolved=found.resolved, options=ctx.options
         )
-    created = await apply_children(ctx.kube, body, children)
+    async with ctx.lock(kind, namespace, name):
+        created, refused = await create_missing(ctx, body, children)
     if created:
         kopf.info(as_body(body), reason="Created", message=f"created {', '.join(created)}")
-    await refresh_dependent(ctx, kind, namespace, name)
+    await refresh_dependent(ctx, kind, namespace, name, create_error=refused)
+    if refused:
+        raise kopf.TemporaryError(refused, delay=ctx.options.dependency_retry_s)
 
 
-async def refresh_dependent(ctx: Context, kind: str, namespace: str, name: str) -> None:
+async def refresh_dependent(
+    ctx: Context, kind: str, namespace: str, name: str, *, create_error: str | None = None
+) -> None:
     """Status of a MergeJob/EvalSuite from its Job (nothing to do while it waits).
 
     Serialized per object: a Job event and the create handler both land here, and a status computed
     from a stale read must not overwrite a newer one.
     """
     async with ctx.lock(kind, namespace, name):
-        await _refresh_dependent(ctx, kind, namespace, name)
+        obj = await ctx.kube.get_custom(kind, namespace, name)
+        if obj is None:
+            metrics.set_phase(kind, namespace, name, None)
+            ctx.forget(kind, namespace, name)
+            return
+        await _refresh_dependent(ctx, kind, obj, create_error)
 
 
-async def _refresh_dependent(ctx: Context, kind: str, namespace: str, name: str) -> None:
-    obj = await ctx.kube.get_custom(kind, namespace, name)
-    if obj is None:
-        metrics.set_phase(kind, namespace, name, None)
-        return
-    job_name = naming.merge_job(name) if kind == "MergeJob" else naming.eval_job(name)
-    job = await ctx.kube.get("Job", namespace, job_name)
+async def _refresh_dependent(ctx: Context, kind: str, obj: dict[str, Any], create_error: str | None) -> None:
+    namespace, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
+    job_name = _job_name(kind, name)
+    job = ctx.children.get("Job", namespace, job_name)
     old = dict(obj.get("status") or {})
-    if job is None:
+    if job is None and not create_error:
+        if old.get("phase") in ("Succeeded", "Failed"):
+            await expire(ctx, kind, obj, old)  # finished, its Job gone: only the TTL is left to do
         return
+    suspend = bool(obj["spec"].get("suspend"))
+    # EvalSuite.suspend on a Job Kueue does not manage (a queued suite refuses suspend at
+    # admission: Kueue alone writes a queued Job's `suspend`).
+    if (
+        job is not None
+        and not kueue_managed(job)
+        and bool((job.get("spec") or {}).get("suspend")) != suspend
+        and job_state(job) not in ("Succeeded", "Failed")
+    ):
+        await ctx.kube.patch("Job", namespace, job_name, {"spec": {"suspend": suspend}})
     output = obj["spec"]["output"]["uri"] if kind == "MergeJob" else None
     what = "Merge" if kind == "MergeJob" else "Evaluation"
     status = job_phase_status(
-        job, old=old, generation=obj["metadata"].get("generation"), now=now_iso(), output=output, what=what
+        job,
+        old=old,
+        generation=obj["metadata"].get("generation"),
+        now=now_iso(),
+        output=output,
+        what=what,
+        suspend=suspend,
+        create_error=create_error,
+        pod_failures=pod_failures(ctx, [job]),
     )
-    # Pods are listed only when their results are read: a merge's once it succeeded, an evaluation's
-    # on every refresh (its table fills as each model's pod finishes).
+    pods = ctx.children.pods(namespace, kind, name)
+    # Results are read from the cached pods: a merge's once it succeeded, an evaluation's on every
+    # refresh (its table fills as each model's pod finishes).
     if kind == "MergeJob" and status["phase"] == "Succeeded":
         status["outputModel"] = output
-        results = await ctx.kube.job_results(namespace, job_name)
-        if (analysis := merge_analysis(results, output or "")) is not None:
+        if (analysis := merge_analysis(results_of_pods(pods, job_name), output or "")) is not None:
             status["analysis"] = analysis
     if kind == "EvalSuite":
         spec = EvalSuiteSpec.model_validate(obj["spec"])  # with defaults (metrics: avg@k)
+        results = results_of_pods(pods, job_name)
         table = eval_results_table(
             [m.name for m in spec.models],
             [(b.name, list(b.metrics)) for b in spec.benchmarks],
-            await ctx.kube.job_results(namespace, job_name),
+            results,
             job_phase=status["phase"],
             old=old,
             now=now_iso(),
         )
+        if (analysis := eval_analysis(results, spec.output.uri if spec.output else None)) is not None:
+            status["analysis"] = analysis
         status["results"] = table
         status["cellsTotal"] = len(table)
         status["cellsSucceeded"] = sum(c["phase"] == "Succeeded" for c in table)

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from m2rl_operator.api.rlvrrun import RLVRRunSpec
+from m2rl_operator.lifecycle import RunPlan, kueue_managed
+from m2rl_operator.naming import KUEUE_QUEUE_LABEL
 
 Status = dict[str, Any]
 
@@ -33,6 +35,10 @@ class RunObservation:
     rollout_ready: int | None  # readyReplicas of the rollout StatefulSet; None in colocated mode
     verifier_ready: int
     progress: Progress | None = None
+    create_error: str | None = None
+    """The API server refused to create a child: which one, and its message."""
+    pod_failures: tuple[str, ...] = ()
+    """Children that cannot create their pods (FailedCreate): "Kind/name: the API server's message"."""
 
 
 def job_state(job: Mapping[str, Any] | None) -> str:
@@ -81,6 +87,35 @@ def latest_checkpoint_step(progress: Progress | None, old: Status, succeeded: bo
     return (old.get("latestCheckpoint") or {}).get("step")
 
 
+def creation_conditions(
+    old: Status,
+    observed_error: str | None,
+    pod_failures: tuple[str, ...],
+    created: bool,
+    what: str,
+    generation: int | None,
+    now: str,
+) -> list[dict[str, Any]]:
+    """Created (False with the API server's message when it refused a child) and ReplicaFailure
+    (True, reason FailedCreate, when a child cannot create its pods: admission refused them, e.g.
+    the namespace's Pod Security level or a quota; as a ReplicaSet reports it)."""
+    if observed_error:
+        created_row = ("Created", False, "CreateFailed", observed_error)
+    elif created:
+        created_row = ("Created", True, "ChildrenCreated", f"{what} exist")
+    else:
+        created_row = ("Created", False, "Creating", "creating children")
+    failure_row = (
+        ("ReplicaFailure", True, "FailedCreate", "; ".join(pod_failures))
+        if pod_failures
+        else ("ReplicaFailure", False, "PodsCreated", "")
+    )
+    return [
+        condition(old, t, ok, reason, message, generation, now)
+        for t, ok, reason, message in (created_row, failure_row)
+    ]
+
+
 def run_status(
     spec: RLVRRunSpec,
     observed: RunObservation,
@@ -88,22 +123,23 @@ def run_status(
     old: Status,
     generation: int | None,
     now: str,
-    restarts: int,
+    plan: RunPlan,
     final_model: str,
     checkpoint_uri: Any,
 ) -> Status:
-    """The whole status of an RLVRRun. `checkpoint_uri(step)` gives a checkpoint's model URI."""
+    """The whole status of an RLVRRun. `checkpoint_uri(step)` gives a checkpoint's model URI; `plan`
+    is the refresh's decision (lifecycle.plan_run: terminal outcome, attempt, restarts, why)."""
     state = job_state(observed.job)
-    phase = {
-        "Missing": "Pending",
-        "Pending": "Pending",
-        "Running": "Running",
-        "Suspended": "Suspended",
-        "Succeeded": "Succeeded",
-        "Failed": "Failed",
-    }[state]
-    if spec.suspend and phase not in ("Succeeded", "Failed"):
+    kueue = bool(spec.queue_name) or kueue_managed(observed.job)  # a default LocalQueue labels it too
+    queued = kueue and state == "Suspended"
+    if plan.terminal:
+        phase = plan.terminal
+    elif spec.suspend:
         phase = "Suspended"
+    elif queued:
+        phase = "Queued"
+    else:
+        phase = "Running" if state == "Running" else "Pending"
     rollout_needed = spec.rollout.mode == "server"
     rollout_ok = not rollout_needed or (observed.rollout_ready or 0) >= spec.rollout.replicas
     verifier_ok = observed.verifier_ready >= spec.verifier.replicas
@@ -111,18 +147,16 @@ def run_status(
     step = (
         total if phase == "Succeeded" else (observed.progress.step if observed.progress else old.get("step"))
     )
-    created, suspended = observed.job is not None, phase == "Suspended"
+    suspended = phase == "Suspended"
     training, succeeded, failed = phase == "Running", phase == "Succeeded", phase == "Failed"
     ready = observed.rollout_ready or 0
-    # (type, true?, reason, message) of each condition, in a fixed order.
-    rows: list[tuple[str, bool, str, str]] = [
-        (
-            "Created",
-            created,
-            "ChildrenCreated" if created else "Creating",
-            "trainer, rollout and verifier objects exist" if created else "creating children",
-        )
-    ]
+    created = observed.job is not None or suspended or bool(plan.terminal)
+    c = creation_conditions(
+        old, observed.create_error, observed.pod_failures, created,
+        "trainer, rollout and verifier objects", generation, now,
+    )  # fmt: skip
+    # (type, true?, reason, message) of each further condition, in a fixed order.
+    rows: list[tuple[str, bool, str, str]] = []
     if rollout_needed:
         rows.append(
             (
@@ -132,19 +166,33 @@ def run_status(
                 f"{ready}/{spec.rollout.replicas} vLLM servers ready",
             )
         )
-    rows += [
+    rows.append(
         (
             "VerifierReady",
             verifier_ok,
             "ReplicasReady" if verifier_ok else "ReplicasNotReady",
             f"{observed.verifier_ready}/{spec.verifier.replicas} verifier pods ready",
-        ),
-        (
-            "Training",
-            training,
-            "TrainerRunning" if training else f"Trainer{state}",
-            f"step {step or 0}/{total}" if training else f"trainer Job is {state.lower()}",
-        ),
+        )
+    )
+    if kueue:
+        rows.append(
+            (
+                "Queued",
+                queued and not suspended,
+                "AwaitingAdmission" if queued else "Admitted" if observed.job is not None else "NotQueued",
+                "Kueue has not admitted the trainer Job yet; rollout servers and verifier start once it has"
+                if queued
+                else "",
+            )
+        )
+    if training:
+        training_row = ("Training", True, "TrainerRunning", f"step {step or 0}/{total}")
+    elif plan.reason and not plan.terminal and not suspended:
+        training_row = ("Training", False, plan.reason, plan.message)
+    else:
+        training_row = ("Training", False, f"Trainer{state}", f"trainer Job is {state.lower()}")
+    rows += [
+        training_row,
         (
             "Suspended",
             suspended,
@@ -160,19 +208,18 @@ def run_status(
         (
             "Failed",
             failed,
-            "TrainerFailed" if failed else "NotFailed",
-            f"trainer Job failed after {restarts} restart(s) (maxRestarts {spec.max_restarts})"
-            if failed
-            else "",
+            (plan.reason or "TrainerFailed") if failed else "NotFailed",
+            plan.message if failed else "",
         ),
     ]
-    c = [condition(old, type_, ok, reason, message, generation, now) for type_, ok, reason, message in rows]
+    c += [condition(old, type_, ok, reason, message, generation, now) for type_, ok, reason, message in rows]
     status: Status = {
         "phase": phase,
         "conditions": c,
         "observedGeneration": generation,
         "totalSteps": total,
-        "restarts": restarts,
+        "restarts": plan.restarts,
+        "attempt": plan.attempt,
         "startTime": old.get("startTime") or now,
     }
     if step is not None:
@@ -212,21 +259,43 @@ def job_phase_status(
     now: str,
     output: str | None,
     what: str,
+    suspend: bool = False,
+    create_error: str | None = None,
+    pod_failures: tuple[str, ...] = (),
 ) -> Status:
     """Status of a MergeJob/EvalSuite whose dependencies are resolved, from its one Job.
 
     The Job is created only once every reference resolved, so WaitingForDependencies is derived
-    here (False, DependenciesReady) rather than carried over from an older status.
+    here (False, DependenciesReady) rather than carried over from an older status. A suspended
+    Job is Queued when Kueue manages it (its queue label), Suspended when the spec asks.
     """
     state = job_state(job)
-    phase = {"Missing": "Pending", "Pending": "Pending", "Suspended": "Pending"}.get(state, state)
+    labels = ((job or {}).get("metadata") or {}).get("labels") or {}
+    if state == "Suspended":
+        phase = "Suspended" if suspend else "Queued" if labels.get(KUEUE_QUEUE_LABEL) else "Pending"
+    else:
+        phase = {"Missing": "Pending", "Pending": "Pending"}.get(state, state)
     done = phase in ("Succeeded", "Failed")
+    failed = next(
+        (c for c in ((job or {}).get("status") or {}).get("conditions") or [] if c.get("type") == "Failed"),
+        {},
+    )
+    deadline = failed.get("reason") == "DeadlineExceeded"
     status: Status = {
         "phase": phase,
         "observedGeneration": generation,
         "startTime": old.get("startTime") or now,
         "conditions": [
             *dependency_conditions(old, [], [], generation, now),
+            *creation_conditions(
+                old,
+                create_error,
+                pod_failures,
+                job is not None,
+                f"the {what.lower()} Job and its config",
+                generation,
+                now,
+            ),
             condition(
                 old,
                 "Succeeded",
@@ -240,8 +309,8 @@ def job_phase_status(
                 old,
                 "Failed",
                 phase == "Failed",
-                f"{what}Failed" if phase == "Failed" else "NotFailed",
-                f"the {what.lower()} Job failed" if phase == "Failed" else "",
+                ("DeadlineExceeded" if deadline else f"{what}Failed") if phase == "Failed" else "NotFailed",
+                (failed.get("message") or f"the {what.lower()} Job failed") if phase == "Failed" else "",
                 generation,
                 now,
             ),
@@ -260,6 +329,17 @@ def merge_analysis(results: list[Status], output_uri: str) -> Status | None:
         return None
     summary = {k: v for k, v in analysis.items() if k != "reportFile"}
     if report := analysis.get("reportFile"):
+        summary["reportUri"] = f"{output_uri.rstrip('/')}/{report}"
+    return summary
+
+
+def eval_analysis(results: list[Status], output_uri: str | None) -> Status | None:
+    """status.analysis of an EvalSuite from its analysis pod's result ({"analysis": {..., "reportFile"}})."""
+    analysis = next((r["analysis"] for r in results if isinstance(r.get("analysis"), dict)), None)
+    if analysis is None:
+        return None
+    summary = {k: v for k, v in analysis.items() if k != "reportFile"}
+    if (report := analysis.get("reportFile")) and output_uri:
         summary["reportUri"] = f"{output_uri.rstrip('/')}/{report}"
     return summary
 

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import subprocess
+import re
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +17,13 @@ import yaml
 
 from m2rl_operator.api.crd import crd_manifests
 from m2rl_operator.api.validation import SchemaValidator
-from tests.support.paths import REPO_ROOT, tool
+from m2rl_operator.render import render_objects
+from m2rl_operator.settings import OperatorOptions
+from tests.support.helm import CHART, KUBE_VERSION, Rendered, helm, render
+from tests.support.helm import helm_env as make_helm_env
+from tests.support.paths import REPO_ROOT
+from tests.support.prometheus import pod_monitor_targets, running_pods
 
-CHART = REPO_ROOT / "charts" / "m2rl"
-KUBE_VERSION = "1.33.0"  # validated against this version's official schemas (and rendered for it)
 OLDEST_KUBE = "1.29"  # the chart's kubeVersion floor: CEL fieldPath/reason/messageExpression
 
 NAMESPACED_VALUES: dict[str, Any] = {
@@ -81,6 +82,7 @@ SERVICE_MONITOR_SUBSET: dict[str, Any] = {
                             "path": {"type": "string"},
                             "interval": _DURATION,
                             "scrapeTimeout": _DURATION,
+                            "honorLabels": {"type": "boolean"},
                         },
                     },
                 },
@@ -88,71 +90,116 @@ SERVICE_MONITOR_SUBSET: dict[str, Any] = {
         },
     },
 }
-
-
-@dataclass
-class Rendered:
-    """`helm template` output of one configuration, by kind."""
-
-    manifests: list[dict[str, Any]]
-
-    def of(self, kind: str) -> list[dict[str, Any]]:
-        return [m for m in self.manifests if m["kind"] == kind]
-
-    def one(self, kind: str) -> dict[str, Any]:
-        (found,) = self.of(kind)
-        return found
+# The same for the PodMonitors and the PrometheusRule (fields and patterns as in prometheus-operator
+# v0.93's CRDs, example/prometheus-operator-crd/monitoring.coreos.com_{podmonitors,prometheusrules}.yaml).
+_RELABELING = {
+    "type": "object",
+    "properties": {
+        "action": {"type": "string", "enum": ["replace", "keep", "drop", "labelmap"]},
+        "sourceLabels": {"type": "array", "items": {"type": "string", "pattern": "^[a-zA-Z_][a-zA-Z0-9_]*$"}},
+        "targetLabel": {"type": "string"},
+        "replacement": {"type": "string"},
+        "regex": {"type": "string"},
+    },
+}
+_STRING_MAP = {"type": "object", "additionalProperties": {"type": "string"}}
+POD_MONITOR_SUBSET: dict[str, Any] = {
+    "type": "object",
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "properties": {
+        "apiVersion": {"type": "string", "enum": ["monitoring.coreos.com/v1"]},
+        "kind": {"type": "string", "enum": ["PodMonitor"]},
+        "metadata": {"type": "object"},
+        "spec": {
+            "type": "object",
+            "required": ["selector"],
+            "properties": {
+                "selector": SERVICE_MONITOR_SUBSET["properties"]["spec"]["properties"]["selector"],
+                "namespaceSelector": SERVICE_MONITOR_SUBSET["properties"]["spec"]["properties"][
+                    "namespaceSelector"
+                ],
+                "podMetricsEndpoints": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {
+                        "type": "object",
+                        "properties": {
+                            "port": {"type": "string"},
+                            "path": {"type": "string"},
+                            "interval": _DURATION,
+                            "scrapeTimeout": _DURATION,
+                            "relabelings": {"type": "array", "items": _RELABELING},
+                        },
+                    },
+                },
+            },
+        },
+    },
+}
+PROMETHEUS_RULE_SUBSET: dict[str, Any] = {
+    "type": "object",
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "properties": {
+        "apiVersion": {"type": "string", "enum": ["monitoring.coreos.com/v1"]},
+        "kind": {"type": "string", "enum": ["PrometheusRule"]},
+        "metadata": {"type": "object"},
+        "spec": {
+            "type": "object",
+            "properties": {
+                "groups": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["name"],
+                        "properties": {
+                            "name": {"type": "string", "minLength": 1},
+                            "rules": {
+                                "type": "array",
+                                "items": {
+                                    "type": "object",
+                                    "required": ["expr"],
+                                    "properties": {
+                                        "alert": {"type": "string"},
+                                        "expr": {"type": "string"},
+                                        "for": _DURATION,
+                                        "labels": _STRING_MAP,
+                                        "annotations": _STRING_MAP,
+                                    },
+                                },
+                            },
+                        },
+                    },
+                }
+            },
+        },
+    },
+}
+SUBSETS = {
+    "ServiceMonitor": SERVICE_MONITOR_SUBSET,
+    "PodMonitor": POD_MONITOR_SUBSET,
+    "PrometheusRule": PROMETHEUS_RULE_SUBSET,
+}
+# Everything the chart can add for monitoring, switched on (cluster scope).
+MONITORING_VALUES: dict[str, Any] = {
+    "serviceMonitor": {"enabled": True},
+    "podMonitors": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
+    "prometheusRule": {
+        "enabled": True,
+        "labels": {"release": "kube-prometheus-stack"},
+        "alertLabels": {"team": "ml-platform"},
+    },
+    "grafanaDashboard": {
+        "enabled": True,
+        "namespace": "monitoring",
+        "annotations": {"grafana_folder": "M2RL"},
+    },
+}
 
 
 @pytest.fixture(scope="module")
 def helm_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """helm with its own config/cache dirs and no kubeconfig: everything offline and hermetic."""
-    home = tmp_path_factory.mktemp("helm-home")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HELM_")}
-    env.update(
-        HELM_CACHE_HOME=str(home / "cache"),
-        HELM_CONFIG_HOME=str(home / "config"),
-        HELM_DATA_HOME=str(home / "data"),
-        KUBECONFIG=str(home / "no-kubeconfig"),
-    )
-    return env
-
-
-def helm(
-    env: dict[str, str],
-    *args: str,
-    values: dict[str, Any] | None = None,
-    tmp: Path | None = None,
-    check: bool = True,
-) -> subprocess.CompletedProcess[str]:
-    command = [str(tool("helm")), *args]
-    if values is not None:
-        assert tmp is not None
-        path = tmp / f"values-{abs(hash(json.dumps(values, sort_keys=True)))}.yaml"
-        path.write_text(yaml.safe_dump(values))
-        command += ["-f", str(path)]
-    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
-    if check:
-        assert done.returncode == 0, f"{' '.join(command)}\n{done.stdout}\n{done.stderr}"
-    return done
-
-
-def render(
-    env: dict[str, str], tmp: Path, values: dict[str, Any] | None = None, namespace: str = "m2rl-system"
-) -> Rendered:
-    done = helm(
-        env,
-        "template",
-        "m2rl",
-        str(CHART),
-        "--namespace",
-        namespace,
-        "--kube-version",
-        KUBE_VERSION,
-        values=values or {},
-        tmp=tmp,
-    )
-    return Rendered([d for d in yaml.safe_load_all(done.stdout) if d])
+    return make_helm_env(tmp_path_factory.mktemp("helm-home"))
 
 
 @pytest.fixture(scope="module")
@@ -175,7 +222,17 @@ def minimal(helm_env: dict[str, str], tmp: Path) -> Rendered:
     return render(helm_env, tmp, NO_CRDS_VALUES)
 
 
-CONFIGS = {"default": None, "namespaced": NAMESPACED_VALUES, "no-crds": NO_CRDS_VALUES}
+@pytest.fixture(scope="module")
+def monitoring(helm_env: dict[str, str], tmp: Path) -> Rendered:
+    return render(helm_env, tmp, MONITORING_VALUES)
+
+
+CONFIGS = {
+    "default": None,
+    "namespaced": NAMESPACED_VALUES,
+    "no-crds": NO_CRDS_VALUES,
+    "monitoring": MONITORING_VALUES,
+}
 
 
 @pytest.mark.parametrize("config", CONFIGS)
@@ -197,8 +254,8 @@ def _validate_all(rendered: Rendered) -> list[str]:
     kinds = []
     for manifest in rendered.manifests:
         kinds.append(manifest["kind"])
-        if manifest["kind"] == "ServiceMonitor":
-            result = SchemaValidator(SERVICE_MONITOR_SUBSET).validate(manifest)
+        if manifest["kind"] in SUBSETS:
+            result = SchemaValidator(SUBSETS[manifest["kind"]]).validate(manifest)
             assert result.violations == [], [str(v) for v in result.violations]
             continue
         for version in (KUBE_VERSION, OLDEST_KUBE):
@@ -222,6 +279,8 @@ def test_default_manifests_are_valid_kubernetes(default):
         "CustomResourceDefinition",
         "CustomResourceDefinition",
         "Deployment",
+        "Role",  # the leader-election Lease
+        "RoleBinding",
         "Service",
         "ServiceAccount",
     ]
@@ -234,6 +293,8 @@ def test_namespaced_manifests_are_valid_kubernetes(namespaced):
         "CustomResourceDefinition",
         "Deployment",
         "Role",
+        "Role",
+        "RoleBinding",
         "RoleBinding",
         "Service",
         "ServiceAccount",
@@ -248,6 +309,8 @@ def test_minimal_manifests_are_valid_kubernetes(minimal):
         "ClusterRoleBinding",
         "ClusterRoleBinding",
         "Deployment",
+        "Role",
+        "RoleBinding",
         "ServiceAccount",
     ]
 
@@ -278,10 +341,11 @@ def _container(rendered: Rendered) -> dict[str, Any]:
     return container
 
 
-def test_deployment_is_hardened_and_single(default):
+def test_deployment_is_hardened_and_elects_a_leader(default):
     deployment = default.one("Deployment")
     spec = deployment["spec"]
-    assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}
+    # One replica by default; a rolling update's new pod waits for the Lease as a standby.
+    assert spec["replicas"] == 1 and spec["strategy"] == {"type": "RollingUpdate"}
     pod = spec["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] == 65532
     container = _container(default)
@@ -309,7 +373,34 @@ def test_deployment_is_hardened_and_single(default):
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["M2RL_IMAGE_TRAINER"] == env["M2RL_IMAGE_ROLLOUT"] == "ghcr.io/m2rl/trainer:0.1.0"
     assert env["M2RL_METRICS_PORT"] == "9090"
+    assert (env["M2RL_LEADER_ELECTION"], env["M2RL_LEASE_NAME"], env["M2RL_HEALTH_PORT"]) == (
+        "true",
+        "m2rl",
+        "8080",
+    )
+    pod_name = next(e for e in container["env"] if e["name"] == "POD_NAME")
+    assert pod_name["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert "M2RL_METRICS_FROM" not in env
     assert pod["serviceAccountName"] == default.one("ServiceAccount")["metadata"]["name"]
+
+
+def test_two_replicas_need_leader_election_and_metrics_peers_reach_the_operator(helm_env, tmp):
+    peers = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+    rendered = render(helm_env, tmp, {"operator": {"replicas": 2}, "networkPolicy": {"metricsFrom": peers}})
+    assert rendered.one("Deployment")["spec"]["replicas"] == 2
+    env = {e["name"]: e.get("value") for e in _container(rendered)["env"]}
+    assert json.loads(env["M2RL_METRICS_FROM"]) == peers
+    lease_role = next(r for r in rendered.of("Role") if r["metadata"]["name"] == "m2rl-leader-election")
+    assert lease_role["metadata"]["namespace"] == "m2rl-system"
+    assert _permissions(lease_role["rules"]) == {
+        ("coordination.k8s.io", "leases", v) for v in ("get", "create", "patch")
+    }
+    values = {"operator": {"replicas": 2, "leaderElection": {"enabled": False}}}
+    done = helm(helm_env, "template", "m2rl", str(CHART), values=values, tmp=tmp, check=False)
+    assert done.returncode != 0 and "needs operator.leaderElection.enabled" in done.stderr
+    single = render(helm_env, tmp, {"operator": {"leaderElection": {"enabled": False}}})
+    assert single.one("Deployment")["spec"]["strategy"] == {"type": "Recreate"}
+    assert not [r for r in single.of("Role") if r["metadata"]["name"].endswith("leader-election")]
 
 
 def test_namespaced_deployment(namespaced):
@@ -345,19 +436,16 @@ REQUIRED = {
         for v in ("get", "list", "watch", "patch")
     ),
     *(("m2rl.io", f"{r}/status", "patch") for r in ("rlvrruns", "mergejobs", "evalsuites")),
-    ("", "events", "create"),
+    *(("", "events", v) for v in ("create", "list", "watch")),  # FailedCreate of children
     *(("batch", "jobs", v) for v in ("create", "get", "list", "watch", "patch", "delete")),
     *(
         ("apps", r, v)
         for r in ("statefulsets", "deployments")
         for v in ("create", "get", "list", "watch", "patch")
     ),
-    *(
-        ("", r, v)
-        for r in ("services", "configmaps", "persistentvolumeclaims")
-        for v in ("create", "get", "watch")
-    ),
-    *(("networking.k8s.io", "networkpolicies", v) for v in ("create", "get", "list", "watch", "patch")),
+    *(("", r, v) for r in ("services", "configmaps") for v in ("create", "get", "list", "watch", "patch")),
+    *(("", "persistentvolumeclaims", v) for v in ("create", "get", "list", "watch")),
+    *(("networking.k8s.io", "networkpolicies", v) for v in ("create", "get", "list", "watch")),
     *(("", "pods", v) for v in ("get", "list", "watch")),
 }
 DISCOVERY = {
@@ -373,6 +461,10 @@ def _assert_least_privilege(permissions: set[tuple[str, str, str]]) -> None:
     assert not any(r in {"secrets", "pods/exec", "nodes"} for _, r, _ in permissions)
     assert ("", "persistentvolumeclaims", "delete") not in permissions, "checkpoints outlive runs"
     assert not any(r == "pods" and v not in {"get", "list", "watch"} for _, r, v in permissions)
+    # The operator patches; `update` only where the API server demands it (blockOwnerDeletion).
+    assert {r for _, r, v in permissions if v == "update"} <= {
+        f"{kind}/finalizers" for kind in ("rlvrruns", "mergejobs", "evalsuites")
+    }
 
 
 def test_cluster_rbac(default):
@@ -395,7 +487,10 @@ def test_cluster_rbac(default):
 
 def test_namespaced_rbac_has_no_cluster_permissions(namespaced):
     assert not namespaced.of("ClusterRole") and not namespaced.of("ClusterRoleBinding")
-    role, binding = namespaced.one("Role"), namespaced.one("RoleBinding")
+    (role,) = [r for r in namespaced.of("Role") if not r["metadata"]["name"].endswith("leader-election")]
+    (binding,) = [
+        b for b in namespaced.of("RoleBinding") if not b["metadata"]["name"].endswith("leader-election")
+    ]
     assert role["metadata"]["namespace"] == binding["metadata"]["namespace"] == "research"
     permissions = _permissions(role["rules"])
     assert permissions >= REQUIRED
@@ -419,8 +514,187 @@ def test_metrics_service_and_service_monitor(default, namespaced, minimal):
         <= namespaced.one("Service")["metadata"]["labels"].items()
     )
     assert monitor["spec"]["endpoints"] == [
-        {"port": "metrics", "path": "/metrics", "interval": "15s", "scrapeTimeout": "10s"}
+        {
+            "port": "metrics",
+            "path": "/metrics",
+            "interval": "15s",
+            "scrapeTimeout": "10s",
+            "honorLabels": True,
+        }
     ]
+
+
+def test_monitoring_manifests_are_valid(monitoring):
+    assert _validate_all(monitoring) == [
+        "ClusterRole",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "ClusterRoleBinding",
+        "ConfigMap",
+        "CustomResourceDefinition",
+        "CustomResourceDefinition",
+        "CustomResourceDefinition",
+        "Deployment",
+        "PodMonitor",
+        "PodMonitor",
+        "PodMonitor",
+        "PrometheusRule",
+        "Role",
+        "RoleBinding",
+        "Service",
+        "ServiceAccount",
+        "ServiceMonitor",
+    ]
+    for kind in ("PodMonitor", "PrometheusRule"):
+        for manifest in monitoring.of(kind):
+            assert manifest["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+
+
+def test_pod_monitors_scrape_the_pods_the_operator_creates(monitoring, helm_env, tmp):
+    """Each PodMonitor's selector and port, applied as prometheus-operator does to the pods of a real
+    rendered run (two trainer nodes, two rollout servers), yields exactly the intended targets with
+    the job and run labels the alerts and the dashboard select on."""
+    run = yaml.safe_load((REPO_ROOT / "examples" / "expert-run.yaml").read_text())
+    run["spec"]["trainer"]["nodes"] = 2
+    children = render_objects([run], OperatorOptions(metrics_port=None), namespace="research")
+    assert children.problems == []
+    pods = list(running_pods(children.manifests, "research"))
+    targets = {
+        m["metadata"]["name"]: [t for pod in pods for t in pod_monitor_targets(m, pod)]
+        for m in monitoring.of("PodMonitor")
+    }
+    assert targets == {
+        "m2rl-trainer": [  # rank 0 only: the other ranks serve no metrics
+            {
+                "namespace": "research",
+                "container": "trainer",
+                "pod": "math-expert-trainer-0-x",
+                "job": "m2rl-trainer",
+                "endpoint": "metrics",
+            }
+        ],
+        "m2rl-verifier": [
+            {
+                "namespace": "research",
+                "container": "verifier",
+                "pod": "math-expert-verifier-0",
+                "job": "m2rl-verifier",
+                "endpoint": "http",
+                "run": "math-expert",
+            }
+        ],
+        "m2rl-rollout": [
+            {
+                "namespace": "research",
+                "container": "vllm",
+                "pod": f"math-expert-rollout-{i}",
+                "job": "m2rl-rollout",
+                "endpoint": "http",
+                "run": "math-expert",
+            }
+            for i in range(2)
+        ],
+    }
+    # The alerts select on those jobs.
+    rules = monitoring.one("PrometheusRule")["spec"]["groups"][0]["rules"]
+    jobs = {job for rule in rules for job in re.findall(r'job="([^"]+)"', rule["expr"])}
+    assert jobs and jobs <= {t["job"] for found in targets.values() for t in found}
+    # Namespace scope: only the watched namespace's pods.
+    scoped = render(
+        helm_env, tmp, {**MONITORING_VALUES, "watch": {"scope": "namespace", "namespace": "research"}}
+    )
+    for monitor in scoped.of("PodMonitor"):
+        assert monitor["spec"]["namespaceSelector"] == {"matchNames": ["research"]}
+        elsewhere = [{**pod, "metadata": {**pod["metadata"], "namespace": "other"}} for pod in pods]
+        assert any(pod_monitor_targets(monitor, pod) for pod in pods)
+        assert not any(pod_monitor_targets(monitor, pod) for pod in elsewhere)
+
+
+def _alerts(rendered: Rendered) -> dict[str, dict[str, Any]]:
+    return {r["alert"]: r for r in rendered.one("PrometheusRule")["spec"]["groups"][0]["rules"]}
+
+
+def test_monitoring_toggles_and_values(monitoring, helm_env, tmp):
+    assert sorted(_alerts(monitoring)) == [
+        "M2RLRolloutServerDown",
+        "M2RLRunFailed",
+        "M2RLSkippedSteps",
+        "M2RLStepStalled",
+        "M2RLVerifierErrors",
+        "M2RLVerifierTimeouts",
+    ]
+    assert all(rule["labels"]["team"] == "ml-platform" for rule in _alerts(monitoring).values())
+    changed = render(
+        helm_env,
+        tmp,
+        {
+            **MONITORING_VALUES,
+            "podMonitors": {"enabled": True, "rollout": False},
+            "prometheusRule": {
+                "enabled": True,
+                "stepStalled": {"enabled": False, "severity": "warning", "afterSeconds": 60},
+                "verifierErrors": {
+                    "enabled": True,
+                    "severity": "page",
+                    "ratio": 0.2,
+                    "window": "5m",
+                    "for": "1m",
+                },
+            },
+            "grafanaDashboard": {"enabled": False},
+        },
+    )
+    assert sorted(m["metadata"]["name"] for m in changed.of("PodMonitor")) == [
+        "m2rl-trainer",
+        "m2rl-verifier",
+    ]
+    alerts = _alerts(changed)
+    assert "M2RLStepStalled" not in alerts and len(alerts) == 5
+    errors = alerts["M2RLVerifierErrors"]
+    assert errors["for"] == "1m" and errors["labels"] == {"severity": "page"}
+    assert errors["expr"].count("> 0.2") == 2 and errors["expr"].count("[5m]") == 4
+    assert not changed.of("ConfigMap")
+    off = render(helm_env, tmp, {"podMonitors": {"enabled": False}, "prometheusRule": {"enabled": False}})
+    assert not off.of("PodMonitor") and not off.of("PrometheusRule")
+
+
+def test_dashboard_configmap(monitoring):
+    (config_map,) = monitoring.of("ConfigMap")
+    assert config_map["metadata"]["namespace"] == "monitoring"
+    assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"  # the Grafana sidecar's default
+    assert config_map["metadata"]["annotations"] == {"grafana_folder": "M2RL"}
+    (name,) = config_map["data"]
+    assert json.loads(config_map["data"][name]) == json.loads((CHART / "dashboards" / name).read_text())
+
+
+def test_dashboard_is_well_formed():
+    """Grafana's dashboard model: unique ids, panels inside the 24-column grid without overlaps,
+    every query on the datasource variable with unique refIds, only defined variables used. That
+    each query is valid PromQL with data is tests/integration/monitoring/test_scraped_run.py."""
+    dashboard = json.loads((CHART / "dashboards" / "m2rl-training.json").read_text())
+    assert dashboard["uid"] == "m2rl-training" and dashboard["title"]
+    panels = dashboard["panels"]
+    assert len({p["id"] for p in panels}) == len(panels)
+    cells: dict[tuple[int, int], str] = {}
+    for panel in panels:
+        grid = panel["gridPos"]
+        assert grid["x"] >= 0 and grid["x"] + grid["w"] <= 24, panel["title"]
+        for x in range(grid["x"], grid["x"] + grid["w"]):
+            for y in range(grid["y"], grid["y"] + grid["h"]):
+                assert (x, y) not in cells, f"{panel['title']} overlaps {cells[(x, y)]}"
+                cells[(x, y)] = panel["title"]
+    defined = {v["name"] for v in dashboard["templating"]["list"]}
+    assert defined == {"datasource", "namespace", "run"}
+    queries = [p for p in panels if p["type"] != "row"]
+    assert queries
+    for panel in queries:
+        assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, panel["title"]
+        refs = [t["refId"] for t in panel["targets"]]
+        assert refs and len(set(refs)) == len(refs), panel["title"]
+        for target in panel["targets"]:
+            assert target["datasource"] == panel["datasource"]
+            used = set(re.findall(r"\$(\w+)", target["expr"])) - {"__rate_interval"}
+            assert used <= defined, (panel["title"], used - defined)
 
 
 def test_values_schema(helm_env, tmp):
@@ -436,6 +710,10 @@ def test_values_schema(helm_env, tmp):
             {"serviceMonitor": {"enabled": True}, "metrics": {"service": {"enabled": False}}},
             "serviceMonitor.enabled needs metrics.service.enabled",
         ),
+        ({"prometheusRule": {"verifierErrors": {"ratio": 2}}}, "maximum: got 2, want 1"),
+        ({"podMonitors": {"interval": "30 seconds"}}, "'30 seconds' does not match pattern"),
+        ({"grafanaDashboard": {"labels": {"grafana_dashboard": 1}}}, "got number, want string"),
+        ({"prometheusRule": {"stepStalled": {"afterSeconds": 5}}}, "minimum: got 5, want 60"),
     ]:
         done = helm(helm_env, "template", "m2rl", str(CHART), values=values, tmp=tmp, check=False)
         assert done.returncode != 0 and message in done.stderr, (values, done.stderr)
@@ -468,6 +746,12 @@ def test_notes(helm_env, tmp):
     assert "m2rl validate -f examples/mix-vs-merge/" in text
     text = notes({"watch": {"scope": "namespace"}, "crds": {"enabled": False}})
     assert "in namespace ops only" in text and "CRDs were not installed by this release" in text
+    assert "Monitoring:" not in text
+    text = notes({"podMonitors": {"enabled": True}, "grafanaDashboard": {"enabled": True}})
+    assert (
+        "Monitoring: PodMonitors (jobs m2rl-trainer, m2rl-verifier, m2rl-rollout); Grafana dashboard"
+        ' "M2RL training" (ConfigMap m2rl-dashboard in ops);' in text
+    )
 
 
 def iter_templates() -> Iterator[Path]:
@@ -482,6 +766,9 @@ def test_chart_files_exist():
         "templates/service.yaml",
         "templates/servicemonitor.yaml",
         "templates/serviceaccount.yaml",
+        "templates/podmonitors.yaml",
+        "templates/prometheusrule.yaml",
+        "templates/dashboard-configmap.yaml",
         "templates/NOTES.txt",
         "templates/crds/rlvrruns.yaml",
         "templates/crds/mergejobs.yaml",

@@ -61,6 +61,7 @@ def fast_settings() -> kopf.OperatorSettings:
     settings.batching.idle_timeout = 0.1
     settings.batching.batch_window = 0.05
     settings.posting.level = 20  # INFO events are posted as Kubernetes Events
+    settings.background.cancellation_polling = 0.2  # a deleted object's timer, checked again soon
     return settings
 
 

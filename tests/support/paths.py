@@ -9,7 +9,7 @@ TOOLS_BIN = REPO_ROOT / ".tools" / "bin"
 
 
 def tool(name: str) -> Path:
-    """Path of a project tool (helm, kubectl, prometheus, bwrap) installed by scripts/setup.sh."""
+    """Path of a project tool (helm, kubectl, prometheus, promtool, bwrap) installed by scripts/setup.sh."""
     path = TOOLS_BIN / name
     if not path.exists():
         raise FileNotFoundError(

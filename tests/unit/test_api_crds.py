@@ -127,8 +127,8 @@ def test_every_field_is_documented_starting_with_its_name(kind):
     """kubectl explain completeness: every property has a description, jobset style."""
     undocumented, misnamed = [], []
     for path, node in _nodes(kind):
-        if not path or path.endswith("[]") or path.endswith(".*"):
-            continue
+        if not path or path.endswith("[]") or path.endswith(".*") or path == ".metadata":
+            continue  # the root metadata schema may carry nothing but name constraints (see crd.py)
         description = node.get("description", "")
         if not description.strip():
             undocumented.append(path)

@@ -17,7 +17,13 @@ from m2rl_operator.api import cel
 from m2rl_operator.api.algorithm import PRESETS, AlgorithmSpec, resolve_algorithm
 from m2rl_operator.api.common import Condition
 from m2rl_operator.api.crd import KINDS_BY_NAME, object_schema
-from m2rl_operator.api.evalsuite import EvalResult, EvalSuiteStatus
+from m2rl_operator.api.evalsuite import (
+    EvalAnalysisStatus,
+    EvalResult,
+    EvalSuiteStatus,
+    JudgeAccuracy,
+    KLPair,
+)
 from m2rl_operator.api.merge_methods import EXPERT_PARAMETERS, GLOBAL_PARAMETERS, MERGE_METHODS
 from m2rl_operator.api.mergejob import AnalysisStatus, CosinePair, MergeJobStatus
 from m2rl_operator.api.rlvrrun import CheckpointStatus, DomainStatus, RLVRRunSpec, RLVRRunStatus
@@ -125,6 +131,9 @@ def test_merge_method_table_matches_mergekit():
     from mergekit.merge_methods.base import ParameterScope
     from mergekit.merge_methods.registry import registered_methods
 
+    from m2rl_trainer.merge.methods import INTERNAL_PARAMETERS, register_study_methods
+
+    register_study_methods()  # what m2rl-merge does before it reads a config
     registry = {m.spec.name: m.spec for m in registered_methods()}
     for name, method in MERGE_METHODS.items():
         spec = registry[name]
@@ -137,8 +146,11 @@ def test_merge_method_table_matches_mergekit():
         max_inputs = None if contract.max_inputs is None else contract.max_inputs - base_inputs
         max_non_base = contract.max_non_base
         assert method.max_experts == (max_non_base if max_non_base is not None else max_inputs), name
-        shared = {p.name for p in spec.parameters if p.scope == ParameterScope.SHARED}
-        per_expert = {p.name for p in spec.parameters if p.scope != ParameterScope.SHARED}
+        # Parameters m2rl-merge computes (a seed, whole-model trim thresholds) are not the API's.
+        shared = {p.name for p in spec.parameters if p.scope == ParameterScope.SHARED} - INTERNAL_PARAMETERS
+        per_expert = {
+            p.name for p in spec.parameters if p.scope != ParameterScope.SHARED
+        } - INTERNAL_PARAMETERS
         assert {GLOBAL_PARAMETERS[p] for p in method.global_params} == shared, name
         assert {EXPERT_PARAMETERS[p] for p in method.expert_params} == per_expert, name
         if spec.reference_url:
@@ -189,8 +201,19 @@ def test_status_models_fit_the_status_schema():
         analysis=AnalysisStatus(
             report_uri="pvc://c/merges/ties/analysis.json",
             task_vector_norms={"math": 3.5},
-            pairwise_cosine=[CosinePair(first="math", second="code", cosine=0.07)],
+            pairwise_cosine=[
+                CosinePair(
+                    first="math",
+                    second="code",
+                    cosine=0.07,
+                    projected_cosine=0.05,
+                    jaccard=0.2,
+                    jaccard_random=0.11,
+                )
+            ],
+            update_fraction={"math": 0.3},
             sign_conflict_fraction=0.31,
+            eta=0.001,
         ),
     ).to_dict()
     _check_status("MergeJob", merge)
@@ -204,6 +227,13 @@ def test_status_models_fit_the_status_schema():
                 model="mixed", benchmark="aime24", phase="Succeeded", metrics={"avg@k": 0.31}, prompts=30
             )
         ],
+        analysis=EvalAnalysisStatus(
+            report_uri="pvc://results/suite/_analysis/report.json",
+            kl=[KLPair(sampler="math", scorer="mixed", kl=3.2, neighbour=False)],
+            epsilon=1.0,
+            gain_cosine={"mixed": 0.8},
+            judge_accuracy=[JudgeAccuracy(model="mixed", mode="outcome", accuracy=0.7)],
+        ),
     ).to_dict()
     _check_status("EvalSuite", suite)
 

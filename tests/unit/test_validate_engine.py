@@ -57,8 +57,9 @@ def test_rules_see_presets_of_the_algorithm_type():
     # dapo's clipHigh is 0.28: clipLow 0.25 is fine; grpo's is 0.2: the same clipLow is not.
     assert messages(run(algorithm={"steps": 10, "type": "dapo", "clipLow": 0.25})) == []
     assert messages(run(algorithm={"steps": 10, "type": "grpo", "clipLow": 0.25})) == [
-        "spec.algorithm.clipHigh: Invalid value: (unset): clipHigh (0.2) must be greater than or equal to "
-        "clipLow (0.25), after unset fields take the preset of type grpo"
+        "spec.algorithm.clipHigh: Invalid value: (unset): clipHigh must be greater than or equal to "
+        "clipLow, after unset fields take the preset of `type` (clipLow 0.2; clipHigh 0.28 for dapo, "
+        "else 0.2): clip-higher widens the upper bound of the ratio, it never narrows it"
     ]
 
 
@@ -93,14 +94,18 @@ def test_transition_rules_run_on_updates_only():
     changed = run(model={"uri": "pvc://models/other"})
     assert messages(changed) == []
     assert messages(changed, old=RUN) == [
-        "spec.model: Forbidden: model is immutable once set: a run continues from its own checkpoints; "
-        "start a new RLVRRun for another base model"
+        "spec.model: Forbidden: spec.model cannot change once the RLVRRun exists: create a new RLVRRun "
+        "instead (only spec.suspend, spec.rollout.replicas, spec.verifier.replicas and "
+        "spec.ttlSecondsAfterFinished can change)"
     ]
-    # Mutable fields may change; an unchanged immutable field passes after defaulting on both sides.
-    assert messages(run(suspend=True, maxRestarts=5), old=RUN) == []
+    # The mutable fields may change; unchanged immutable fields pass after defaulting on both sides.
+    mutable = run(suspend=True, rollout={"replicas": 4}, verifier={"replicas": 2}, ttlSecondsAfterFinished=60)
+    assert messages(mutable, old=RUN) == []
 
 
-def test_immutable_once_set_allows_setting_an_unset_field():
+def test_optional_fields_cannot_be_added_or_removed():
+    """A transition rule on an optional field would not run when either side lacks it, so the
+    rule sits on the parent and compares presence too."""
     merge = {
         "apiVersion": "m2rl.io/v1alpha1",
         "kind": "MergeJob",
@@ -113,12 +118,16 @@ def test_immutable_once_set_allows_setting_an_unset_field():
     }
     with_base = copy.deepcopy(merge)
     with_base["spec"]["base"] = {"model": "pvc://models/base"}
-    assert messages(with_base, old=merge) == []  # base was unset: setting it is allowed
+    refused = (
+        "spec.base: Forbidden: spec.base cannot change once the MergeJob exists: create a new MergeJob "
+        "instead (only spec.ttlSecondsAfterFinished can change)"
+    )
+    assert messages(with_base, old=merge) == [refused]  # added
+    assert messages(merge, old=with_base) == [refused]  # removed
     changed = copy.deepcopy(with_base)
     changed["spec"]["base"] = {"model": "pvc://models/other"}
-    assert messages(changed, old=with_base) == [
-        "spec.base: Forbidden: base is immutable once set: a merge is one-shot"
-    ]
+    assert messages(changed, old=with_base) == [refused]  # changed
+    assert messages(with_base, old=with_base) == []
 
 
 LIST_SCHEMA: dict[str, Any] = {
@@ -246,10 +255,7 @@ def test_generate_name_is_checked_with_a_generated_suffix():
     obj["metadata"] = {"generateName": "sweep-"}
     assert messages(obj) == []
     obj["metadata"] = {"generateName": "a-very-long-prefix-for-a-hyperparam-sweep-"}  # 42 + 5 chars
-    assert messages(obj) == [
-        'metadata.name: Invalid value: "a-very-long-prefix-for-a-hyperparam-sweep-xxxxx": metadata.name must '
-        "be at most 40 characters: the operator derives child object and DNS names from it"
-    ]
+    assert messages(obj) == ["metadata.name: Too long: must have at most 40 characters (has 47)"]
 
 
 def test_kubectl_style_floats_in_yaml():

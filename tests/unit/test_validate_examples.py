@@ -113,11 +113,18 @@ def test_study_protocol_numbers():
         assert spec["model"]["uri"] == "pvc://m2rl-data/models/qwen3-4b-sft"
     assert len(runs["qwen3-4b-mixed"]["domains"]) == 4
 
-    merges = {o["spec"]["method"]: o["spec"] for o in objects if o["kind"] == "MergeJob"}
-    assert sorted(merges) == ["dare_linear", "linear", "task_arithmetic", "ties"]
-    assert {e["density"] for e in merges["ties"]["experts"]} == {0.2}  # 80% trimmed
-    assert {e["density"] for e in merges["dare_linear"]["experts"]} == {0.8}  # drop rate 0.2
-    assert merges["task_arithmetic"]["parameters"]["lambda"] == 1.0
+    merges = {o["metadata"]["name"]: o["spec"] for o in objects if o["kind"] == "MergeJob"}
+    assert {n: m["method"] for n, m in merges.items()} == {
+        "qwen3-4b-ties": "mergelm_ties",  # the study's MergeLM variants (docs/merge.md)
+        "qwen3-4b-dare": "mergelm_task_arithmetic",
+        "qwen3-4b-dare-ties": "mergelm_ties",
+        "qwen3-4b-sce": "mergelm_sce",
+        "qwen3-4b-ta": "task_arithmetic",
+        "qwen3-4b-avg": "linear",
+    }
+    assert {e["density"] for e in merges["qwen3-4b-ties"]["experts"]} == {0.2}  # 80% trimmed
+    assert {e["dareDensity"] for e in merges["qwen3-4b-dare"]["experts"]} == {0.8}  # drop rate 0.2
+    assert merges["qwen3-4b-ta"]["parameters"]["lambda"] == 1.0
     assert all(len(m["experts"]) == 4 for m in merges.values())
 
     (suite,) = [o["spec"] for o in objects if o["kind"] == "EvalSuite"]
@@ -132,7 +139,8 @@ def test_study_protocol_numbers():
         "mmlu-redux",
     ]
     assert all(b["metrics"] == ["avg@k"] for b in suite["benchmarks"])
-    assert len(suite["models"]) == 10
+    assert len(suite["models"]) == 12
+    assert suite["analysis"]["merged"] == ["ties", "dare-ties", "dare", "ta", "sce", "avg"]
 
 
 @pytest.mark.parametrize(
@@ -193,8 +201,9 @@ def test_validate_command_json_and_updates(tmp_path: Path, capsys):
     assert report["violations"] == [
         {
             "path": "spec.algorithm",
-            "message": "Forbidden: algorithm is immutable once set: "
-            "hyperparameters cannot change under a running experiment",
+            "message": "Forbidden: spec.algorithm cannot change once the RLVRRun exists: create a new "
+            "RLVRRun instead (only spec.suspend, spec.rollout.replicas, spec.verifier.replicas and "
+            "spec.ttlSecondsAfterFinished can change)",
             "rule": "self == oldSelf",
         }
     ]

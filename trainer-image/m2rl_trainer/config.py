@@ -57,6 +57,10 @@ class DomainConfig:
     verifier_options: dict[str, Any] = field(default_factory=dict)
     weight: float = 1.0  # relative sampling weight in "weighted" mixing
     max_samples: int | None = None  # cap on prompts taken from this dataset (None: all)
+    # How records are read: "jsonl" maps columns with `fields`; "nemotron" reads the Nemotron RL
+    # blend's rows as the M2RL study does (m2rl_trainer.data.nemotron); options per format.
+    format: str = "jsonl"
+    format_options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -146,6 +150,21 @@ class DeepSpeedConfig:
 
 
 @dataclass
+class MemoryConfig:
+    """How the update bounds its memory (train/batching.py, train/logprobs.py, train/memory.py)."""
+
+    gradient_checkpointing: bool = False  # recompute each decoder layer in the backward (API default: on)
+    # Padded tokens per micro-batch (prompt rows x widest prompt + completions x longest); groups
+    # may split across micro-batches. None: only micro_batch_size bounds a micro-batch.
+    max_tokens_per_micro_batch: int | None = None
+    logits_chunk_mib: float = 64.0  # fp32 logits per LM-head chunk; no [B, R, V] tensor is kept
+    # Accelerator memory per rank the up-front check plans for. None: the device's own (CUDA), or
+    # no check on CPU. The check refuses configs whose estimate exceeds `usable_fraction` of it.
+    device_memory_gib: float | None = None
+    usable_fraction: float = 0.9  # the rest: CUDA context, allocator fragmentation, NCCL buffers
+
+
+@dataclass
 class RolloutConfig:
     mode: RolloutMode = "server"
     server_urls: list[str] = field(default_factory=list)  # vLLM replicas (mode=server)
@@ -193,6 +212,7 @@ class TrainerConfig:
     data: DataConfig = field(default_factory=DataConfig)
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     rewards: RewardsConfig = field(default_factory=RewardsConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
@@ -323,6 +343,9 @@ def validate(config: TrainerConfig) -> list[str]:
             problems.append(f"data.domains[{i}].weight: must be > 0")
         if d.max_samples is not None and d.max_samples < 1:
             problems.append(f"data.domains[{i}].max_samples: must be at least 1 (or unset for all)")
+        from m2rl_trainer.data.formats import format_problems
+
+        problems += format_problems(d, f"data.domains[{i}]")
     if config.rollout.mode == "server" and not config.rollout.server_urls:
         problems.append("rollout.server_urls: server mode needs at least one vLLM server URL")
     if config.rollout.weight_sync == "nccl":
@@ -351,8 +374,26 @@ def validate(config: TrainerConfig) -> list[str]:
             "algorithm.off_policy_steps: colocated rollout with ZeRO-3 on several ranks cannot overlap "
             "(each rank's generator needs the full weights); use zero_stage 2 or rollout.mode server"
         )
+    problems += _memory_problems(config)
     if config.checkpoint.every_steps < 0 or config.checkpoint.keep < 0:
         problems.append("checkpoint: every_steps and keep must be >= 0")
+    return problems
+
+
+def _memory_problems(config: TrainerConfig) -> list[str]:
+    m, a, problems = config.memory, config.algorithm, []
+    longest = a.max_prompt_tokens + a.max_response_tokens
+    if m.max_tokens_per_micro_batch is not None and m.max_tokens_per_micro_batch < longest:
+        problems.append(
+            f"memory.max_tokens_per_micro_batch: {m.max_tokens_per_micro_batch} is less than one sequence "
+            f"(max_prompt_tokens + max_response_tokens = {longest}); a sequence is never split"
+        )
+    if m.logits_chunk_mib <= 0:
+        problems.append("memory.logits_chunk_mib: must be > 0")
+    if m.device_memory_gib is not None and m.device_memory_gib <= 0:
+        problems.append("memory.device_memory_gib: must be > 0 (or unset: the device's own)")
+    if not 0 < m.usable_fraction <= 1:
+        problems.append("memory.usable_fraction: must be in (0, 1]")
     return problems
 
 

@@ -49,3 +49,13 @@ app.kubernetes.io/component: operator
 {{- define "m2rl.trainerImage" -}}
 {{- default (printf "ghcr.io/m2rl/trainer:%s" .Chart.AppVersion) .Values.images.trainer -}}
 {{- end -}}
+
+{{/* Where the PodMonitors look for the pods the operator creates: the namespaces it watches. */}}
+{{- define "m2rl.monitoredNamespaces" -}}
+{{- if include "m2rl.clusterScoped" . -}}
+any: true
+{{- else -}}
+matchNames:
+  - {{ include "m2rl.watchNamespace" . }}
+{{- end -}}
+{{- end -}}

@@ -25,6 +25,8 @@ API_VERSION = f"{GROUP}/{VERSION}"
 # Bounds that keep the API server's CEL cost estimator under its limit: every list a rule
 # iterates needs maxItems, every string a rule compares needs maxLength.
 NAME_MAX_LENGTH = 63
+DNS_1035_LABEL_PATTERN = "^[a-z]([-a-z0-9]*[a-z0-9])?$"
+"""A DNS-1035 label (starts with a letter): what Services and the resources' own names must be."""
 URI_MAX_LENGTH = 512
 SHORT_TEXT_MAX_LENGTH = 256
 MAX_LIST_ITEMS = 64

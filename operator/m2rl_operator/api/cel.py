@@ -15,6 +15,7 @@ with `has(x) ? ... : true` rather than `!has(x) || ...` there.
 from __future__ import annotations
 
 import functools
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -196,8 +197,12 @@ def _undeclared_name(exc: CELEvalError) -> str | None:
 
 def _short_error(exc: CELEvalError) -> str:
     text = str(exc.args[0]) if exc.args else str(exc)
-    if text.startswith("no such member in mapping"):
-        return "no such key: " + text.split(":", 1)[1].strip().strip("'")
+    # cel-go propagates the first operand's error through `||`, `&&` and comparisons; cel-python
+    # wraps both operands' errors into "no matching overload": report the first missing key, as
+    # the API server does ("no such key: x").
+    missing = re.search(r"no such member in mapping: \\?'([^'\\]*)", repr(exc.args))
+    if missing:
+        return "no such key: " + missing.group(1)
     if "no matching overload" in text:
         return "no matching overload (mixed types in the rule)"
     return text.split(" (in activation")[0]

@@ -143,7 +143,7 @@ class EnvVar(ApiModel):
 
 
 class PodOptions(ApiModel):
-    """Placement and container options shared by every component that runs pods."""
+    """Placement and container options of one component's pods (see also the resource-wide `pod`)."""
 
     image: str | None = Field(None, max_length=URI_MAX_LENGTH)
     """image is the container image. Unset means the operator's default image for this component
@@ -164,6 +164,20 @@ class PodOptions(ApiModel):
 # ---- datasets and verifiers ----------------------------------------------------------------------
 
 VerifierType = Literal["math", "code", "multiple_choice", "ifeval"]
+DatasetFormat = Literal[
+    "jsonl",
+    "nemotron",
+    "aime24",
+    "aime25",
+    "amc23",
+    "math500",
+    "gpqa",
+    "mmlu_redux",
+    "livecodebench",
+    "hle",
+    "ifeval",
+    "ifbench",
+]
 """The verifiers of the trainer image (m2rl_trainer.rewards.registry.VERIFIERS), by registered name."""
 
 
@@ -193,7 +207,18 @@ class DatasetSpec(ApiModel):
     config: str | None = Field(None, max_length=SHORT_TEXT_MAX_LENGTH)
     """config is the Hub dataset configuration (subset). Unset means the default configuration."""
     fields: FieldMapping = Field(default_factory=FieldMapping)
-    """fields maps dataset columns to prompt, answer and id. Default: columns "prompt", "answer"."""
+    """fields maps dataset columns to prompt, answer and id (format jsonl only). Default: columns
+    "prompt", "answer"."""
+    format: DatasetFormat = "jsonl"
+    """format is the layout the data is published in. jsonl: any JSONL/JSON/Parquet file, columns
+    mapped by fields. nemotron: rows of the Nemotron RL blend, routed by their `dataset` field with
+    the M2RL study's prompt prefixes (training domains). Benchmarks as published: aime24, aime25,
+    amc23, math500, gpqa, mmlu_redux, livecodebench, hle, ifeval, ifbench (each in the study's prompt
+    template; see docs/eval.md). Default jsonl."""
+    format_options: FreeForm | None = None
+    """formatOptions are the format's own options, passed as is with the keys docs/eval.md gives
+    (e.g. {"release": "release_v6", "start_date": "2025-02-01"} for livecodebench, {"domains":
+    ["math"]} for nemotron). Unset means the format's defaults."""
 
 
 class VerifierRef(ApiModel):
@@ -208,8 +233,21 @@ class VerifierRef(ApiModel):
     unknown ones (e.g. {"mode": "loose"} for ifeval). Unset means the verifier's defaults."""
 
 
+SandboxIsolation = Literal["Auto", "RuntimeClass", "UserNamespace", "Privileged"]
+"""How a pod that runs model-written code isolates it (docs/operations.md#code-sandbox)."""
+
+
 class VerifierServiceSpec(PodOptions):
     """The sandboxed verifier service (code execution and other checks)."""
+
+    model_config = model_rules(
+        Rule(
+            # has(): the API server also evaluates this on the raw `default: {}` of the field.
+            rule="!has(self.isolation) || self.isolation != 'RuntimeClass' || has(self.runtimeClassName)",
+            message="isolation RuntimeClass needs runtimeClassName (e.g. gvisor)",
+            field_path=".runtimeClassName",
+        )
+    )
 
     replicas: int = Field(1, ge=1, le=256)
     """replicas is the number of verifier pods. Default 1."""
@@ -221,13 +259,26 @@ class VerifierServiceSpec(PodOptions):
     a check that runs longer scores 0. Default 10."""
     concurrency: int = Field(8, ge=1, le=1024)
     """concurrency is the number of checks one verifier pod runs at a time. Default 8."""
+    isolation: SandboxIsolation = "Auto"
+    """isolation is how the pods that run model-written code (the verifier, and evaluation pods of
+    code benchmarks) give bubblewrap what it needs: RuntimeClass (runtimeClassName, e.g. gVisor;
+    passes the restricted Pod Security Standard), UserNamespace (hostUsers false, an unmasked
+    /proc and the Localhost seccomp profile `seccompLocalhostProfile`; needs a namespace at the
+    baseline level) or Privileged (the last resort; a privileged namespace). Auto means
+    RuntimeClass when runtimeClassName is set, else UserNamespace. Only applies when a domain or
+    benchmark uses the code verifier; docs/operations.md#code-sandbox says what each gives up."""
+    seccomp_localhost_profile: str = Field("m2rl/bwrap.json", max_length=URI_MAX_LENGTH)
+    """seccompLocalhostProfile is the node-local seccomp profile (relative to the kubelet's
+    seccomp directory) of isolation UserNamespace: the runtime's default profile plus the
+    namespace and mount calls bubblewrap makes. Default "m2rl/bwrap.json"."""
 
 
 # ---- status ---------------------------------------------------------------------------------------
 
-Phase = Literal["Pending", "Waiting", "Running", "Suspended", "Succeeded", "Failed"]
+Phase = Literal["Pending", "Waiting", "Queued", "Running", "Suspended", "Succeeded", "Failed"]
 """Pending: accepted, children being created. Waiting: referenced runs or merges have not
-succeeded yet. Running, Suspended, Succeeded, Failed: as the words say."""
+succeeded yet. Queued: Kueue has not admitted the workload yet. Running, Suspended, Succeeded,
+Failed: as the words say."""
 
 
 class Condition(ApiModel):
@@ -277,14 +328,76 @@ class StatusBase(ApiModel):
 # ---- fields common to the three specs --------------------------------------------------------------
 
 
+class Affinity(ApiModel):
+    """Scheduling constraints, as in a Pod's `affinity` (each part passed through unchanged)."""
+
+    node_affinity: FreeForm | None = None
+    """nodeAffinity is passed to every pod as is (e.g. requiredDuringSchedulingIgnoredDuringExecution).
+    Unset means none."""
+    pod_affinity: FreeForm | None = None
+    """podAffinity is passed to every pod as is (e.g. keep a run's pods in one rack or NVLink
+    domain by topologyKey). Unset means none."""
+    pod_anti_affinity: FreeForm | None = None
+    """podAntiAffinity is passed to every pod as is. Unset means none."""
+
+
+LabelValue = Annotated[
+    str, StringConstraints(max_length=63, pattern=r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+]
+
+
+class PodTemplateOptions(ApiModel):
+    """Options passed through to every pod of the resource (trainer, rollout servers, verifier,
+    merge and evaluation pods), for topology-aware scheduling, secondary networks, registries and
+    workload identity. Component fields (nodeSelector, tolerations) add to these."""
+
+    labels: dict[str, LabelValue] | None = Field(None, max_length=32)
+    """labels are added to every pod (e.g. for a network or topology controller). The operator's
+    own labels (app.kubernetes.io/*, m2rl.io/*, Kueue's) win over a label of the same key.
+    Unset means none."""
+    annotations: dict[str, Annotated[str, StringConstraints(max_length=4096)]] | None = Field(
+        None, max_length=32
+    )
+    """annotations are added to every pod (e.g. k8s.v1.cni.cncf.io/networks for a secondary
+    network). Unset means none."""
+    node_selector: dict[str, Annotated[str, StringConstraints(max_length=63)]] | None = Field(
+        None, max_length=32
+    )
+    """nodeSelector restricts every pod to nodes with these labels; a component's own
+    nodeSelector adds to it (and wins on the same key). Unset means any node."""
+    tolerations: list[Toleration] | None = Field(None, max_length=32)
+    """tolerations are added to every pod, before a component's own. Unset means none."""
+    affinity: Affinity | None = None
+    """affinity is every pod's affinity (node, pod and pod anti-affinity). Unset means none."""
+    image_pull_secrets: list[ObjectName] | None = Field(None, max_length=16)
+    """imagePullSecrets name Secrets in the namespace used to pull every pod's image. Unset means
+    the service account's."""
+    service_account_name: str | None = Field(None, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN)
+    """serviceAccountName runs the trainer, rollout, merge and evaluation pods under this service
+    account, with its token mounted (e.g. for workload identity to a bucket). The verifier, which
+    runs model-written code, never gets one. Unset means the namespace's default account without
+    a mounted token. (The pods' priority class is spec.priorityClassName.)"""
+
+
 class SchedulingOptions(ApiModel):
     """Queueing and priority of the resource's workloads."""
 
     queue_name: str | None = Field(None, max_length=NAME_MAX_LENGTH, pattern=DNS_SUBDOMAIN_PATTERN)
     """queueName is the Kueue LocalQueue of the workloads; it is copied to the
-    kueue.x-k8s.io/queue-name label of every Job the operator creates. Unset means no Kueue."""
+    kueue.x-k8s.io/queue-name label of every Job, and of an RLVRRun's rollout StatefulSet and
+    verifier Deployment, which start only once Kueue admitted the trainer. Kueue then alone sets
+    the Jobs' suspend; the resource shows phase Queued until admission. Unset means no Kueue."""
     priority_class_name: str | None = Field(None, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN)
     """priorityClassName is the PriorityClass of every pod. Unset means the cluster default."""
     ttl_seconds_after_finished: int | None = Field(None, ge=0)
     """ttlSecondsAfterFinished deletes the resource this long after it succeeded or failed (its
-    outputs on volumes stay). Unset means never; 0 means right away."""
+    outputs on volumes, and claims it created unless told otherwise, stay). Unset means never; 0
+    means right away."""
+    active_deadline_seconds: int | None = Field(None, ge=1)
+    """activeDeadlineSeconds limits how long the resource's Job may run (the trainer Job of each
+    attempt, the merge or evaluation Job), as a Job's own field does; past it the resource fails
+    with reason DeadlineExceeded and is not restarted. Unset means no limit."""
+    pod: PodTemplateOptions | None = None
+    """pod holds options passed through to every pod of the resource (labels, annotations,
+    nodeSelector, tolerations, affinity, imagePullSecrets, serviceAccountName). Unset means none.
+    Immutable."""

@@ -14,32 +14,46 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from m2rl_operator.api.base import API_VERSION, GROUP, VERSION, Rule
+from m2rl_operator.api import evalsuite, mergejob, rlvrrun
+from m2rl_operator.api.base import API_VERSION, DNS_1035_LABEL_PATTERN, GROUP, VERSION
 from m2rl_operator.api.evalsuite import EvalSuiteSpec, EvalSuiteStatus
 from m2rl_operator.api.mergejob import MergeJobSpec, MergeJobStatus
 from m2rl_operator.api.rlvrrun import RLVRRunSpec, RLVRRunStatus
 from m2rl_operator.api.schema import model_schema
+from m2rl_operator.api.updates import add_update_rules
 
 CATEGORY = "m2rl"
 
 # Child objects are named <name>-<suffix>[-<ordinal>] and Services must be DNS-1035 labels of at
 # most 63 characters; 40 leaves room for the operator's suffixes and pod ordinals.
 MAX_NAME_LENGTH = 40
+NAME_PATTERN = DNS_1035_LABEL_PATTERN
+"""Child Services and pods are named after the resource."""
 
-NAME_RULES = (
-    Rule(
-        rule=f"self.metadata.name.size() <= {MAX_NAME_LENGTH}",
-        message=f"metadata.name must be at most {MAX_NAME_LENGTH} characters: the operator derives child "
-        "object and DNS names from it",
-        field_path=".metadata.name",
-    ),
-    Rule(
-        rule="self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')",
-        message="metadata.name must start with a lowercase letter and contain only lowercase letters, "
-        "digits and '-' (a DNS-1035 label): it names Services and pods",
-        field_path=".metadata.name",
-    ),
-)
+
+def metadata_schema() -> dict[str, Any]:
+    """The root `metadata` schema: constraints on `name` only.
+
+    At the root of a CRD, metadata may only restrict name and generateName, and carry nothing
+    else, not even a description (apiextensions-apiserver pkg/apiserver/schema/validation.go
+    `validateStructuralMetadataInvariants`). The name rules live here rather than in root CEL
+    rules: a rule's fieldPath `.metadata.name` is only valid if the schema declares that property
+    (`ValidFieldPath`), and the schema check costs no CEL budget. The API server validates the
+    generated name when generateName is used.
+    """
+    return {
+        "type": "object",
+        "properties": {
+            "name": {
+                "type": "string",
+                "description": f"name must be a DNS-1035 label of at most {MAX_NAME_LENGTH} characters "
+                "(lowercase letters, digits and '-', starting with a letter): the operator derives Service, "
+                "Job and pod names from it.",
+                "maxLength": MAX_NAME_LENGTH,
+                "pattern": NAME_PATTERN,
+            },
+        },
+    }
 
 
 @dataclass(frozen=True)
@@ -53,6 +67,9 @@ class Kind:
     spec: type[BaseModel]
     status: type[BaseModel]
     description: str
+    mutable_spec_fields: tuple[str, ...]
+    """Spec fields that may change once the resource exists (paths below spec); all others are
+    immutable."""
     printer_columns: tuple[dict[str, Any], ...] = field(default_factory=tuple)
 
     @property
@@ -89,6 +106,7 @@ KINDS: tuple[Kind, ...] = (
         description="RLVRRun is a GRPO run (reinforcement learning with verifiable rewards) of one model "
         "over "
         "one domain (an expert run) or several domains (a mixed multi-task run).",
+        mutable_spec_fields=rlvrrun.MUTABLE_SPEC_FIELDS,
         printer_columns=(
             _col("Phase", ".status.phase", description="Where the run is in its life"),
             _col("Step", ".status.step", "integer", "Last completed step"),
@@ -109,6 +127,7 @@ KINDS: tuple[Kind, ...] = (
         description="MergeJob merges expert checkpoints (runs, other merges or URIs) with a mergekit method "
         "and "
         "analyses their task vectors.",
+        mutable_spec_fields=mergejob.MUTABLE_SPEC_FIELDS,
         printer_columns=(
             _col("Method", ".spec.method", description="Merge method"),
             _col("Phase", ".status.phase", description="Where the merge is in its life"),
@@ -125,6 +144,7 @@ KINDS: tuple[Kind, ...] = (
         status=EvalSuiteStatus,
         description="EvalSuite evaluates models (URIs, runs or merges) on benchmarks and keeps a models x "
         "benchmarks results table in its status.",
+        mutable_spec_fields=evalsuite.MUTABLE_SPEC_FIELDS,
         printer_columns=(
             _col("Phase", ".status.phase", description="Where the evaluation is in its life"),
             _col("Done", ".status.cellsSucceeded", "integer", "Finished cells"),
@@ -151,12 +171,11 @@ def object_schema(kind: Kind) -> dict[str, Any]:
                 "type": "string",
                 "description": f"kind is the REST resource this object represents: {kind.kind}.",
             },
-            "metadata": {"type": "object", "description": "metadata is the standard object metadata."},
-            "spec": model_schema(kind.spec),
+            "metadata": metadata_schema(),
+            "spec": add_update_rules(model_schema(kind.spec), kind.kind, kind.mutable_spec_fields),
             "status": model_schema(kind.status),
         },
         "required": ["spec"],
-        "x-kubernetes-validations": [r.to_schema() for r in NAME_RULES],
     }
 
 

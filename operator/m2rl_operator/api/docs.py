@@ -23,8 +23,8 @@ Three namespaced custom resources describe the whole "mix or merge" experiment:
 
 All three are in the `m2rl` category (`kubectl get m2rl` lists them together). Every field below
 is checked at admission by the CRD's schema and CEL rules; `m2rl validate -f FILE_OR_DIR` runs the
-same checks offline and prints every violation with its field path. Fields marked *immutable*
-cannot change once set (`self == oldSelf` rules).
+same checks offline and prints every violation with its field path. Once a resource exists, only
+the fields listed in [Updating a resource](#updating-a-resource) may change.
 
 `metadata.name` of every kind must be a DNS-1035 label of at most {MAX_NAME_LENGTH} characters
 (lowercase letters, digits and `-`, starting with a letter): the operator derives Service, Job and
@@ -47,6 +47,64 @@ The full patterns: `{URI_PATTERN}` (any) and `{WRITABLE_URI_PATTERN}` (outputs).
 
 References between resources (`runRef`, `mergeRef`) name objects in the same namespace; a MergeJob
 or EvalSuite waits until every referenced RLVRRun or MergeJob has succeeded.
+
+## Updating a resource
+
+A change to a running resource either takes effect or is refused at admission; nothing accepted
+is ignored. These spec fields may change once a resource exists (and metadata labels and
+annotations); every other spec field is immutable:
+
+| Kind | May change | What the change does |
+|---|---|---|
+{{mutable}}
+
+The rules are CEL transition rules that the CRD generator adds to every other spec field
+(operator/m2rl_operator/api/updates.py): `self == oldSelf` on fields that are always present
+(required or defaulted), and `has(self.f) == has(oldSelf.f) && (!has(self.f) || self.f ==
+oldSelf.f)` on the parent of optional fields, so adding or removing one is refused too (a
+transition rule on a field does not run when either side lacks it). The refusal names the field:
+`spec.model: Forbidden: spec.model cannot change once the RLVRRun exists: create a new RLVRRun
+instead (...)`. `m2rl validate -f NEW.yaml --old OLD.yaml` checks an update offline.
+
+To evaluate another model or benchmark, create another EvalSuite: an evaluation Job's
+`completions` cannot change, so models and benchmarks are fixed when the EvalSuite is created.
+
+## Admission, checked offline
+
+`m2rl validate -f FILE_OR_DIR` checks custom resources as the API server admits them (pruning,
+defaulting, the OpenAPI schema, then every CEL rule with cel-python; transition rules with `--old`).
+`m2rl validate --crds [-f FILE_OR_DIR]` checks CustomResourceDefinitions (without `-f`, the three
+CRDs the API models generate) as kube-apiserver does when they are created, following its code
+(operator/m2rl_operator/api/admission, each function citing the Go function it ports):
+
+- structural schema (apiextensions-apiserver pkg/apiserver/schema/validation.go
+  `ValidateStructural`): types everywhere, no additionalProperties at the root, and at the root
+  `metadata` may restrict only `name` and `generateName`, nothing else, not even a description;
+- the CRD schema rules of pkg/apis/apiextensions/validation/validation.go
+  (`ValidateCustomResourceDefinitionOpenAPISchema`): forbidden keywords, list and map types,
+  and for each x-kubernetes-validations rule its message, reason and `fieldPath` (which must walk
+  the schema's properties: pkg/apiserver/schema/cel/validation.go `ValidFieldPath`);
+- CEL compilation with `self` and `oldSelf` typed from the schema (pkg/apiserver/schema/cel/
+  compilation.go `compileRule`; k8s.io/apiserver pkg/cel/common/schemas.go `SchemaDeclType`) and
+  the estimated cost of every rule and messageExpression, by a port of cel-go's checker/cost.go
+  (v0.26.0) with the API server's size estimator; a rule's cost times its cardinality may not
+  exceed 10,000,000 (`StaticEstimatedCostLimit`), the CRD's sum 100,000,000
+  (`StaticEstimatedCRDCostLimit`);
+- every rule evaluated on every schema `default` as written, without nested defaults
+  (pkg/apiserver/schema/defaulting/validation.go `ValidateDefaults`).
+
+Estimates that differ between Kubernetes releases are checked for each: 1.28 (strings with an
+`enum` and no maxLength are unbounded), 1.29-1.36 (bounded by the longest value), 1.37
+(`self.metadata.name` bounded at 253 characters). Calls to Kubernetes library functions whose cost
+is not ported (strings, lists, regex `find`, quantities, URLs, optionals), embedded resources and
+`allOf`/`anyOf`/`oneOf`/`not` are refused with "Not checked offline" rather than passed. The
+check is tested on the API server's own test tables (TestValidateCustomResourceDefinitionValidation,
+TestCostEstimation, TestValidateFieldPath, ...; tests/unit/admission). Estimated costs of the
+m2rl CRDs, for the most expensive release:
+
+| CRD | Largest rule cost | Total |
+|---|---|---|
+{{costs}}
 """
 
 _KIND_USE = {
@@ -114,7 +172,9 @@ def _rows(
         bounds = _bounds_text(schema)
         if bounds:
             type_text = f"{type_text} ({bounds})"
-        if "default" in schema:
+        if isinstance(schema.get("default"), dict) and schema["default"]:
+            default = "the defaults of its fields"  # the whole sub-object: see the rows below
+        elif "default" in schema:
             default = f"`{json.dumps(schema['default'])}`"
         else:
             default = "**required**" if required else ""
@@ -141,6 +201,8 @@ def _table(schema: dict[str, Any], root: str) -> tuple[str, list[tuple[str, dict
 def _rules_text(rules: list[tuple[str, dict[str, Any]]]) -> str:
     lines = []
     for path, rule in rules:
+        if "oldSelf" in rule["rule"]:
+            continue  # the update contract, listed once in "Updating a resource"
         where = path + (rule.get("fieldPath", "") if rule.get("fieldPath") else "")
         lines.append(f"- `{where}`: {rule['message']}  \n  rule: `{rule['rule']}`")
     return "\n".join(lines)
@@ -164,7 +226,8 @@ def _kind_section(kind: Kind) -> str:
         "",
         "### Rules checked at admission",
         "",
-        "Beyond types, ranges and patterns in the table:",
+        "Beyond types, ranges and patterns in the table (for updates, see "
+        "[Updating a resource](#updating-a-resource)):",
         "",
         _rules_text(rules),
         "",
@@ -221,10 +284,44 @@ def _methods_section() -> str:
     return "\n".join(lines)
 
 
+# What a change of each mutable field does on a live resource.
+_MUTABLE_EFFECT = {
+    "RLVRRun": "`suspend` stops the run's pods and resumes from the latest checkpoint; the replicas "
+    "scale the rollout servers and the verifier; the ttl applies when the run finishes",
+    "MergeJob": "the ttl applies when the merge finishes (a merge is one-shot)",
+    "EvalSuite": "the ttl applies when the evaluation finishes",
+}
+
+
+def _mutable_rows() -> str:
+    rows = []
+    for k in KINDS:
+        fields = ", ".join(f"`spec.{m}`" for m in k.mutable_spec_fields)
+        rows.append(f"| {k.kind} | {fields} | {_MUTABLE_EFFECT[k.kind]} |")
+    return "\n".join(rows)
+
+
+def _cost_rows() -> str:
+    from m2rl_operator.api.admission import check_crd
+    from m2rl_operator.api.crd import crd_manifest
+
+    rows = []
+    for k in KINDS:
+        report = check_crd(crd_manifest(k))
+        largest = report.largest()
+        rows.append(f"| {k.crd_name} | {largest.cost if largest else 0:,} | {report.total_cost:,} |")
+    return "\n".join(rows)
+
+
 def api_markdown() -> str:
     """The text of docs/api.md."""
     kinds = "\n".join(
         f"| [{k.kind}](#{k.kind.lower()}) | `{k.short_names[0]}` | {_KIND_USE[k.kind]} |" for k in KINDS
     )
-    sections = [_INTRO.replace("{kinds}", kinds)] + [_kind_section(k) for k in KINDS]
+    intro = (
+        _INTRO.replace("{kinds}", kinds)
+        .replace("{mutable}", _mutable_rows())
+        .replace("{costs}", _cost_rows())
+    )
+    sections = [intro] + [_kind_section(k) for k in KINDS]
     return "\n".join(sections).rstrip() + "\n"

@@ -1,4 +1,5 @@
-"""The merge methods a MergeJob accepts, declared as data (after mergekit 0.1.5's registry).
+"""The merge methods a MergeJob accepts, declared as data (after mergekit 0.1.5's registry, plus the
+M2RL study's MergeLM variants that the trainer image registers into it: `mergelm_*`).
 
 Each entry says whether the method needs a base model, how many experts it takes, and which
 global and per-expert parameters it reads. The MergeJob CRD's CEL rules are generated from this
@@ -28,6 +29,8 @@ GLOBAL_PARAMETERS: dict[str, str] = {
     "tol": "tol",
     "rowWise": "nuslerp_row_wise",
     "flatten": "nuslerp_flatten",
+    "trimScope": "trim_scope",
+    "dareRescale": "dare_rescale",
 }
 # Per-expert parameters (spec.experts[].<name>) and their mergekit names.
 EXPERT_PARAMETERS: dict[str, str] = {
@@ -35,6 +38,7 @@ EXPERT_PARAMETERS: dict[str, str] = {
     "density": "density",
     "gamma": "gamma",
     "epsilon": "epsilon",
+    "dareDensity": "dare_density",
 }
 
 _GTA_GLOBAL = frozenset({"lambda", "normalize", "rescale", "int8Mask"})
@@ -55,6 +59,9 @@ class MergeMethod:
 
 
 _TIES_LIKE = {"weight", "density"}
+_DARE_GLOBAL = {"trimScope", "dareRescale"}
+_TIES_DARE = {"density", "dareDensity"}
+_MERGELM = "https://github.com/Mosi-AI/M2RL/tree/main/M2RL/MergeLM"
 
 # fmt: off
 # columns: name, base, min experts, max experts, global parameters, per-expert parameters, reference
@@ -74,6 +81,10 @@ _TABLE: tuple[tuple[str, BasePolicy, int, int | None, set[str], set[str], str], 
     ("nuslerp",          "optional", 2, 2,    {"rowWise", "flatten"},        {"weight"},                    "https://github.com/arcee-ai/mergekit/blob/main/docs/merge_methods.md"),
     ("multislerp",       "optional", 1, None, {"normalizeWeights", "eps"},   {"weight"},                    "https://goddard.blog/posts/multislerp-wow-what-a-cool-idea"),
     ("karcher",          "ignored",  1, None, {"maxIter", "tol"},            set(),                         "https://arxiv.org/abs/2603.04972"),
+    # The M2RL study's variants (MergeLM), registered into mergekit by the trainer image (merge/methods).
+    ("mergelm_ties",     "required", 1, None, {"lambda", *_DARE_GLOBAL}, _TIES_DARE, _MERGELM),
+    ("mergelm_sce",      "required", 1, None, {"selectTopK"},                set(),                         "https://arxiv.org/abs/2408.07990"),
+    ("mergelm_task_arithmetic", "required", 1, None, {"lambda", "dareRescale"}, {"dareDensity"},   "https://arxiv.org/abs/2311.03099"),
 )
 # fmt: on
 _REQUIRED_GLOBAL: dict[str, frozenset[str]] = {"slerp": frozenset({"t"})}
@@ -108,6 +119,9 @@ MethodName = Literal[
     "nuslerp",
     "multislerp",
     "karcher",
+    "mergelm_ties",
+    "mergelm_sce",
+    "mergelm_task_arithmetic",
 ]
 
 

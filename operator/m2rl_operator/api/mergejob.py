@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, StringConstraints
 
@@ -14,7 +14,6 @@ from m2rl_operator.api.base import (
     english_list,
     exactly_one,
     field_rules,
-    immutable,
     model_rules,
 )
 from m2rl_operator.api.common import (
@@ -36,6 +35,10 @@ from m2rl_operator.api.merge_methods import (
 from m2rl_operator.api.rlvrrun import DType
 
 MAX_EXPERTS = 16
+
+MUTABLE_SPEC_FIELDS = ("ttlSecondsAfterFinished",)
+"""The spec fields that may change on an existing MergeJob; a merge is one-shot, so every other
+field is immutable (`updates.add_update_rules`)."""
 
 
 class MergeBase(ApiModel):
@@ -81,8 +84,13 @@ class ExpertSpec(ApiModel):
     and the task-arithmetic family."""
     density: float | None = Field(None, gt=0.0, le=1.0)
     """density is the fraction of the task vector's entries kept (TIES trims the smallest by
-    magnitude; DARE drops at random with probability 1 - density and rescales). Unset means 1 (keep
-    all). TIES "trim 80%" is density 0.2; DARE "drop rate 0.2" is density 0.8."""
+    magnitude; DARE drops at random with probability 1 - density). Unset means 1 (keep all), and 0.2
+    for mergelm_ties (MergeLM's default trim of 80%). TIES "trim 80%" is density 0.2; DARE "drop
+    rate 0.2" is density 0.8."""
+    dare_density: float | None = Field(None, gt=0.0, le=1.0)
+    """dareDensity is, for mergelm_ties and mergelm_task_arithmetic, the probability that DARE keeps an
+    entry before the merge (kept entries are divided by it when dareRescale). Unset means 1: no DARE.
+    The study's "drop rate 0.2" is dareDensity 0.8."""
     gamma: float | None = Field(None, ge=0.0, lt=1.0)
     """gamma is the fraction of largest-magnitude entries removed by breadcrumbs. Unset means 0.01."""
     epsilon: float | None = Field(None, ge=0.0, lt=1.0)
@@ -94,20 +102,24 @@ class MergeParameters(ApiModel):
 
     lambda_: float | None = Field(None, alias="lambda", gt=0.0, le=100.0)
     """lambda scales the merged task vector before it is added to the base (task_arithmetic, ties,
-    dare_*, breadcrumbs*, della*). Unset means 1.0."""
+    dare_*, breadcrumbs*, della*, mergelm_ties, mergelm_task_arithmetic). Unset means 1.0."""
     normalize: bool | None = None
     """normalize divides by the sum of the weights (linear and the task-arithmetic family). Unset means
     the method's default (true for linear, ties and della)."""
     rescale: bool | None = None
-    """rescale multiplies kept entries by 1/density (dare_*, della*, and the rest of the task-arithmetic
-    family). Unset means the method's default (true for dare_* and della*)."""
+    """rescale multiplies the kept entries of each tensor's task vector so that its L1 norm equals the
+    norm before dropping or trimming (mergekit 0.1.5, sparsify.rescaled_masked_tensor with
+    RescaleNorm.l1; dare_*, della*, and the rest of the task-arithmetic family). This is not 1/density:
+    a 20% magnitude trim of Gaussian entries is scaled by about 2.27, not 5. Unset means the method's
+    default (true for dare_* and della*). For DARE rescaled by 1/density use mergelm_* (dareRescale)."""
     int8_mask: bool | None = None
     """int8Mask stores intermediate masks as int8 to save memory (task-arithmetic family, sce). Unset
     means false."""
     t: float | None = Field(None, ge=0.0, le=1.0)
     """t is slerp's interpolation factor from the base (0) to the expert (1). Required by slerp."""
     select_top_k: float | None = Field(None, alias="selectTopK", gt=0.0, le=1.0)
-    """selectTopK is the fraction of highest-variance entries sce keeps. Unset means 1.0."""
+    """selectTopK is the fraction of highest-variance entries sce keeps (mergelm_sce: from which the
+    experts' weights are computed; the merged entries are not masked, as in MergeLM). Unset means 1.0."""
     filter_wise: bool | None = None
     """filterWise makes model_stock compute its ratio per row instead of per tensor. Unset means false."""
     normalize_weights: bool | None = None
@@ -122,6 +134,13 @@ class MergeParameters(ApiModel):
     """rowWise makes nuslerp interpolate row vectors instead of whole tensors. Unset means false."""
     flatten: bool | None = None
     """flatten makes nuslerp treat each tensor as one flat vector. Unset means true."""
+    trim_scope: Literal["model", "tensor"] | None = None
+    """trimScope is where mergelm_ties finds the magnitude below which entries are trimmed: over the
+    whole model (model, MergeLM's flattened task vector; m2rl-merge computes the thresholds in a pass
+    before the merge) or in each tensor (tensor, as mergekit's ties). Unset means model."""
+    dare_rescale: bool | None = None
+    """dareRescale divides the entries DARE keeps by dareDensity (MergeLM's use_weight_rescale), in
+    mergelm_ties and mergelm_task_arithmetic. Unset means true."""
 
 
 class MergeOutput(ApiModel):
@@ -133,11 +152,18 @@ class MergeOutput(ApiModel):
 
 
 class AnalysisSpec(ApiModel):
-    """Weight-space analysis of the experts' task vectors."""
+    """Weight-space analysis of the experts' task vectors, as the M2RL study defines it."""
 
     enabled: bool = True
-    """enabled runs the analysis (task-vector norms, pairwise cosine similarity, sign conflicts) after
-    the merge. Default true."""
+    """enabled runs the analysis after the merge (change masks, update sparsity, pairwise Jaccard with
+    its random-overlap reference, exact and projected cosine, sign conflicts; see docs/merge.md).
+    Default true. It needs a base: linear and karcher merges are analysed against spec.base when set."""
+    eta: float = Field(1e-3, ge=0.0, le=1.0)
+    """eta is the change threshold: a weight counts as changed when |w - w_base| > eta * max(|w|,
+    |w_base|). Default 1e-3 (the study's); 0 counts every change."""
+    projection_dims: int = Field(256, ge=1, le=65536)
+    """projectionDims is the size of the random orthogonal projection of the projected cosine. Default
+    256 (the study's)."""
 
 
 class MergeWorkerSpec(PodOptions):
@@ -161,17 +187,6 @@ def _method_rules() -> list[Rule]:
             field_path=".base",
         )
     )
-    no_base = methods_where(lambda m: m.base == "ignored")
-    rules.append(
-        Rule(
-            rule=f"!(self.method in {cel_list(no_base)}) || !has(self.base)",
-            message=f"base must be unset for methods {english_list(no_base)}: they combine the experts' "
-            "weights directly and would ignore it",
-            message_expression="'base must be unset for method ' + self.method + ': it combines the "
-            "weights of the experts directly and would ignore the base'",
-            field_path=".base",
-        )
-    )
     for m in MERGE_METHODS.values():
         if m.max_experts is not None and m.max_experts == m.min_experts:
             cond, what = f"self.experts.size() == {m.min_experts}", f"exactly {m.min_experts}"
@@ -183,9 +198,9 @@ def _method_rules() -> list[Rule]:
         rules.append(
             Rule(
                 rule=f"self.method != '{m.name}' || {cond}",
+                # A static message: `+ string(self.experts.size())` has no size bound for the API
+                # server's cost estimator (more than 100x over budget).
                 message=f"method {m.name} takes {what} {plural}",
-                message_expression=f"'method {m.name} takes {what} {plural}, got ' "
-                "+ string(self.experts.size())",
                 field_path=".experts",
             )
         )
@@ -242,31 +257,26 @@ class MergeJobSpec(SchedulingOptions):
 
     model_config = model_rules(*_method_rules())
 
-    method: MethodName = Field(json_schema_extra=field_rules(immutable("method", "a merge is one-shot")))
+    method: MethodName
     """method is the merge algorithm (mergekit's name): linear (weighted average), task_arithmetic,
     ties, dare_ties, dare_linear, breadcrumbs, breadcrumbs_ties, della, della_linear, sce, model_stock,
-    slerp, nuslerp, multislerp or karcher. Required; immutable."""
-    base: MergeBase | None = Field(
-        None, json_schema_extra=field_rules(immutable("base", "a merge is one-shot"))
-    )
+    slerp, nuslerp, multislerp or karcher; or one of the M2RL study's MergeLM variants: mergelm_ties
+    (DARE, then TIES trimmed over the whole model, sign election, disjoint mean), mergelm_sce (SCE
+    without mergekit's equal-weights fallback for small task vectors) or mergelm_task_arithmetic
+    (DARE rescaled by 1/dareDensity, then the sum). Required."""
+    base: MergeBase | None = None
     """base is the model task vectors are computed against. Required by the task-arithmetic family,
-    sce, model_stock and slerp; must be unset for linear and karcher. Immutable once set."""
-    experts: list[ExpertSpec] = Field(
-        min_length=1,
-        max_length=MAX_EXPERTS,
-        json_schema_extra=field_rules(immutable("experts", "a merge is one-shot")),
-    )
+    sce, model_stock, slerp and the mergelm_* methods. linear and karcher merge without it: for them
+    it is used only by the weight-space analysis (which is skipped without a base)."""
+    experts: list[ExpertSpec] = Field(min_length=1, max_length=MAX_EXPERTS)
     """experts are the models to merge (1 to 16), each exactly one of runRef, mergeRef or model.
-    Required; immutable."""
-    parameters: MergeParameters = Field(
-        default_factory=MergeParameters,
-        json_schema_extra=field_rules(immutable("parameters", "a merge is one-shot")),
-    )
-    """parameters are the method's global parameters. Unset means the method's defaults. Immutable."""
-    dtype: DType = Field("bfloat16", json_schema_extra=field_rules(immutable("dtype", "a merge is one-shot")))
-    """dtype of the merged weights: bfloat16, float16 or float32. Default bfloat16; immutable."""
-    output: MergeOutput = Field(json_schema_extra=field_rules(immutable("output", "a merge is one-shot")))
-    """output says where the merged model goes. Required; immutable."""
+    Required."""
+    parameters: MergeParameters = Field(default_factory=MergeParameters)
+    """parameters are the method's global parameters. Unset means the method's defaults."""
+    dtype: DType = "bfloat16"
+    """dtype of the merged weights: bfloat16, float16 or float32. Default bfloat16."""
+    output: MergeOutput
+    """output says where the merged model goes. Required."""
     analysis: AnalysisSpec = Field(default_factory=AnalysisSpec)
     """analysis switches the weight-space analysis. Default: enabled."""
     worker: MergeWorkerSpec = Field(default_factory=MergeWorkerSpec)
@@ -274,7 +284,7 @@ class MergeJobSpec(SchedulingOptions):
 
 
 class CosinePair(ApiModel):
-    """Cosine similarity of two experts' task vectors."""
+    """How two experts' task vectors relate."""
 
     first: str = Field(max_length=63)
     """first expert's name."""
@@ -282,6 +292,14 @@ class CosinePair(ApiModel):
     """second expert's name."""
     cosine: float = Field(ge=-1.0, le=1.0)
     """cosine similarity of the two flattened task vectors."""
+    projected_cosine: float | None = Field(None, ge=-1.0, le=1.0)
+    """projectedCosine is the cosine after the seeded random orthogonal projection to
+    analysis.projectionDims dimensions."""
+    jaccard: float | None = Field(None, ge=0.0, le=1.0)
+    """jaccard is |M_first and M_second| / |M_first or M_second| of the two change masks."""
+    jaccard_random: float | None = Field(None, ge=0.0, le=1.0)
+    """jaccardRandom is p1 p2 / (p1 + p2 - p1 p2), the Jaccard index of independent random masks with the
+    same update fractions: a jaccard well above it means the experts changed the same weights."""
 
 
 class AnalysisStatus(ApiModel):
@@ -292,10 +310,16 @@ class AnalysisStatus(ApiModel):
     task_vector_norms: dict[str, float] | None = Field(None, max_length=MAX_EXPERTS)
     """taskVectorNorms maps each expert to the L2 norm of its task vector (expert minus base)."""
     pairwise_cosine: list[CosinePair] | None = Field(None, max_length=MAX_EXPERTS * (MAX_EXPERTS - 1) // 2)
-    """pairwiseCosine lists the cosine similarity of every pair of task vectors."""
+    """pairwiseCosine lists, for every pair of experts, the exact and projected cosine of their task
+    vectors and the Jaccard index of their change masks with its random-overlap reference."""
+    update_fraction: dict[str, float] | None = Field(None, max_length=MAX_EXPERTS)
+    """updateFraction maps each expert to the fraction of weights it changed (its change mask; 1 minus
+    the update sparsity)."""
     sign_conflict_fraction: float | None = Field(None, ge=0.0, le=1.0)
-    """signConflictFraction is the fraction of parameters where non-zero task-vector entries disagree
-    in sign (what TIES resolves)."""
+    """signConflictFraction is the fraction of parameters that one expert changed upwards and another
+    downwards (what TIES resolves)."""
+    eta: float | None = Field(None, ge=0.0)
+    """eta is the change threshold the masks were computed with."""
 
 
 class MergeJobStatus(StatusBase):

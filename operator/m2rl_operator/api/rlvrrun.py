@@ -12,7 +12,6 @@ from m2rl_operator.api.base import (
     ApiModel,
     Rule,
     field_rules,
-    immutable,
     model_rules,
 )
 from m2rl_operator.api.common import (
@@ -31,6 +30,10 @@ from m2rl_operator.api.common import (
 
 DType = Literal["bfloat16", "float16", "float32"]
 MAX_DOMAINS = 16
+
+MUTABLE_SPEC_FIELDS = ("suspend", "rollout.replicas", "verifier.replicas", "ttlSecondsAfterFinished")
+"""The spec fields that may change on an existing RLVRRun (the operator applies each to the live
+run); every other field is immutable (`updates.add_update_rules`)."""
 
 
 class ModelSpec(ApiModel):
@@ -199,6 +202,10 @@ class CheckpointSpec(ApiModel):
     storage_class_name: str | None = Field(None, max_length=URI_MAX_LENGTH)
     """storageClassName of the claim the operator creates when uri is unset. Unset means the
     cluster's default class."""
+    delete_with_run: bool = False
+    """deleteWithRun makes the claim the operator creates (when uri is unset) belong to the run, so
+    deleting the run, or its ttlSecondsAfterFinished, deletes the claim and every checkpoint and
+    the final model with it. Default false: the claim outlives the run (delete it yourself)."""
 
 
 class RLVRRunSpec(SchedulingOptions):
@@ -213,22 +220,12 @@ class RLVRRunSpec(SchedulingOptions):
         ),
     )
 
-    model: ModelSpec = Field(
-        json_schema_extra=field_rules(
-            immutable(
-                "model",
-                "a run continues from its own checkpoints; start a new RLVRRun for another base model",
-            )
-        )
-    )
-    """model is the base model the run starts from. Required; immutable."""
-    mixing: Literal["weighted", "concat_shuffle"] = Field(
-        "weighted",
-        json_schema_extra=field_rules(immutable("mixing", "it changes the data each step sees")),
-    )
+    model: ModelSpec
+    """model is the base model the run starts from. Required."""
+    mixing: Literal["weighted", "concat_shuffle"] = "weighted"
     """mixing is how a mixed run draws prompts: weighted (each step samples the domains in
     proportion to their weights) or concat_shuffle (all datasets concatenated and shuffled, so each
-    domain's share is its share of the rows; the M2RL study's choice). Default weighted; immutable."""
+    domain's share is its share of the rows; the M2RL study's choice). Default weighted."""
     domains: list[DomainSpec] = Field(
         min_length=1,
         max_length=MAX_DOMAINS,
@@ -238,17 +235,12 @@ class RLVRRunSpec(SchedulingOptions):
                 message="domain names must be unique within a run: each domain gets its own metrics and "
                 "status entry",
             ),
-            immutable("domains", "changing datasets, verifiers or weights mid-run changes the experiment"),
         ),
     )
     """domains are the training domains: one makes an expert run, several make a mixed multi-task
-    run whose steps draw prompts from each domain by weight. Required (1 to 16); immutable."""
-    algorithm: AlgorithmSpec = Field(
-        json_schema_extra=field_rules(
-            immutable("algorithm", "hyperparameters cannot change under a running experiment")
-        )
-    )
-    """algorithm holds the GRPO-family settings; `steps` is required. Immutable."""
+    run whose steps draw prompts from each domain by weight. Required (1 to 16)."""
+    algorithm: AlgorithmSpec
+    """algorithm holds the GRPO-family settings; `steps` is required."""
     trainer: TrainerSpec = Field(default_factory=TrainerSpec)
     """trainer sizes and places the DeepSpeed trainer. Default: 1 node x 8 GPUs, ZeRO-3."""
     rollout: RolloutSpec = Field(default_factory=RolloutSpec)
@@ -298,7 +290,11 @@ class RLVRRunStatus(StatusBase):
     total_steps: int | None = Field(None, ge=0)
     """totalSteps is spec.algorithm.steps, copied for `kubectl get`."""
     restarts: int | None = Field(None, ge=0)
-    """restarts counts restarts after failures (see spec.maxRestarts)."""
+    """restarts counts restarts after failures (see spec.maxRestarts); restarts after a disruption
+    (preemption, eviction, node drain) or a spec update are not counted."""
+    attempt: int | None = Field(None, ge=0)
+    """attempt is the number of the current trainer Job: every restart, counted or not, starts a
+    new attempt (label m2rl.io/attempt of the Job and its pods)."""
     latest_checkpoint: CheckpointStatus | None = None
     """latestCheckpoint is the newest checkpoint; a restart resumes from it."""
     final_model: str | None = Field(None, max_length=URI_MAX_LENGTH)

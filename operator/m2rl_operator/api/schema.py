@@ -59,15 +59,21 @@ class SchemaConversionError(ValueError):
 class _KubernetesJsonSchema(GenerateJsonSchema):
     """Pydantic's generator, plus defaults from default factories.
 
-    A factory that builds a sub-model becomes `default: {}`: the API server then applies the
-    sub-model's own field defaults, so the stored object equals what the model would build.
+    A factory that builds a sub-model becomes that sub-model with all its defaults filled in, not
+    `default: {}`: when a CRD is created the API server evaluates the x-kubernetes-validations
+    rules of each node on its `default` exactly as written, without applying the nested defaults
+    (apiextensions-apiserver pkg/apiserver/schema/defaulting/validation.go `validate`), so a rule
+    reading `self.replicas` fails on `{}` with "no such key". The stored object is the same either
+    way: nested defaults would have filled in the same values.
     """
 
     def get_default_value(self, schema: core_schema.WithDefaultSchema) -> Any:
         factory = schema.get("default_factory")
         if factory is not None and not schema.get("default_factory_takes_data"):
             value = factory()  # type: ignore[call-arg]
-            return {} if isinstance(value, BaseModel) else value
+            if isinstance(value, BaseModel):
+                return value.model_dump(mode="json", by_alias=True, exclude_none=True)
+            return value
         return schema.get("default", NoDefault)
 
 

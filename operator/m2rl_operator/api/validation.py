@@ -22,6 +22,7 @@ from datetime import datetime
 from typing import Any
 
 from m2rl_operator.api import cel
+from m2rl_operator.api.base import DNS_1035_LABEL_PATTERN
 from m2rl_operator.api.uri import (
     URI_PATTERN,
     WRITABLE_SCHEMES,
@@ -140,7 +141,12 @@ def _matches_type(value: Any, type_: str) -> bool:
 
 
 def _pattern_hint(pattern: str, value: str) -> str | None:
-    """A friendlier explanation for patterns users meet often (URIs)."""
+    """A friendlier explanation for patterns users meet often (URIs, resource names)."""
+    if pattern == DNS_1035_LABEL_PATTERN:
+        return (
+            "must start with a lowercase letter and contain only lowercase letters, digits and '-' "
+            "(a DNS-1035 label): the operator names Services and pods after it"
+        )
     if pattern in (URI_PATTERN, WRITABLE_URI_PATTERN):
         try:
             parse_uri(
@@ -171,6 +177,7 @@ class SchemaValidator:
         _default(value, self.schema)
         if root:
             _check_metadata(value.get("metadata"), result.violations)
+            _check_name(value, self.schema, result.violations)
         _check(value, self.schema, "", result.violations, root=root)
         old_value: Any = None
         if old is not None:
@@ -182,6 +189,15 @@ class SchemaValidator:
         _check_rules(cel_input, old_value, old is not None, self.schema, "", result, schema_error_paths)
         result.defaulted = value
         return result
+
+
+def check_value(value: Any, schema: dict[str, Any]) -> list[Violation]:
+    """The OpenAPI checks alone (types, bounds, patterns, required, ...) of a value as written: no
+    pruning, no defaulting, no CEL. What the API server's schema validator does with a schema
+    `default` (k8s.io/apiextensions-apiserver pkg/apiserver/schema/defaulting/validation.go)."""
+    out: list[Violation] = []
+    _check(value, schema, "", out)
+    return out
 
 
 # ---- pruning ---------------------------------------------------------------------------------------
@@ -491,6 +507,17 @@ def _check_metadata(meta: Any, out: list[Violation]) -> None:
                         "metadata:labels",
                     )
                 )
+
+
+def _check_name(obj: dict[str, Any], schema: dict[str, Any], out: list[Violation]) -> None:
+    """The CRD's own constraints on metadata.name (the only metadata a CRD schema may restrict),
+    applied to the name the API server would store: generateName plus 5 characters."""
+    if any(v.path == "metadata.name" for v in out):
+        return  # not even valid ObjectMeta
+    name_schema = schema.get("properties", {}).get("metadata", {}).get("properties", {}).get("name")
+    name = _with_generated_name(obj).get("metadata", {}).get("name")
+    if isinstance(name_schema, dict) and isinstance(name, str):
+        _check_string(name, name_schema, "metadata.name", out)
 
 
 def _qualified_name_problem(key: str) -> str | None:

@@ -1,15 +1,13 @@
-"""Pieces shared by the builders: metadata, pod placement options, volumes for URIs."""
+"""Pieces shared by the builders: metadata, config, volumes for URIs, Services (pods: pods.py)."""
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterable
 from typing import Any
 
 import yaml
 
 from m2rl_operator import naming
-from m2rl_operator.api.common import PodOptions
 from m2rl_operator.api.uri import ParsedURI, parse_uri
 from m2rl_operator.settings import OperatorOptions
 
@@ -26,91 +24,23 @@ def metadata(
     }
 
 
-def config_map(kind: str, owner: str, namespace: str, config: dict[str, Any]) -> Manifest:
-    """The ConfigMap holding the program's config file (trainer.yaml, merge.yaml, eval.yaml)."""
+def config_map(
+    kind: str, owner: str, namespace: str, config: dict[str, Any], extra: dict[str, Any] | None = None
+) -> Manifest:
+    """The ConfigMap holding the program's config file (trainer.yaml, merge.yaml, eval.yaml), and
+    `extra` files (name -> content) next to it."""
+    files = {naming.CONFIG_FILE[kind]: config, **(extra or {})}
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": metadata(naming.config_map(owner), namespace, kind, owner, naming.CONFIG),
-        "data": {naming.CONFIG_FILE[kind]: yaml.safe_dump(config, sort_keys=False)},
-    }
-
-
-def worker_job(
-    kind: str,
-    owner: str,
-    namespace: str,
-    *,
-    job_name: str,
-    component: str,
-    worker: PodOptions,
-    container: dict[str, Any],
-    volumes: list[dict[str, Any]],
-    job_spec: dict[str, Any],
-    queue_name: str | None,
-    priority_class_name: str | None,
-) -> Manifest:
-    """A Job of one container that reports its result in the termination message (merge, eval).
-
-    `job_spec` holds the Job-level fields (completions, retries); the pod template is built here.
-    """
-    container = {
-        **container,
-        # The summary is the termination message (m2rl_trainer.utils.results); a pod that fails
-        # before writing one shows the tail of its log there instead.
-        "terminationMessagePolicy": "FallbackToLogsOnError",
-    }
-    return {
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "metadata": metadata(job_name, namespace, kind, owner, component, queue_name),
-        "spec": {
-            **job_spec,
-            "template": {
-                "metadata": {"labels": naming.labels(kind, owner, component, queue_name)},
-                "spec": {
-                    "restartPolicy": "Never",
-                    "containers": [container],
-                    "volumes": volumes,
-                    **pod_placement(worker, priority_class_name),
-                },
-            },
-        },
+        "data": {name: yaml.safe_dump(content, sort_keys=False) for name, content in files.items()},
     }
 
 
 def dump(model: Any) -> Any:
     """A pydantic model as the camelCase dict the API server stores (unset fields left out)."""
     return model.model_dump(by_alias=True, exclude_none=True, mode="json")
-
-
-def container_extras(pod: PodOptions) -> dict[str, Any]:
-    """The container fields a PodOptions sets: resources (without GPUs) and env."""
-    extras: dict[str, Any] = {}
-    if pod.env:
-        extras["env"] = [dump(e) for e in pod.env]
-    return extras
-
-
-def resources(pod: PodOptions, gpus: int) -> dict[str, Any]:
-    """Requests/limits from the spec, with `nvidia.com/gpu` set from the component's GPU count."""
-    result: dict[str, Any] = copy.deepcopy(dump(pod.resources)) if pod.resources else {}
-    if gpus > 0:
-        result.setdefault("limits", {})["nvidia.com/gpu"] = gpus
-        result.setdefault("requests", {})["nvidia.com/gpu"] = gpus
-    return result
-
-
-def pod_placement(pod: PodOptions, priority_class_name: str | None) -> dict[str, Any]:
-    """Pod-level fields: nodeSelector, tolerations, priorityClassName."""
-    spec: dict[str, Any] = {}
-    if pod.node_selector:
-        spec["nodeSelector"] = dict(pod.node_selector)
-    if pod.tolerations:
-        spec["tolerations"] = [dump(t) for t in pod.tolerations]
-    if priority_class_name:
-        spec["priorityClassName"] = priority_class_name
-    return spec
 
 
 def local_path(uri: str | ParsedURI, options: OperatorOptions) -> str:
@@ -166,10 +96,16 @@ def shm_volume(options: OperatorOptions) -> tuple[dict[str, Any], dict[str, Any]
 
 
 def headless_service(
-    name: str, namespace: str, kind: str, owner: str, component: str, ports: dict[str, int]
+    name: str,
+    namespace: str,
+    kind: str,
+    owner: str,
+    component: str,
+    ports: dict[str, int],
+    selector: dict[str, str] | None = None,
 ) -> Manifest:
     """A headless Service that gives each pod a stable DNS name (publishing not-ready pods, so ranks
-    can find each other before they pass readiness)."""
+    can find each other before they pass readiness). `selector` defaults to the component's."""
     return {
         "apiVersion": "v1",
         "kind": "Service",
@@ -177,7 +113,7 @@ def headless_service(
         "spec": {
             "clusterIP": "None",
             "publishNotReadyAddresses": True,
-            "selector": naming.selector(kind, owner, component),
+            "selector": selector or naming.selector(kind, owner, component),
             "ports": [
                 {"name": port_name, "port": port, "targetPort": port} for port_name, port in ports.items()
             ],

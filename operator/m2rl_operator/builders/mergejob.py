@@ -21,9 +21,8 @@ from m2rl_operator.builders.common import (
     config_volume,
     dump,
     local_path,
-    resources,
-    worker_job,
 )
+from m2rl_operator.builders.pods import requests_for, worker_job
 from m2rl_operator.builders.references import BASE_SUFFIX, Resolved, merge_key, run_key
 from m2rl_operator.settings import OperatorOptions
 
@@ -72,7 +71,9 @@ def build_merge_config(spec: MergeJobSpec, *, resolved: Resolved, options: Opera
     """mergekit's YAML config (merge_method, base_model, models[].parameters, parameters, dtype)."""
     params_in = dump(spec.parameters)
     config: dict[str, Any] = {"merge_method": spec.method}
-    if (base := _base_uri(spec, resolved)) is not None:
+    # A method that ignores the base (linear, karcher) would average it in if mergekit were given it;
+    # its base goes to m2rl-merge's --analysis-base instead.
+    if (base := _base_uri(spec, resolved)) is not None and MERGE_METHODS[spec.method].base != "ignored":
         config["base_model"] = local_path(base, options)
     models = []
     # mergekit 0.1.5 requires a weight per model for the methods that read one; the API's unset is 1.
@@ -90,6 +91,17 @@ def build_merge_config(spec: MergeJobSpec, *, resolved: Resolved, options: Opera
         config["parameters"] = parameters
     config["dtype"] = spec.dtype
     return config
+
+
+def _analysis_args(spec: MergeJobSpec, resolved: Resolved, options: OperatorOptions) -> list[str]:
+    """m2rl-merge's analysis flags: the thresholds, and the base of a method that merges without one."""
+    if not spec.analysis.enabled:
+        return []
+    args = ["--eta", repr(spec.analysis.eta), "--projection-dims", str(spec.analysis.projection_dims)]
+    base = _base_uri(spec, resolved)
+    if base is not None and MERGE_METHODS[spec.method].base == "ignored":
+        args += ["--analysis-base", local_path(base, options)]
+    return args
 
 
 def build_mergejob(
@@ -116,24 +128,23 @@ def build_mergejob(
             *([] if spec.analysis.enabled else ["--no-analysis"]),
             "--expert-names",
             ",".join(expert_names(spec)),
+            *_analysis_args(spec, resolved, options),
         ],
         "volumeMounts": [config_mount, *claim_mounts],
     }
     if w.env:
         container["env"] = [dump(e) for e in w.env]
-    if res := resources(w, w.gpus):
-        container["resources"] = res
+    container["resources"] = requests_for(w, options.default_requests.for_gpus(w.gpus), w.gpus)
     job = worker_job(
         KIND,
         name,
         namespace,
+        spec,
         job_name=naming.merge_job(name),
         component=naming.MERGE,
         worker=w,
         container=container,
         volumes=[config_vol, *claim_vols],
-        queue_name=spec.queue_name,
-        priority_class_name=spec.priority_class_name,
         job_spec={
             "backoffLimit": 2,  # a merge is deterministic; retries cover evicted or OOM-killed pods
             # ...but not an invalid config or an occupied output path, which fail the same way again.

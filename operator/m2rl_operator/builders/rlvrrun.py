@@ -1,45 +1,80 @@
 """RLVRRun -> ConfigMap, checkpoint PVC, trainer (headless Service + Indexed Job), rollout (headless
-Service + StatefulSet of vLLM servers), verifier (Deployment + Service + deny-egress NetworkPolicy).
+Service + StatefulSet of vLLM servers + NetworkPolicy), verifier (Deployment + Service +
+NetworkPolicy).
 
 Pure functions: no client, no environment, no logging. The handler adopts (owner references) and
-applies what these return.
+applies what these return, and decides what runs when (Kueue admission, suspension, completion).
 """
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 from m2rl_operator import naming
+from m2rl_operator.api.common import VerifierServiceSpec
 from m2rl_operator.api.rlvrrun import RLVRRunSpec
 from m2rl_operator.builders.common import (
     Manifest,
     claim_volumes,
     config_map,
     config_volume,
-    container_extras,
+    dump,
     headless_service,
     local_path,
     metadata,
-    pod_placement,
-    resources,
     shm_volume,
+)
+from m2rl_operator.builders.pods import (
+    VERIFIER_UID,
+    pod_metadata,
+    pod_options,
+    requests_for,
+    restricted_container_security,
+    restricted_pod_security,
+    sandbox_security,
 )
 from m2rl_operator.builders.trainer_config import build_trainer_config, run_output_uri
 from m2rl_operator.settings import OperatorOptions
 
 KIND = "RLVRRun"
 COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
+CONFIG_HASH_ANNOTATION = f"{naming.GROUP}/config-hash"
+"""sha256 (first 16 hex digits) of the trainer.yaml a trainer Job was started with: the trainer
+reads its config once, so a Job whose hash differs from the current config is restarted."""
+ATTEMPT_ANNOTATION = naming.ATTEMPT  # kept for callers that read the attempt of a Job
+DISRUPTION_RULE = 0
+"""Index of the podFailurePolicy rule that fails the Job on a disruption (preemption, eviction,
+drain): the Job's Failed condition names it ("... matching FailJob rule at index 0")."""
+
+
+def uses_sandbox(spec: RLVRRunSpec) -> bool:
+    """Whether model-written code runs: a domain checked by the code verifier."""
+    return any(d.verifier.type == "code" for d in spec.domains)
 
 
 def build_config_map(spec: RLVRRunSpec, *, name: str, namespace: str, options: OperatorOptions) -> Manifest:
+    """trainer.yaml, and verifier.yaml: the verifier service enables only the run's verifiers, so
+    a run without code domains never starts a sandbox."""
+    verifiers = sorted({d.verifier.type for d in spec.domains})
     return config_map(
-        KIND, name, namespace, build_trainer_config(spec, name=name, namespace=namespace, options=options)
+        KIND,
+        name,
+        namespace,
+        build_trainer_config(spec, name=name, namespace=namespace, options=options),
+        {naming.VERIFIER_CONFIG_FILE: {"verifiers": {v: {} for v in verifiers}}},
     )
+
+
+def config_hash(config_map: Manifest) -> str:
+    """The digest of trainer.yaml in the run's ConfigMap (CONFIG_HASH_ANNOTATION)."""
+    return hashlib.sha256(config_map["data"][naming.CONFIG_FILE[KIND]].encode()).hexdigest()[:16]
 
 
 def build_checkpoint_claim(spec: RLVRRunSpec, *, name: str, namespace: str) -> Manifest | None:
     """The run's own claim when spec.checkpoint.uri is unset (ReadWriteMany: trainer writes, rollout
-    servers reload weights from it, merges and evaluations read it)."""
+    servers reload weights from it, merges and evaluations read it). Not owned by the run unless
+    checkpoint.deleteWithRun: checkpoints and the final model outlive the run and its TTL."""
     if spec.checkpoint.uri:
         return None
     claim: dict[str, Any] = {
@@ -48,12 +83,10 @@ def build_checkpoint_claim(spec: RLVRRunSpec, *, name: str, namespace: str) -> M
     }
     if spec.checkpoint.storage_class_name:
         claim["storageClassName"] = spec.checkpoint.storage_class_name
-    return {
-        "apiVersion": "v1",
-        "kind": "PersistentVolumeClaim",
-        "metadata": metadata(naming.checkpoints_claim(name), namespace, KIND, name, naming.CHECKPOINTS),
-        "spec": claim,
-    }
+    meta = metadata(naming.checkpoints_claim(name), namespace, KIND, name, naming.CHECKPOINTS)
+    if not spec.checkpoint.delete_with_run:
+        meta["annotations"] = {naming.KEEP: "true"}
+    return {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": meta, "spec": claim}
 
 
 def _output_claim(name: str, spec: RLVRRunSpec) -> list[str]:
@@ -61,23 +94,37 @@ def _output_claim(name: str, spec: RLVRRunSpec) -> list[str]:
     return [uri.removeprefix("pvc://").split("/", 1)[0]] if uri.startswith("pvc://") else []
 
 
+def trainer_selector(name: str, attempt: int) -> dict[str, str]:
+    """The trainer pods of one attempt (a Service selector is a plain label match)."""
+    return {**naming.selector(KIND, name, naming.TRAINER), naming.ATTEMPT: str(attempt)}
+
+
 def build_trainer_service(
-    spec: RLVRRunSpec, *, name: str, namespace: str, options: OperatorOptions
+    spec: RLVRRunSpec, *, name: str, namespace: str, options: OperatorOptions, attempt: int = 0
 ) -> Manifest:
+    """Selects only the current attempt's pods: a rank of a new attempt never resolves rank 0 of
+    an old one behind the same name (JobSet keeps attempts apart with its restart-attempt label)."""
     ports = {"master": options.ports.master, "metrics": options.ports.trainer_metrics}
     if spec.rollout.mode == "server" and spec.rollout.weight_sync == "nccl":
         ports["nccl"] = options.ports.nccl_weight_sync
-    return headless_service(naming.trainer(name), namespace, KIND, name, naming.TRAINER, ports)
-
-
-ATTEMPT_ANNOTATION = "m2rl.io/attempt"
+    return headless_service(
+        naming.trainer(name), namespace, KIND, name, naming.TRAINER, ports, trainer_selector(name, attempt)
+    )
 
 
 def build_trainer_job(
-    spec: RLVRRunSpec, *, name: str, namespace: str, options: OperatorOptions, attempt: int = 0
+    spec: RLVRRunSpec,
+    *,
+    name: str,
+    namespace: str,
+    options: OperatorOptions,
+    attempt: int = 0,
+    config_map: Manifest | None = None,
 ) -> Manifest:
-    """Indexed Job, one pod per node; torchrun inside. `attempt` counts restarts after failures (the
-    trainer resumes from the latest checkpoint by itself); it is kept in an annotation."""
+    """Indexed Job, one pod per node; torchrun inside. `attempt` counts restarts (the trainer
+    resumes from the latest checkpoint by itself); it is a label and an annotation of the Job and
+    a label of its pods. With Kueue (spec.queueName) the Job is created suspended and Kueue alone
+    changes `suspend` from then on."""
     t = spec.trainer
     nproc = max(t.gpus_per_node, 1)
     config_vol, config_mount = config_volume(naming.config_map(name), options)
@@ -96,7 +143,7 @@ def build_trainer_job(
                 "fieldRef": {"fieldPath": f"metadata.annotations['{COMPLETION_INDEX_ANNOTATION}']"}
             },
         },
-        *container_extras(t).get("env", []),
+        *(dump(e) for e in t.env or []),
     ]
     container: dict[str, Any] = {
         "name": "trainer",
@@ -123,33 +170,55 @@ def build_trainer_job(
             {"name": "master", "containerPort": options.ports.master},
             {"name": "metrics", "containerPort": options.ports.trainer_metrics},
         ],
+        "resources": requests_for(t, options.default_requests.for_gpus(t.gpus_per_node), t.gpus_per_node),
+        "securityContext": restricted_container_security(),
         "volumeMounts": [config_mount, shm_mount, *claim_mounts],
     }
-    if res := resources(t, t.gpus_per_node):
-        container["resources"] = res
-    pod_labels = naming.labels(KIND, name, naming.TRAINER, spec.queue_name)
+    pod_labels = {**naming.labels(KIND, name, naming.TRAINER), naming.ATTEMPT: str(attempt)}
     meta = metadata(naming.trainer(name), namespace, KIND, name, naming.TRAINER, spec.queue_name)
-    meta["annotations"] = {ATTEMPT_ANNOTATION: str(attempt)}
+    meta["labels"][naming.ATTEMPT] = str(attempt)
+    meta["annotations"] = {
+        naming.ATTEMPT: str(attempt),
+        CONFIG_HASH_ANNOTATION: config_hash(
+            config_map or build_config_map(spec, name=name, namespace=namespace, options=options)
+        ),
+    }
+    job: dict[str, Any] = {
+        "completionMode": "Indexed",
+        "completions": t.nodes,
+        "parallelism": t.nodes,
+        # The operator restarts the whole Job (all ranks, from the latest checkpoint): one lost rank
+        # breaks the collective, so pod-level retries do not help.
+        "backoffLimit": 0,
+        # A disruption (preemption, eviction, node drain: the pod's DisruptionTarget condition)
+        # fails the Job at once with reason PodFailurePolicy and this rule's index; the operator
+        # then restarts without counting it against maxRestarts, as JobSet's failure policy
+        # RestartJobSetAndIgnoreMaxRestarts does for onJobFailureReasons [PodFailurePolicy].
+        "podFailurePolicy": {
+            "rules": [
+                {"action": "FailJob", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
+            ]
+        },
+    }
+    if spec.queue_name:
+        job["suspend"] = True  # Kueue unsuspends it on admission (jobframework reconciler, step 7)
+    if spec.active_deadline_seconds:
+        job["activeDeadlineSeconds"] = spec.active_deadline_seconds
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": meta,
         "spec": {
-            "completionMode": "Indexed",
-            "completions": t.nodes,
-            "parallelism": t.nodes,
-            # The operator restarts the whole Job (all ranks, from the latest checkpoint) up to
-            # spec.maxRestarts: one lost rank breaks the collective, so pod-level retries do not help.
-            "backoffLimit": 0,
-            "suspend": spec.suspend,
+            **job,
             "template": {
-                "metadata": {"labels": pod_labels},
+                "metadata": pod_metadata(pod_labels, spec.pod),
                 "spec": {
                     "subdomain": naming.trainer(name),
                     "restartPolicy": "Never",
+                    "securityContext": restricted_pod_security(),
                     "containers": [container],
                     "volumes": [config_vol, shm_vol, *claim_vols],
-                    **pod_placement(t, spec.priority_class_name),
+                    **pod_options(t, spec.pod, spec.priority_class_name),
                 },
             },
         },
@@ -171,6 +240,8 @@ def build_rollout_service(
 def build_rollout_statefulset(
     spec: RLVRRunSpec, *, name: str, namespace: str, options: OperatorOptions
 ) -> Manifest:
+    """The vLLM servers. With spec.queueName the StatefulSet carries Kueue's queue label, so Kueue's
+    StatefulSet integration admits its pods as one group against the same quota as the trainer."""
     r = spec.rollout
     port = options.ports.rollout
     args = [
@@ -190,9 +261,10 @@ def build_rollout_statefulset(
     args += list(r.extra_args or [])
     env: list[dict[str, Any]] = []
     if r.weight_sync == "filesystem":
-        # reload_weights over /collective_rpc is a dev-mode endpoint of vLLM's OpenAI server.
+        # reload_weights over /collective_rpc is a dev-mode endpoint of vLLM's OpenAI server; the
+        # rollout NetworkPolicy admits only the run's trainer pods (and metrics scrapers) to it.
         env.append({"name": "VLLM_SERVER_DEV_MODE", "value": "1"})
-    env += container_extras(r).get("env", [])
+    env += [dump(e) for e in r.env or []]
     shm_vol, shm_mount = shm_volume(options)
     claim_vols, claim_mounts = claim_volumes([spec.model.uri, run_output_uri(name, spec)], [], options)
     container: dict[str, Any] = {
@@ -205,102 +277,128 @@ def build_rollout_statefulset(
         "startupProbe": _probe("/health", port, 10, 60),
         "readinessProbe": _probe("/health", port, 10, 3),
         "livenessProbe": _probe("/health", port, 30, 3),
+        "resources": requests_for(
+            r, options.default_requests.for_gpus(r.gpus_per_replica), r.gpus_per_replica
+        ),
+        "securityContext": restricted_container_security(),
         "volumeMounts": [shm_mount, *claim_mounts],
     }
     if env:
         container["env"] = env
-    if res := resources(r, r.gpus_per_replica):
-        container["resources"] = res
     return {
         "apiVersion": "apps/v1",
         "kind": "StatefulSet",
-        "metadata": metadata(naming.rollout(name), namespace, KIND, name, naming.ROLLOUT),
+        "metadata": metadata(naming.rollout(name), namespace, KIND, name, naming.ROLLOUT, spec.queue_name),
         "spec": {
             "serviceName": naming.rollout(name),
             "replicas": 0 if spec.suspend else r.replicas,
             "podManagementPolicy": "Parallel",
             "selector": {"matchLabels": naming.selector(KIND, name, naming.ROLLOUT)},
             "template": {
-                "metadata": {"labels": naming.labels(KIND, name, naming.ROLLOUT)},
+                "metadata": pod_metadata(naming.labels(KIND, name, naming.ROLLOUT), spec.pod),
                 "spec": {
+                    "securityContext": restricted_pod_security(),
                     "containers": [container],
                     "volumes": [shm_vol, *claim_vols],
-                    **pod_placement(r, spec.priority_class_name),
+                    **pod_options(r, spec.pod, spec.priority_class_name),
                 },
             },
         },
     }
 
 
-def build_verifier_deployment(
-    spec: RLVRRunSpec, *, name: str, namespace: str, options: OperatorOptions
-) -> Manifest:
-    return verifier_deployment(
-        KIND, name, namespace, spec.verifier, spec.suspend, spec.priority_class_name, options
-    )
-
-
-def verifier_deployment(
+def ingress_policy(
     kind: str,
     owner: str,
     namespace: str,
-    v: Any,
-    suspend: bool,
-    priority_class_name: str | None,
+    *,
+    name: str,
+    component: str,
+    port: int,
     options: OperatorOptions,
+    deny_egress: bool = False,
 ) -> Manifest:
-    """The sandboxed verifier: non-root, read-only root filesystem, no service-account token."""
+    """Only the run's trainer pods reach `component`'s pods (any port: HTTP, and NCCL for weight
+    sync); `options.metrics_from` peers reach its HTTP port, which also serves /metrics. With
+    `deny_egress`, the pods reach nothing (model-written code must not reach the network)."""
+    trainer = {"podSelector": {"matchLabels": naming.selector(kind, owner, naming.TRAINER)}}
+    ingress: list[dict[str, Any]] = [{"from": [trainer]}]
+    if options.metrics_from:
+        ingress.append({"from": [dict(p) for p in options.metrics_from], "ports": [{"port": port}]})
+    spec: dict[str, Any] = {
+        "podSelector": {"matchLabels": naming.selector(kind, owner, component)},
+        "policyTypes": ["Ingress", "Egress"] if deny_egress else ["Ingress"],
+        "ingress": ingress,
+    }
+    if deny_egress:
+        spec["egress"] = []
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": metadata(name, namespace, kind, owner, component),
+        "spec": spec,
+    }
+
+
+def build_verifier_deployment(
+    spec: RLVRRunSpec, *, name: str, namespace: str, options: OperatorOptions
+) -> Manifest:
+    """The verifier service: non-root, read-only root filesystem, no service-account token; with a
+    code domain, the sandbox isolation of spec.verifier (builders.pods.sandbox_security)."""
+    v: VerifierServiceSpec = spec.verifier
     port = options.ports.verifier
+    code = uses_sandbox(spec)
+    config_vol, config_mount = config_volume(naming.config_map(name), options)
+    args = [
+        "--host", "0.0.0.0", "--port", str(port),
+        "--config", f"{options.config_dir}/{naming.VERIFIER_CONFIG_FILE}",
+        "--python-workers", str(v.concurrency),
+    ]  # fmt: skip
+    if code:
+        args += ["--sandbox-workers", str(v.concurrency)]
+    if code:
+        pod_fields, security = sandbox_security(
+            v.isolation, v.runtime_class_name, v.seccomp_localhost_profile
+        )
+    else:
+        pod_fields, security = {"securityContext": restricted_pod_security()}, restricted_container_security()
+        if v.runtime_class_name:
+            pod_fields["runtimeClassName"] = v.runtime_class_name
+    pod_fields["securityContext"].update(runAsUser=VERIFIER_UID, runAsGroup=VERIFIER_UID)
     container: dict[str, Any] = {
         "name": "verifier",
         "image": v.image or options.images.verifier,
         "command": ["m2rl-verifier", "serve"],
-        "args": [
-            "--host",
-            "0.0.0.0",
-            "--port",
-            str(port),
-            "--python-workers",
-            str(v.concurrency),
-            "--sandbox-workers",
-            str(v.concurrency),
-        ],
+        "args": args,
         "ports": [{"name": "http", "containerPort": port}],
         "readinessProbe": _probe("/health", port, 10, 3),
         "livenessProbe": _probe("/health", port, 30, 3),
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "capabilities": {"drop": ["ALL"]},
-        },
-        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
-        **container_extras(v),
+        "resources": requests_for(v, options.default_requests.verifier, 0),
+        "securityContext": {**security, "readOnlyRootFilesystem": True},
+        # A sandbox that cannot start ends the process: its message becomes the pod's status.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "volumeMounts": [config_mount, {"name": "tmp", "mountPath": "/tmp"}],
     }
-    if res := resources(v, 0):
-        container["resources"] = res
+    if v.env:
+        container["env"] = [dump(e) for e in v.env]
     pod: dict[str, Any] = {
-        "automountServiceAccountToken": False,
         "enableServiceLinks": False,
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": 65532,
-            "runAsGroup": 65532,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
         "containers": [container],
-        "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}}],
-        **pod_placement(v, priority_class_name),
+        "volumes": [config_vol, {"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}}],
+        **pod_options(v, spec.pod, spec.priority_class_name, service_account=False),
+        **pod_fields,
     }
-    if v.runtime_class_name:
-        pod["runtimeClassName"] = v.runtime_class_name
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": metadata(naming.verifier(owner), namespace, kind, owner, naming.VERIFIER),
+        "metadata": metadata(naming.verifier(name), namespace, KIND, name, naming.VERIFIER, spec.queue_name),
         "spec": {
-            "replicas": 0 if suspend else v.replicas,
-            "selector": {"matchLabels": naming.selector(kind, owner, naming.VERIFIER)},
-            "template": {"metadata": {"labels": naming.labels(kind, owner, naming.VERIFIER)}, "spec": pod},
+            "replicas": 0 if spec.suspend else v.replicas,
+            "selector": {"matchLabels": naming.selector(KIND, name, naming.VERIFIER)},
+            "template": {
+                "metadata": pod_metadata(naming.labels(KIND, name, naming.VERIFIER), spec.pod),
+                "spec": pod,
+            },
         },
     }
 
@@ -317,33 +415,42 @@ def verifier_service(kind: str, owner: str, namespace: str, options: OperatorOpt
     }
 
 
-def verifier_network_policy(kind: str, owner: str, namespace: str) -> Manifest:
-    """Deny all egress of the verifier pods (model-written code must not reach the network)."""
-    return {
-        "apiVersion": "networking.k8s.io/v1",
-        "kind": "NetworkPolicy",
-        "metadata": metadata(naming.verifier(owner), namespace, kind, owner, naming.VERIFIER),
-        "spec": {
-            "podSelector": {"matchLabels": naming.selector(kind, owner, naming.VERIFIER)},
-            "policyTypes": ["Egress"],
-            "egress": [],
-        },
-    }
-
-
 def build_rlvrrun(
     spec: RLVRRunSpec, *, name: str, namespace: str, options: OperatorOptions, attempt: int = 0
 ) -> list[Manifest]:
-    """Every child of an RLVRRun, in creation order (config and storage before the pods using them)."""
-    children: list[Manifest] = [build_config_map(spec, name=name, namespace=namespace, options=options)]
+    """Every child of an RLVRRun, in creation order (config and storage before the pods using them).
+
+    A suspended run has no trainer Job (its pods are deleted; resuming creates it again, and the
+    trainer continues from its latest checkpoint) and zero rollout and verifier replicas.
+    """
+    config = build_config_map(spec, name=name, namespace=namespace, options=options)
+    children: list[Manifest] = [config]
     if claim := build_checkpoint_claim(spec, name=name, namespace=namespace):
         children.append(claim)
     children.append(verifier_service(KIND, name, namespace, options))
-    children.append(verifier_network_policy(KIND, name, namespace))
+    children.append(
+        ingress_policy(
+            KIND, name, namespace, name=naming.verifier(name), component=naming.VERIFIER,
+            port=options.ports.verifier, options=options, deny_egress=True,
+        )
+    )  # fmt: skip
     children.append(build_verifier_deployment(spec, name=name, namespace=namespace, options=options))
     if spec.rollout.mode == "server":
         children.append(build_rollout_service(spec, name=name, namespace=namespace, options=options))
+        children.append(
+            ingress_policy(
+                KIND, name, namespace, name=naming.rollout(name), component=naming.ROLLOUT,
+                port=options.ports.rollout, options=options,
+            )
+        )  # fmt: skip
         children.append(build_rollout_statefulset(spec, name=name, namespace=namespace, options=options))
-    children.append(build_trainer_service(spec, name=name, namespace=namespace, options=options))
-    children.append(build_trainer_job(spec, name=name, namespace=namespace, options=options, attempt=attempt))
+    children.append(
+        build_trainer_service(spec, name=name, namespace=namespace, options=options, attempt=attempt)
+    )
+    if not spec.suspend:
+        children.append(
+            build_trainer_job(
+                spec, name=name, namespace=namespace, options=options, attempt=attempt, config_map=config
+            )
+        )
     return children

@@ -76,6 +76,8 @@ def build_trainer_config(
                         "id": d.dataset.fields.id,
                     },
                     "verifier_options": dict(d.verifier.options or {}),
+                    "format": d.dataset.format,
+                    "format_options": dict(d.dataset.format_options or {}),
                     "weight": d.weight,
                     "max_samples": d.max_samples,
                 }
@@ -128,6 +130,8 @@ def build_trainer_config(
             "offload_params": spec.trainer.deepspeed.offload_params,
             "dtype": spec.model.dtype,
         },
+        # The update's memory (the trainer's `memory` section); the device size is read on the GPU.
+        "memory": {"gradient_checkpointing": spec.trainer.gradient_checkpointing},
         "rollout": rollout,
         # Model-written code runs in the run's sandboxed verifier Deployment, not in the trainer pod.
         "rewards": {"service_url": naming.verifier_url(name, namespace, options.ports.verifier)},

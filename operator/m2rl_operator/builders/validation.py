@@ -10,6 +10,9 @@ from m2rl_operator.api.algorithm import PRESETS
 from m2rl_operator.api.rlvrrun import RLVRRunSpec
 from m2rl_operator.api.uri import parse_uri
 
+# Dataset formats the trainer reads (m2rl_trainer.data.formats); the others are benchmark layouts.
+TRAINING_FORMATS = ("jsonl", "nemotron")
+
 
 def rlvrrun_problems(spec: RLVRRunSpec) -> list[str]:
     """Spec values the trainer image (m2rl_trainer 0.1) cannot honour yet."""
@@ -22,6 +25,11 @@ def rlvrrun_problems(spec: RLVRRunSpec) -> list[str]:
             )
         if domain.dataset.config is not None:
             problems.append(f"spec.domains[{i}].dataset.config: Hub dataset configurations are not supported")
+        if domain.dataset.format not in TRAINING_FORMATS:
+            problems.append(
+                f"spec.domains[{i}].dataset.format: {domain.dataset.format} is a benchmark format; "
+                f"training reads {' or '.join(TRAINING_FORMATS)}"
+            )
     a = spec.algorithm
     if a.weight_decay != 0.0:
         problems.append("spec.algorithm.weightDecay: the trainer image does not support weight decay yet")

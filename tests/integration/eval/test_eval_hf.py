@@ -92,13 +92,15 @@ def test_hf_engine_end_to_end(
     )
     assert (max3["prompts"], renamed["prompts"]) == (24, 10)
 
-    # Outputs: one directory per model, nothing partial left beside it.
+    # Outputs: one directory per model, nothing partial left beside it; the sample cache.
     out = tmp_path / "out"
-    assert sorted(p.name for p in out.iterdir()) == ["sft"]
+    assert sorted(p.name for p in out.iterdir()) == [".cache", "sft"]
     assert sorted(p.name for p in (out / "sft").iterdir()) == [
         "max3.samples.jsonl",
         "renamed.samples.jsonl",
         "results.json",
+        "results.md",
+        "results.png",
     ]
     full = json.loads((out / "sft" / "results.json").read_text())
     assert full["engine"] == "hf"
@@ -182,10 +184,18 @@ def test_hf_engine_end_to_end(
         ("renamed", "Succeeded", 10, renamed["metrics"]),
     ]
 
-    # The same seed gives the same samples (into a second directory, which is then replaced).
+    # The same seed gives the same samples (into a second directory, with a cache of its own).
     assert main([*argv, "--output", str(tmp_path / "again")]) == 0
     assert _records(tmp_path / "again" / "sft" / "max3.samples.jsonl") == records
     assert json.loads(message.read_text()) == result
+    assert [r["generated"] for r in full["results"]] == [96, 20]
+
+    # Run again into the first directory: everything comes from the cache, nothing is generated.
+    assert main([*argv, "--output", str(out)]) == 0
+    rerun = json.loads((out / "sft" / "results.json").read_text())
+    assert [r["generated"] for r in rerun["results"]] == [0, 0]
+    assert [r["metrics"] for r in rerun["results"]] == [r["metrics"] for r in full["results"]]
+    assert _records(out / "sft" / "max3.samples.jsonl") == records
 
 
 def test_check_validates_the_data_without_a_model(

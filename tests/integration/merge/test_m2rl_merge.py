@@ -20,6 +20,7 @@ from safetensors.torch import save_file
 from m2rl_operator.api.mergejob import AnalysisStatus
 from m2rl_operator.status import merge_analysis
 from m2rl_trainer.merge.cli import main
+from tests.unit.merge import mergelm_reference as ref
 from tests.unit.merge.checkpoints import direct_analysis, load_tensors
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
@@ -110,9 +111,18 @@ def _check_analysis(out: Path, result: dict[str, Any], models: dict[str, Path]) 
     assert report["mergedModel"] == str(out)
     assert (out / "m2rl-analysis" / "cosine-heatmap.svg").read_text().startswith("<svg ")
 
+    assert list(s["updateFraction"].values()) == pytest.approx(want["updateFraction"], rel=1e-12)
+    assert s["jaccardMatrix"][0][1] == pytest.approx(want["jaccard"][0][1], rel=1e-12)
+    assert s["projectedCosineMatrix"][0][1] == pytest.approx(want["projectedCosine"][0][1], rel=1e-9)
+    # Both experts move up_proj only partly above eta (the embeddings: math's ten rows; down_proj: code).
+    assert 0 < s["jaccardMatrix"][0][1] < 1
+    assert (out / "m2rl-analysis" / "jaccard-heatmap.svg").is_file()
+
     assert set(result) == {"analysis"}
     analysis = result["analysis"]
-    assert set(analysis) == {"taskVectorNorms", "pairwiseCosine", "signConflictFraction", "reportFile"}
+    assert set(analysis) == {
+        "taskVectorNorms", "updateFraction", "pairwiseCosine", "signConflictFraction", "eta", "reportFile",
+    }  # fmt: skip
     assert analysis["reportFile"] == "m2rl-analysis/report.json"
     assert analysis["taskVectorNorms"] == {
         "math": pytest.approx(want["norms"][0], rel=1e-5),
@@ -121,6 +131,7 @@ def _check_analysis(out: Path, result: dict[str, Any], models: dict[str, Path]) 
     (pair,) = analysis["pairwiseCosine"]
     assert (pair["first"], pair["second"]) == ("math", "code")
     assert pair["cosine"] == pytest.approx(want["cosine"][0][1], rel=1e-5, abs=1e-9)
+    assert pair["jaccard"] == pytest.approx(want["jaccard"][0][1], rel=1e-5)
     assert analysis["signConflictFraction"] == pytest.approx(want["signConflictFraction"], rel=1e-5)
     # What the operator makes of it is a valid MergeJob status.analysis.
     status = merge_analysis([result], "pvc://ckpt/merges/x")
@@ -209,10 +220,78 @@ def test_ties_merges_by_its_formula(
     _check_analysis(out, result, models)
 
 
+def test_mergelm_dare_ties_merges_as_mergelm_over_the_whole_model(
+    models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The study's TIES+DARE through mergekit's own registry equals MergeLM's code (transcribed in
+    tests/unit/merge/mergelm_reference.py) on the flattened tiny model: DARE drop 0.2 with 1/0.8
+    rescale, TIES trim 80% over the whole model, sign election, disjoint mean."""
+    config = _config(
+        tmp_path,
+        "mergelm_ties",
+        models,
+        expert_parameters=[{"density": 0.2, "dare_density": 0.8}] * 2,
+    )
+    out = tmp_path / "mergelm"
+    code, _ = _run(monkeypatch, tmp_path, config, out, "--no-analysis", "--seed", "5")
+    assert code == 0
+    base, a, b, merged = (load_tensors(p) for p in (models["base"], models["math"], models["code"], out))
+    names = [n for n, t in base.items() if t.is_floating_point()]
+    keeps = [ref.drops(base, str(models[m]), 0.8, seed=5) for m in ("math", "code")]
+    flat = ref.task_vectors(base, [a, b], names, keeps, 0.8)
+    want = ref.unflatten(ref.ties_merging(flat, 0.8), base, names)
+    for name in names:
+        torch.testing.assert_close(merged[name], base[name] + want[name], rtol=0, atol=1e-6, msg=name)
+    # Only the moved tensors changed. Over the whole model most entries are unmoved (0), so trimming
+    # 80% of the entries cuts few of up_proj's: a per-tensor trim would keep at most 2 x 20% of them.
+    assert torch.equal(merged[DOWN.replace("1.mlp", "0.mlp")], base[DOWN.replace("1.mlp", "0.mlp")])
+    assert int((merged[UP] != base[UP]).sum()) > 0.8 * base[UP].numel()
+    recorded = yaml.safe_load((out / "mergekit_config.yml").read_text())
+    assert recorded["parameters"]["seed"] == 5 and recorded["parameters"]["majority_sign"] in (-1, 1)
+    kth = flat.abs().kthvalue(int(flat.shape[1] * 0.8), dim=1).values.tolist()
+    assert [m["parameters"]["trim_threshold"] for m in recorded["models"]] == kth
+
+
+def test_a_plain_average_is_analysed_against_the_base_given_for_it(
+    models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = _config(tmp_path, "linear", models)
+    out = tmp_path / "avg"
+    code, result = _run(
+        monkeypatch,
+        tmp_path,
+        config,
+        out,
+        "--analysis-base",
+        str(models["base"]),
+        "--expert-names",
+        "math,code",
+    )
+    assert code == 0
+    base, a, b, merged = (load_tensors(p) for p in (models["base"], models["math"], models["code"], out))
+    for name in base:  # the average of the experts: the base is not averaged in
+        torch.testing.assert_close(merged[name], (a[name] + b[name]) / 2, rtol=0, atol=1e-6)
+    assert result is not None
+    _check_analysis(out, result, models)
+    # The average's task vector is half of each expert's where only one moved: cosine with each > 0.
+    report = json.loads((out / "m2rl-analysis" / "report.json").read_text())
+    assert all(c > 0.5 for c in report["summary"]["merged"]["cosineWithExperts"].values())
+    # A method with a base of its own takes no other base for the analysis.
+    code, _ = _run(
+        monkeypatch, tmp_path, _config(tmp_path, "ties", models), tmp_path / "t", "--analysis-base", "/x"
+    )
+    assert code == 2
+
+
 @pytest.mark.parametrize(
     ("method", "flags", "reason"),
     [
-        ("linear", [], "merge_method linear has no base_model, and task vectors are differences from a base"),
+        (
+            "linear",
+            [],
+            "merge_method linear has no base_model, and task vectors are differences from a base "
+            "(give one with --analysis-base)",
+        ),
         ("ties", ["--no-analysis"], "analysis disabled (--no-analysis)"),
     ],
     ids=["no-base", "disabled"],

@@ -29,15 +29,26 @@ def scorer() -> Iterator[Scorer]:
 
 @pytest.fixture
 def clean_sandboxes(scorer: Scorer) -> Iterator[None]:
-    """After the test: every sandbox is back to bwrap -> bwrap init -> runner, nothing else."""
-    from tests.integration.rewards.helpers import descendants, wait_until
+    """After the test: every sandbox is back to bwrap -> bwrap init -> runner -> fork server (->
+    the checker, once an assert test ran), nothing else."""
+    from tests.integration.rewards.helpers import children, descendants, wait_until
 
     yield
     pool = scorer.sandbox_pool
     assert pool is not None
 
+    def idle(bwrap: int) -> bool:
+        (init,) = children(bwrap)
+        (runner,) = children(init)
+        (server,) = children(runner)
+        checkers = children(server)
+        return len(checkers) <= 1 and all(children(c) == [] for c in checkers)
+
     def settled() -> bool:
         pids = pool.pids()
-        return len(pids) == pool.size and all(len(descendants(pid)) == 2 for pid in pids)
+        try:
+            return len(pids) == pool.size and all(idle(pid) for pid in pids)
+        except ValueError:  # not exactly one child where one is expected
+            return False
 
     assert wait_until(settled, 5.0), {pid: descendants(pid) for pid in pool.pids()}

@@ -33,6 +33,11 @@ def _parents() -> dict[int, int]:
     return table
 
 
+def children(pid: int) -> list[int]:
+    """The direct children of `pid` in the host's process tree."""
+    return sorted(child for child, parent in _parents().items() if parent == pid)
+
+
 def descendants(pid: int) -> list[int]:
     """Every process below `pid` in the host's process tree."""
     children: dict[int, list[int]] = {}

@@ -225,7 +225,12 @@ def test_freezing_its_parent_is_caught_by_the_host_deadline():
         bwrap = scorer.sandbox_pool.pids()[0]
         frozen = descendants(bwrap)
         start = time.monotonic()
-        code = "import os, signal, time\nos.kill(os.getppid(), signal.SIGSTOP)\ntime.sleep(60)"
+        # its parent is the sandbox's fork server, whose parent is the runner: stop both
+        code = (
+            "import os, signal, time\npid = os.getpid()\nfor _ in range(2):\n"
+            "    pid = int(open(f'/proc/{pid}/stat').read().rsplit(')', 1)[1].split()[1])\n"
+            "    os.kill(pid, signal.SIGSTOP)\ntime.sleep(60)"
+        )
         result = run(scorer, code, timeout_s=0.5, max_wall_factor=1.0)
         assert result["verdict"] == "timeout"
         assert "killed and replaced" in first_test(result)["reason"]

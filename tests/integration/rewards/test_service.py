@@ -17,6 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from m2rl_trainer.rewards.client import HttpScorer
 from tests.integration.rewards.helpers import (
@@ -121,6 +122,13 @@ def test_health_and_verifier_listing(server):
     # the service's sandboxes run programs at low priority, with setsid() denied
     assert health["pools"]["sandbox"]["worker"]["low_priority"] is True
     assert health["pools"]["sandbox"]["worker"]["seccomp"] is True
+    # what one request may hold, for clients to split batches by
+    assert health["limits"] == {
+        "max_request_bytes": 1048576,
+        "max_batch_samples": 100,
+        "max_pending_samples": 8,
+        "max_inflight_requests": 4,
+    }
     names = [v["name"] for v in httpx.get(f"{server.url}/v1/verifiers").json()["verifiers"]]
     assert names == ["math", "code", "multiple_choice", "ifeval"]
 
@@ -153,14 +161,8 @@ def test_service_and_library_give_the_same_results(server, scorer):
             ).encode(),
             "samples[0]: verifier 'math': unknown option(s) ['bogus']",
         ),
-        (
-            json.dumps(
-                {"samples": [{"verifier": "multiple_choice", "response": "A", "reference": "A"}] * 101}
-            ).encode(),
-            "101 samples exceed the limit of 100",
-        ),
     ],
-    ids=["malformed", "not-utf8", "not-object", "unknown-verifier", "unknown-option", "too-many-samples"],
+    ids=["malformed", "not-utf8", "not-object", "unknown-verifier", "unknown-option"],
 )
 def test_bad_requests_get_400_with_a_message(server, body, message):
     response = post(server, body)
@@ -168,9 +170,33 @@ def test_bad_requests_get_400_with_a_message(server, body, message):
     assert message in response.json()["error"]
 
 
-def test_oversized_request_gets_413(server):
+def test_requests_that_can_never_be_admitted_get_413_with_a_message(server):
     response = post(server, b'{"samples": [], "pad": "' + b"x" * (2 * 1024 * 1024) + b'"}')
     assert response.status_code == 413
+    mc = {"verifier": "multiple_choice", "response": "A", "reference": "A"}
+    response = post(server, {"samples": [mc] * 101})
+    assert response.status_code == 413
+    assert response.json()["error"].startswith("101 samples exceed the limit of 100 per request; split")
+    # 9 math samples: more than the python pool queues (8), so no retry could ever admit them
+    math = {"verifier": "math", "response": r"\boxed{1}", "reference": "1"}
+    response = post(server, {"samples": [math] * 9})
+    assert response.status_code == 413 and "Retry-After" not in response.headers
+    assert (
+        "9 samples for the python_worker pool can never be admitted: it queues at most 8"
+        in (response.json()["error"])
+    )
+
+
+def test_the_client_splits_batches_to_the_service_limits(server):
+    """One call with 60 samples: requests of at most 4 samples (half the queue of 8), in order."""
+    batch = [
+        {"id": str(i), "verifier": "math", "response": rf"\boxed{{{i}}}", "reference": str(i + i % 3)}
+        for i in range(60)
+    ]
+    with HttpScorer(server.url) as remote:
+        results = remote.score(batch)
+    assert [r.id for r in results] == [str(i) for i in range(60)]
+    assert [r.reward for r in results] == [1.0 if i % 3 == 0 else 0.0 for i in range(60)]
 
 
 def test_saturated_pool_gets_429_while_math_is_still_served(server):
@@ -224,13 +250,25 @@ def test_metrics_count_requests_timeouts_and_kills(server):
         },
     )
     text = httpx.get(f"{server.url}/metrics").text
-    assert 'm2rl_verifier_requests_total{code="200",endpoint="score"}' in text
-    assert 'm2rl_verifier_requests_total{code="400",endpoint="score"}' in text
-    assert 'm2rl_verifier_request_duration_seconds_bucket{endpoint="score"' in text
-    assert 'm2rl_verifier_timeouts_total{verifier="code"}' in text
-    assert 'm2rl_verifier_sandbox_kills_total{reason="timeout",verifier="code"}' in text
-    assert 'm2rl_verifier_samples_total{verdict="correct",verifier="math"}' in text
-    assert 'm2rl_verifier_rejected_requests_total{reason="saturated"}' in text
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+    def value(name: str, **labels: str) -> float:
+        return samples[(name, tuple(sorted(labels.items())))]
+
+    assert value("m2rl_verifier_requests_total", code="200", endpoint="score") >= 1
+    assert value("m2rl_verifier_requests_total", code="400", endpoint="score") >= 1
+    assert value("m2rl_verifier_request_duration_seconds_count", endpoint="score") >= 2
+    assert value("m2rl_verifier_timeouts_total", verifier="code") >= 1
+    assert value("m2rl_verifier_sandbox_kills_total", reason="timeout", verifier="code") >= 1
+    assert value("m2rl_verifier_samples_total", verdict="correct", verifier="math") >= 1
+    assert value("m2rl_verifier_rejected_requests_total", reason="saturated") >= 1
+    # Verifier types x verdicts start at 0 rather than missing (error ratios read 0, not "no data").
+    assert value("m2rl_verifier_samples_total", verdict="sandbox_error", verifier="ifeval") == 0
+    assert value("m2rl_verifier_timeouts_total", verifier="multiple_choice") == 0
 
 
 # name, program, verdicts it may get. The service runs programs at low priority: on a machine busy

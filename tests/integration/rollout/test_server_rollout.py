@@ -318,3 +318,29 @@ def test_processed_logprobs_server_matches_the_colocated_engine_at_temperature_0
     # Both report log softmax(logits / 0.7) of their own samples.
     assert max_error(model, served, 0.7) < 1e-3
     assert max_error(model, colocated, 0.7) < 1e-4
+
+
+def test_prompt_logprobs_score_a_students_tokens_as_a_teacher(
+    engine: VLLMServerRollout, tokenizer: Any, model: Any
+) -> None:
+    """MT-OPD's server mode: a teacher's vLLM scores whole sequences (prompt + the student's sampled
+    response); the response's log-probs match the teacher's forward pass, so with the same weights
+    as teacher and student every advantage is ~0."""
+    from m2rl_trainer.grpo.opd import align_response_logprobs, opd_advantages
+
+    groups = engine.generate(PROMPTS, SamplingParams(n=2, max_tokens=12, temperature=1.0, seed=4))
+    samples = [c for group in groups for c in group]
+    scored = engine.prompt_logprobs([c.prompt_token_ids + c.token_ids for c in samples])
+    for c, values in zip(samples, scored, strict=True):
+        assert values[0] is None and len(values) == len(c.prompt_token_ids) + len(c.token_ids)
+        teacher = align_response_logprobs(values, len(c.token_ids))
+        student = forward_logprobs(model, c.prompt_token_ids, c.token_ids)
+        assert max(abs(t - s) for t, s in zip(teacher, student, strict=True)) < 1e-3
+        as_tensors = [torch.tensor([v]) for v in (teacher, student, [1.0] * len(student))]
+        assert opd_advantages(*as_tensors).abs().max() < 1e-3
+    # and it is a forward pass over the given tokens, not a sample: a token the model would not
+    # choose gets its (low) log-probability
+    ids = tokenizer("Q: 12+34= A:")["input_ids"] + tokenizer(" zebra", add_special_tokens=False)["input_ids"]
+    (values,) = engine.prompt_logprobs([ids])
+    expected = forward_logprobs(model, ids[:1], ids[1:])
+    assert values[1:] == pytest.approx(expected, abs=1e-3)

@@ -147,7 +147,10 @@ DELETE = object()
 
 BAD: dict[str, tuple[dict[str, Any], str]] = {
     "missing-model-path": (_set("models[0].path", DELETE), "models[0].path: required field is missing"),
-    "missing-verifier": (_set("benchmarks[0].verifier", DELETE), "benchmarks[0].verifier: required field"),
+    "missing-verifier": (
+        _set("benchmarks[0].verifier", DELETE),
+        "benchmarks[0].verifier: the jsonl format needs a verifier",
+    ),
     "missing-dataset": (_set("benchmarks[0].dataset", DELETE), "benchmarks[0].dataset: required field"),
     "unknown-verifier": (
         _set("benchmarks[0].verifier", "maths"),

@@ -58,22 +58,33 @@ def test_outputs_appear_only_when_committed(tmp_path: Path) -> None:
     with OutputWriter(tmp_path, "m") as writer:
         writer.samples_path("b").write_text("{}\n")
         assert list(tmp_path.iterdir()) == [writer.tmp]  # nothing under the final name yet
-        writer.commit({"model": "m", "results": [1]})
+        writer.commit(_result("m", 0.25))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
-    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["b.samples.jsonl", "results.json"]
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == [
+        "b.samples.jsonl",
+        "results.json",
+        "results.md",
+        "results.png",
+    ]
+    assert "| m | 0.250 |" in (tmp_path / "m" / "results.md").read_text()
+    assert (tmp_path / "m" / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # A failed re-run leaves the previous outputs untouched and no partial directory behind.
     with pytest.raises(RuntimeError), OutputWriter(tmp_path, "m") as writer:
         writer.samples_path("b").write_text("partial\n")
         raise RuntimeError("generation failed")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
-    assert json.loads((tmp_path / "m" / "results.json").read_text())["results"] == [1]
+    assert json.loads((tmp_path / "m" / "results.json").read_text()) == _result("m", 0.25)
 
     # A successful re-run replaces them whole.
     with OutputWriter(tmp_path, "m") as writer:
-        writer.commit({"model": "m", "results": [2]})
+        writer.commit(_result("m", 0.5))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
-    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["results.json"]
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["results.json", "results.md", "results.png"]
+
+
+def _result(model: str, value: float) -> dict[str, Any]:
+    return {"model": model, "results": [{"benchmark": "b", "metrics": {"avg@k": value}, "prompts": 4}]}
 
 
 def _cells(benchmarks: int, metrics: int) -> list[dict[str, Any]]:

@@ -44,42 +44,72 @@ def load_tensors(folder: Path) -> dict[str, torch.Tensor]:
     return out
 
 
+def dense_projection(
+    base: dict[str, torch.Tensor], names: Sequence[str], dims: int, seed: int
+) -> torch.Tensor:
+    """The analysis' projection as a dense [dims, N] matrix (N over `names` in order), from its
+    definition: entry p of tensor t goes to row h(p) with sign s(p); each row divided by sqrt(n_r)."""
+    from m2rl_trainer.merge.projection import rows_and_signs, tensor_key
+
+    rows, signs = zip(
+        *(rows_and_signs(tensor_key(seed, n), 0, base[n].numel(), dims) for n in names), strict=True
+    )
+    r, sg = torch.cat(rows), torch.cat(signs)
+    p = torch.zeros(dims, r.numel(), dtype=torch.float64)
+    p[r, torch.arange(r.numel())] = sg
+    return p / p.abs().sum(dim=1, keepdim=True).clamp(min=1).sqrt()
+
+
 def direct_analysis(
     base: dict[str, torch.Tensor],
     experts: Sequence[dict[str, torch.Tensor]],
     merged: dict[str, torch.Tensor] | None = None,
     only: Sequence[str] | None = None,
+    eta: float = 1e-3,
+    dims: int = 256,
+    seed: int = 0,
 ) -> dict[str, Any]:
-    """The analysis' definitions computed the obvious way: concatenate whole task vectors, then
-    torch's own norm, cosine_similarity and sign()."""
+    """The analysis' definitions computed the obvious way: concatenate whole task vectors and weights,
+    then torch's own norm, cosine_similarity, sign(), boolean masks and a dense projection matrix."""
     names = [
         n
         for n in (only or base)
         if base[n].is_floating_point() and all(n in e and e[n].shape == base[n].shape for e in experts)
     ]
-    taus = torch.stack(
-        [torch.cat([(e[n].double() - base[n].double()).reshape(-1) for n in names]) for e in experts]
-    )  # [experts, parameters]
-    signs = torch.sign(taus)
-    conflicts = (signs.max(dim=0).values > 0) & (signs.min(dim=0).values < 0)
+    models = [*experts, *([merged] if merged is not None else [])]
+    b = torch.cat([base[n].double().reshape(-1) for n in names])
+    w = torch.stack([torch.cat([m[n].double().reshape(-1) for n in names]) for m in models])
+    taus = w - b  # [models, parameters]
+    masks = taus.abs() > eta * torch.maximum(w.abs(), b.abs())
     k = len(experts)
-    cosine = [
-        [float(torch.nn.functional.cosine_similarity(taus[i], taus[j], dim=0, eps=0.0)) for j in range(k)]
-        for i in range(k)
-    ]
+    signs = torch.sign(taus[:k]) * masks[:k]
+    conflicts = (signs.max(dim=0).values > 0) & (signs.min(dim=0).values < 0)
+    z = taus @ dense_projection(base, names, dims, seed).T  # [models, dims]
+
+    def cos(x: torch.Tensor, y: torch.Tensor) -> float:
+        return float(torch.nn.functional.cosine_similarity(x, y, dim=0, eps=0.0).nan_to_num(0.0))
+
+    def jaccard(i: int, j: int) -> float:
+        union = int((masks[i] | masks[j]).sum())
+        return int((masks[i] & masks[j]).sum()) / union if union else 0.0
+
+    fractions = [float(m.double().mean()) for m in masks]
     out: dict[str, Any] = {
         "tensors": names,
         "parameters": taus.shape[1],
-        "norms": [float(torch.linalg.vector_norm(t)) for t in taus],
-        "cosine": cosine,
+        "norms": [float(torch.linalg.vector_norm(t)) for t in taus[:k]],
+        "cosine": [[cos(taus[i], taus[j]) for j in range(k)] for i in range(k)],
+        "projectedCosine": [[cos(z[i], z[j]) for j in range(k)] for i in range(k)],
+        "updateFraction": fractions[:k],
+        "jaccard": [[jaccard(i, j) for j in range(k)] for i in range(k)],
         "signConflictFraction": float(conflicts.double().mean()),
-        "overlapFraction": float(((taus != 0).sum(dim=0) >= 2).double().mean()),
-        "nonZeroFraction": [float((t != 0).double().mean()) for t in taus],
+        "overlapFraction": float((masks[:k].sum(dim=0) >= 2).double().mean()),
+        "nonZeroFraction": [float((t != 0).double().mean()) for t in taus[:k]],
     }
     if merged is not None:
-        m = torch.cat([(merged[n].double() - base[n].double()).reshape(-1) for n in names])
-        out["mergedNorm"] = float(torch.linalg.vector_norm(m))
-        out["mergedCosine"] = [
-            float(torch.nn.functional.cosine_similarity(m, t, dim=0, eps=0.0)) for t in taus
-        ]
+        out["mergedNorm"] = float(torch.linalg.vector_norm(taus[k]))
+        out["mergedCosine"] = [cos(taus[k], t) for t in taus[:k]]
+        out["mergedProjectedCosine"] = [cos(z[k], z[i]) for i in range(k)]
+        out["mergedJaccard"] = [jaccard(k, i) for i in range(k)]
+        out["mergedUpdateFraction"] = fractions[k]
     return out

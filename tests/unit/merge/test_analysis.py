@@ -16,6 +16,7 @@ from m2rl_trainer.merge.analysis import (
     AnalysisOptions,
     analyse_task_vectors,
     group_of,
+    module_type,
     summary_of,
     write_report,
 )
@@ -66,13 +67,24 @@ def test_hand_made_task_vectors_give_the_numbers_by_hand(tmp_path: Path) -> None
     assert s["signConflictFraction"] == pytest.approx(6 / 21)  # the six entries where b went down
     assert s["overlapFraction"] == pytest.approx(12 / 21)
     assert s["signConflictFractionOfOverlap"] == pytest.approx(0.5)
-    assert s["nonZeroFraction"] == {"a": pytest.approx(12 / 21), "b": pytest.approx(17 / 21)}
+    # Every move here is far above eta = 1e-3 of the weights: a changed 12 entries, b 17.
+    assert s["updateFraction"] == {"a": pytest.approx(12 / 21), "b": pytest.approx(17 / 21)}
+    assert s["updateSparsity"] == {"a": pytest.approx(9 / 21), "b": pytest.approx(4 / 21)}
+    assert s["jaccardMatrix"] == [[1.0, pytest.approx(12 / 17)], [pytest.approx(12 / 17), 1.0]]
+    p, q = 12 / 21, 17 / 21
+    assert s["jaccardRandomMatrix"][0][1] == pytest.approx(p * q / (p + q - p * q))  # 204 / 405
     m = s["merged"]
     assert m["taskVectorNorm"] == pytest.approx(math.sqrt(11))
+    assert m["updateFraction"] == pytest.approx(11 / 21)
     assert m["cosineWithExperts"] == {
         "a": pytest.approx(6 / (math.sqrt(11) * math.sqrt(12))),
         "b": pytest.approx((6 + 10) / (math.sqrt(11) * math.sqrt(32))),
     }
+    # The merge moved the six entries a and b agree on, and b's five: inside b's mask, half of a's.
+    assert m["jaccardWithExperts"] == {"a": pytest.approx(6 / 17), "b": pytest.approx(11 / 17)}
+    types = {t["name"]: t for t in report["moduleTypes"]}
+    assert sorted(types) == ["mlp.w", "model.embed.weight", "norm.weight"]
+    assert types["norm.weight"]["updateFraction"] == {"a": 0.0, "b": 1.0}
     layers = {layer["name"]: layer for layer in report["layers"]}
     assert sorted(layers) == ["model.embed", "model.layers.0", "model.layers.1"]
     assert layers["model.layers.0"]["signConflictFraction"] == 0.5
@@ -84,6 +96,20 @@ def test_hand_made_task_vectors_give_the_numbers_by_hand(tmp_path: Path) -> None
     ]  # fmt: skip
     assert report["tensors"][1]["shape"] == [4, 3]
     assert report["experts"] == [{"name": "a", "model": str(a)}, {"name": "b", "model": str(b)}]
+
+
+def test_the_change_mask_is_relative_to_the_weights(tmp_path: Path) -> None:
+    """|delta| > eta * max(|w|, |w_base|): a move of 0.5 on a weight of 1000 is no change at eta 1e-3
+    (0.5 < 1.0005), a move of 0.002 on a weight of 1 is; eta 0 counts every move (delta != 0)."""
+    base = {"model.layers.0.w": torch.tensor([1000.0, 1.0, 1.0, 0.0])}
+    expert = {"model.layers.0.w": torch.tensor([1000.5, 1.002, 1.0005, 0.0])}
+    b, e = write_checkpoint(tmp_path / "base", base), write_checkpoint(tmp_path / "e", expert)
+    strict = analyse_task_vectors(b, [("e", e)])["summary"]
+    assert strict["updateFraction"] == {"e": 0.25}  # only 1.0 -> 1.002
+    loose = analyse_task_vectors(b, [("e", e)], options=AnalysisOptions(eta=0.0))["summary"]
+    assert loose["updateFraction"] == {"e": 0.75}  # every entry that moved
+    with pytest.raises(AnalysisError, match="eta must be a finite number >= 0"):
+        analyse_task_vectors(b, [("e", e)], options=AnalysisOptions(eta=-1.0))
 
 
 def _random_case(tmp_path: Path, dtype: torch.dtype) -> tuple[dict, list[dict]]:
@@ -134,9 +160,18 @@ def test_streamed_numbers_equal_a_direct_torch_computation(
     assert s["signConflictFraction"] == pytest.approx(want["signConflictFraction"], rel=1e-12)
     assert 0.05 < s["signConflictFraction"] < 0.5  # the case does have conflicts to count
     assert s["overlapFraction"] == pytest.approx(want["overlapFraction"], rel=1e-12)
-    assert list(s["nonZeroFraction"].values()) == pytest.approx(want["nonZeroFraction"], rel=1e-12)
+    assert list(s["updateFraction"].values()) == pytest.approx(want["updateFraction"], rel=1e-12)
+    # RL-like sparse updates: the masks hold 100%, 50% and 20% of the entries, as generated.
+    assert list(s["updateFraction"].values()) == pytest.approx([1.0, 0.5, 0.2], abs=0.1)
+    assert s["jaccardMatrix"] == [pytest.approx(row, rel=1e-12) for row in want["jaccard"]]
+    assert s["projectedCosineMatrix"] == [
+        pytest.approx(row, rel=1e-9, abs=1e-12) for row in want["projectedCosine"]
+    ]
     assert s["merged"]["taskVectorNorm"] == pytest.approx(want["mergedNorm"], rel=1e-12)
     assert list(s["merged"]["cosineWithExperts"].values()) == pytest.approx(want["mergedCosine"], rel=1e-12)
+    merged_projected = s["merged"]["projectedCosineWithExperts"].values()
+    assert list(merged_projected) == pytest.approx(want["mergedProjectedCosine"], rel=1e-9)
+    assert list(s["merged"]["jaccardWithExperts"].values()) == pytest.approx(want["mergedJaccard"], rel=1e-12)
     # Per tensor: the same definitions restricted to that tensor.
     for entry in report["tensors"]:
         one = direct_analysis(base, experts, only=[entry["name"]])
@@ -151,6 +186,13 @@ def test_streamed_numbers_equal_a_direct_torch_computation(
     )
     assert layer["parameters"] == 27
     assert layer["cosineMatrix"][0][2] == pytest.approx(both["cosine"][0][2], rel=1e-12)
+    # Per module type: the layer index removed (one q_proj here; up_proj in layer 1).
+    types = {t["name"]: t for t in report["moduleTypes"]}
+    q = direct_analysis(base, experts, only=["model.layers.0.self_attn.q_proj.weight"])
+    assert types["self_attn.q_proj.weight"]["jaccardMatrix"][0][1] == pytest.approx(q["jaccard"][0][1])
+    assert types["self_attn.q_proj.weight"]["projectedCosineMatrix"][0][1] == pytest.approx(
+        q["projectedCosine"][0][1], rel=1e-9
+    )
 
 
 @pytest.mark.parametrize("layout", ["two-shards", "pytorch-bin"])
@@ -214,20 +256,36 @@ def test_layer_groups() -> None:
     assert group_of("model.embed_tokens.weight") == "model.embed_tokens"
     assert group_of("lm_head.weight") == "lm_head"
     assert group_of("scale") == "scale"
+    assert module_type("model.layers.12.self_attn.q_proj.weight") == "self_attn.q_proj.weight"
+    assert module_type("model.embed_tokens.weight") == "model.embed_tokens.weight"
 
 
 def test_summary_report_and_heatmap_files(tmp_path: Path) -> None:
     base, a, b, merged = _hand_made(tmp_path)
     report = analyse_task_vectors(base, [("a", a), ("b<&>", b)], merged=merged)
     summary = summary_of(report, "m2rl-analysis/report.json")
+    projected = report["summary"]["projectedCosineMatrix"][0][1]
     assert summary == {
         "taskVectorNorms": {"a": 3.4641, "b<&>": 5.65685},  # 6 significant digits
-        "pairwiseCosine": [{"first": "a", "second": "b<&>", "cosine": 0.0}],
+        "updateFraction": {"a": 0.571429, "b<&>": 0.809524},
+        "pairwiseCosine": [
+            {
+                "first": "a",
+                "second": "b<&>",
+                "cosine": 0.0,
+                "projectedCosine": float(f"{projected:.6g}"),
+                "jaccard": 0.705882,  # 12 / 17
+                "jaccardRandom": 0.503704,  # 204 / 405
+            }
+        ],
         "signConflictFraction": 0.285714,
+        "eta": 0.001,
         "reportFile": "m2rl-analysis/report.json",
     }
     report_path, heatmap_path = write_report(report, tmp_path / "out" / "m2rl-analysis")
     assert json.loads(report_path.read_text()) == report
+    jaccard = ET.parse(heatmap_path.with_name("jaccard-heatmap.svg")).getroot()
+    assert next(t.text for t in jaccard.iter(f"{SVG}title")) == "Jaccard index of change masks"
     svg = ET.parse(heatmap_path).getroot()  # well-formed XML despite the name's <&>
     cells = [r for r in svg.iter(f"{SVG}rect") if r.find(f"{SVG}title") is not None]
     assert len(cells) == 9  # a, b<&> and the merged model
@@ -247,14 +305,15 @@ def test_heatmap_colours_and_shape_checks() -> None:
 
 
 def _summary(names: list[str]) -> dict:
+    numbers = {"cosine": 0.123456789, "projectedCosine": 0.1, "jaccard": 0.2, "jaccardRandom": 0.05}
     return {
         "taskVectorNorms": {n: 1.23456789 + i for i, n in enumerate(names)},
+        "updateFraction": {n: 0.123456789 for n in names},
         "pairwiseCosine": [
-            {"first": x, "second": y, "cosine": 0.123456789}
-            for i, x in enumerate(names)
-            for y in names[i + 1 :]
+            {"first": x, "second": y, **numbers} for i, x in enumerate(names) for y in names[i + 1 :]
         ],
         "signConflictFraction": 0.0123456789,
+        "eta": 0.001,
         "reportFile": "m2rl-analysis/report.json",
     }
 
@@ -269,8 +328,8 @@ def test_the_result_message_always_fits_the_termination_log() -> None:
     assert len(fitted["taskVectorNorms"]) == 16
     assert len(encode_result({"analysis": fitted}).encode()) <= MAX_MESSAGE_BYTES
     # Medium: rounding alone is enough.
-    medium = fit_summary(_summary([f"expert-{i}" for i in range(8)]))
-    assert len(medium["pairwiseCosine"]) == 28
+    medium = fit_summary(_summary([f"expert-{i}" for i in range(6)]))
+    assert len(medium["pairwiseCosine"]) == 15
 
 
 def test_no_read_exceeds_one_block(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

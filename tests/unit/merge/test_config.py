@@ -165,8 +165,10 @@ def test_methods_without_a_base_skip_the_analysis(tmp_path: Path, models: dict[s
     }
     loaded = load_merge_config(_write(tmp_path, linear))
     assert analysis_skip_reason(loaded, True) == (
-        "merge_method linear has no base_model, and task vectors are differences from a base"
+        "merge_method linear has no base_model, and task vectors are differences from a base "
+        "(give one with --analysis-base)"
     )
+    assert analysis_skip_reason(loaded, True, "/models/base") is None
 
 
 def test_expert_names() -> None:

@@ -83,7 +83,8 @@ def test_the_container_runs_m2rl_merge_with_arguments_its_parser_accepts() -> No
 )
 def test_gpu_and_analysis_switches(change: dict[str, Any], flags: list[str]) -> None:
     container, _, _ = _container({**copy.deepcopy(SPEC), **change})
-    assert container["args"][4:-2] == flags
+    end = container["args"].index("--expert-names")
+    assert container["args"][4:end] == flags
     args = _parser().parse_args(container["args"])
     assert args.cuda == ("--cuda" in flags)
     assert args.no_analysis == ("--no-analysis" in flags)
@@ -100,4 +101,18 @@ def test_unset_weights_are_written_as_one_and_the_config_passes_the_trainers_che
         e.pop("weight", None)
     _, _, config = _container(sce)
     assert all("parameters" not in m for m in config["models"])
+    check_merge_config(config, path=Path("merge.yaml"))
+
+
+def test_analysis_thresholds_and_the_base_of_a_plain_average() -> None:
+    container, _, config = _container({**copy.deepcopy(SPEC), "analysis": {"eta": 0.0, "projectionDims": 64}})
+    args = _parser().parse_args(container["args"])
+    assert (args.eta, args.projection_dims, args.analysis_base) == (0.0, 64, None)
+    assert config["base_model"] == "/mnt/pvc/models/base"
+    # linear ignores a base: mergekit would average it in, so it goes to the analysis only.
+    linear = {**copy.deepcopy(SPEC), "method": "linear"}
+    container, _, config = _container(linear)
+    args = _parser().parse_args(container["args"])
+    assert "base_model" not in config
+    assert (args.eta, args.projection_dims, args.analysis_base) == (1e-3, 256, "/mnt/pvc/models/base")
     check_merge_config(config, path=Path("merge.yaml"))

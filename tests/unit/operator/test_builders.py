@@ -137,6 +137,8 @@ def test_trainer_config_of_the_tiny_cpu_run() -> None:
                     "verifier": "math",
                     "fields": {"prompt": "question", "reference": "solution", "id": "uid"},
                     "verifier_options": {},
+                    "format": "jsonl",
+                    "format_options": {},
                     "weight": 1.0,
                     "max_samples": None,
                 }
@@ -188,6 +190,7 @@ def test_trainer_config_of_the_tiny_cpu_run() -> None:
             "offload_params": False,
             "dtype": "float32",
         },
+        "memory": {"gradient_checkpointing": True},  # the API's default reaches the trainer
         "rollout": {
             "mode": "colocated",
             "server_urls": [],
@@ -208,9 +211,13 @@ def test_multi_node_trainer_job_wiring() -> None:
     job = next(m for m in _render("multi-node-mixed") if m["kind"] == "Job")
     assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-queue"
     spec = job["spec"]
+    # Created suspended: with a queue label, Kueue unsuspends it on admission and owns `suspend`.
     assert (spec["completionMode"], spec["completions"], spec["parallelism"], spec["suspend"]) == (
-        "Indexed", 2, 2, False,
+        "Indexed", 2, 2, True,
     )  # fmt: skip
+    assert spec["podFailurePolicy"] == {
+        "rules": [{"action": "FailJob", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}]
+    }
     pod = spec["template"]["spec"]
     assert pod["subdomain"] == "mixed-trainer"
     (container,) = pod["containers"]
@@ -225,14 +232,18 @@ def test_multi_node_trainer_job_wiring() -> None:
             "fieldRef": {"fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}
         },
     }
-    assert container["resources"] == {"limits": {"nvidia.com/gpu": 8}, "requests": {"nvidia.com/gpu": 8}}
+    # Default requests (4 CPUs and 32 GiB per GPU): a GPU pod is never BestEffort.
+    assert container["resources"] == {
+        "limits": {"nvidia.com/gpu": 8},
+        "requests": {"cpu": "32", "memory": "256Gi", "nvidia.com/gpu": 8},
+    }
 
 
-def test_suspended_run_scales_everything_to_zero() -> None:
+def test_suspended_run_has_no_trainer_job_and_no_replicas() -> None:
     by_kind = {
         m["kind"]: m for m in _render("suspended") if m["kind"] in ("Job", "StatefulSet", "Deployment")
     }
-    assert by_kind["Job"]["spec"]["suspend"] is True
+    assert "Job" not in by_kind  # deleted while suspended; resuming recreates it (from the checkpoint)
     assert by_kind["StatefulSet"]["spec"]["replicas"] == 0
     assert by_kind["Deployment"]["spec"]["replicas"] == 0
 
@@ -242,12 +253,14 @@ def test_validation_problems_name_the_fields() -> None:
     assert rlvrrun_problems(RLVRRunSpec.model_validate(run["spec"])) == []
     bad = copy.deepcopy(run["spec"])
     bad["domains"][0]["dataset"]["uri"] = "hf://org/data"
+    bad["domains"][0]["dataset"]["format"] = "gpqa"
     bad["algorithm"].update(weightDecay=0.1, normalizeAdvantageStd=True)
     bad["model"]["dtype"] = "float16"
     bad["rollout"] = {"mode": "server", "gpusPerReplica": 0, "weightSync": "nccl"}
     assert rlvrrun_problems(RLVRRunSpec.model_validate(bad)) == [
         "spec.domains[0].dataset.uri: hf://org/data: the trainer reads dataset files "
         "(.jsonl, .json, .parquet) from a volume; copy the Hub dataset to a pvc:// path",
+        "spec.domains[0].dataset.format: gpqa is a benchmark format; training reads jsonl or nemotron",
         "spec.algorithm.weightDecay: the trainer image does not support weight decay yet",
         "spec.algorithm.normalizeAdvantageStd: the trainer ties it to the algorithm type (dr_grpo: false); "
         "choose the type instead",
@@ -281,3 +294,21 @@ def test_every_program_the_pods_run_is_installed_by_the_trainer_image() -> None:
             assert callable(getattr(importlib.import_module(module), function)), command
         else:
             assert shutil.which(command, path=str(Path(sys.executable).parent)), command
+
+
+@pytest.mark.parametrize("case", ["single-node-expert", "multi-node-mixed", "cpu-colocated"])
+def test_verifier_config_loads_in_the_verifier(case: str) -> None:
+    """verifier.yaml enables exactly the run's verifiers (the scorer starts a sandbox pool only for
+    code), and the verifier's own loader accepts it."""
+    from m2rl_trainer.rewards.scorer import ScorerConfig
+
+    manifests = _render(case)
+    (config_map,) = [m for m in manifests if m["kind"] == "ConfigMap"]
+    (deployment,) = [m for m in manifests if m["kind"] == "Deployment"]
+    raw = yaml.safe_load(config_map["data"]["verifier.yaml"])
+    run = next(o for o in CASES[case][0] if o["kind"] == "RLVRRun")
+    assert sorted(raw["verifiers"]) == sorted({d["verifier"]["type"] for d in run["spec"]["domains"]})
+    assert sorted(ScorerConfig.from_dict(raw).verifiers or {}) == sorted(raw["verifiers"])
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert container["args"][container["args"].index("--config") + 1] == "/etc/m2rl/verifier.yaml"
+    assert ("--sandbox-workers" in container["args"]) == ("code" in raw["verifiers"])

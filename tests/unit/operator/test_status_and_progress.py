@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import yaml
 from m2rl_operator import metrics, naming
 from m2rl_operator.api.rlvrrun import RLVRRunSpec
 from m2rl_operator.kube import results_of_pods
+from m2rl_operator.lifecycle import Trainer, plan_run, scale_step
 from m2rl_operator.progress import parse_progress
 from m2rl_operator.settings import Images, OperatorOptions
 from m2rl_operator.status import (
@@ -31,7 +33,17 @@ NOW, LATER = "2026-11-22T03:00:00Z", "2026-11-22T03:05:00Z"
 
 
 def _status(job: dict[str, Any] | None, old: dict[str, Any] | None = None, **spec: Any) -> dict[str, Any]:
-    parsed = RLVRRunSpec.model_validate({**TINY["spec"], **spec})
+    parsed = RLVRRunSpec.model_validate({**TINY["spec"], "queueName": None, **spec})
+    plan = plan_run(
+        trainer=Trainer(job=job),
+        suspend=parsed.suspend,
+        queued=bool(parsed.queue_name),
+        max_restarts=parsed.max_restarts,
+        rollout_replicas=parsed.rollout.replicas,
+        verifier_replicas=parsed.verifier.replicas,
+        config_hash="h",
+        old=old or {},
+    )
     return run_status(
         parsed,
         RunObservation(
@@ -40,7 +52,7 @@ def _status(job: dict[str, Any] | None, old: dict[str, Any] | None = None, **spe
         old=old or {},
         generation=3,
         now=NOW if old is None else LATER,
-        restarts=0,
+        plan=plan,
         final_model="pvc://c/final",
         checkpoint_uri=lambda step: f"pvc://c/step-{step}",
     )
@@ -76,6 +88,13 @@ def test_running_status_is_the_whole_expected_object() -> None:
                 **condition,
             },
             {
+                "type": "ReplicaFailure",
+                "status": "False",
+                "reason": "PodsCreated",
+                "message": "",
+                **condition,
+            },
+            {
                 "type": "VerifierReady",
                 "status": "True",
                 "reason": "ReplicasReady",
@@ -96,6 +115,7 @@ def test_running_status_is_the_whole_expected_object() -> None:
         "observedGeneration": 3,
         "totalSteps": 20,
         "restarts": 0,
+        "attempt": 0,
         "startTime": NOW,
         "step": 7,
         "domains": [{"name": "arith", "reward": 0.5}],
@@ -110,6 +130,7 @@ def test_transition_times_move_only_when_a_condition_flips() -> None:
     times = {c["type"]: c["lastTransitionTime"] for c in done["conditions"]}
     assert times == {
         "Created": NOW,
+        "ReplicaFailure": NOW,
         "VerifierReady": NOW,
         "Training": LATER,
         "Suspended": NOW,
@@ -127,9 +148,131 @@ def test_transition_times_move_only_when_a_condition_flips() -> None:
 
 
 def test_suspended_spec_wins_over_a_pending_job() -> None:
-    status = _status({"spec": {"suspend": True}, "status": {}}, suspend=True)
+    status = _status(None, suspend=True)
     assert status["phase"] == "Suspended"
     assert next(c for c in status["conditions"] if c["type"] == "Suspended")["status"] == "True"
+
+
+def _kinds(status: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    return {c["type"]: (c["status"], c["reason"]) for c in status["conditions"]}
+
+
+def test_a_job_kueue_holds_is_queued_not_suspended() -> None:
+    held = {"metadata": {"labels": {naming.KUEUE_QUEUE_LABEL: "q"}}, "spec": {"suspend": True}, "status": {}}
+    status = _status(held, queueName="q")
+    assert status["phase"] == "Queued"
+    assert _kinds(status)["Queued"] == ("True", "AwaitingAdmission")
+    assert _kinds(status)["Suspended"] == ("False", "NotSuspended")
+    admitted = {**held, "spec": {"suspend": False}, "status": {"active": 1}}
+    status = _status(admitted, old=status, queueName="q")
+    assert (status["phase"], _kinds(status)["Queued"]) == ("Running", ("False", "Admitted"))
+    # A namespace's default LocalQueue labels the Job without spec.queueName: still Kueue's.
+    status = _status(held)
+    assert (status["phase"], _kinds(status)["Queued"]) == ("Queued", ("True", "AwaitingAdmission"))
+
+
+def test_failure_outcomes_keep_their_reason_once_terminal() -> None:
+    deadline = {
+        "spec": {},
+        "status": {"conditions": [{"type": "Failed", "status": "True", "reason": "DeadlineExceeded"}]},
+    }
+    status = _status(deadline)
+    assert (status["phase"], _kinds(status)["Failed"]) == ("Failed", ("True", "DeadlineExceeded"))
+    again = _status(None, old=status)  # the Job is gone later: the outcome stays
+    assert (again["phase"], _kinds(again)["Failed"], again["completionTime"]) == (
+        "Failed", ("True", "DeadlineExceeded"), NOW,
+    )  # fmt: skip
+
+
+def _job(attempt: int, **status: Any) -> dict[str, Any]:
+    return {
+        "metadata": {"labels": {naming.ATTEMPT: str(attempt)}, "annotations": {"m2rl.io/config-hash": "h"}},
+        "spec": {},
+        "status": status,
+    }
+
+
+def _failed(reason: str, message: str = "") -> dict[str, Any]:
+    return {"conditions": [{"type": "Failed", "status": "True", "reason": reason, "message": message}]}
+
+
+DISRUPTION = "Pod ns/p has condition DisruptionTarget matching FailJob rule at index 0"
+
+
+@pytest.mark.parametrize(
+    ("job", "pods_left", "old", "suspend", "queued", "expected"),
+    [
+        # (action, attempt, restarts, rollout, verifier, terminal, reason)
+        (None, 0, {}, False, False, ("create", 0, 0, 2, 1, None, "")),
+        (None, 2, {"attempt": 1}, False, False, ("wait", 1, 0, 2, 1, None, "Restarting")),
+        (_job(0, active=1), 0, {}, False, False, ("keep", 0, 0, 2, 1, None, "")),
+        (_job(0, **_failed("BackoffLimitExceeded")), 0, {}, False, False,
+         ("delete", 1, 1, 2, 1, None, "TrainerFailed")),
+        (_job(1, **_failed("BackoffLimitExceeded")), 0, {"attempt": 1, "restarts": 3}, False, False,
+         ("keep", 1, 3, 0, 0, "Failed", "TrainerFailed")),
+        (_job(1, **_failed("PodFailurePolicy", DISRUPTION)), 0, {"attempt": 1, "restarts": 3}, False, False,
+         ("delete", 2, 3, 2, 1, None, "Disruption")),
+        (_job(0, **_failed("DeadlineExceeded")), 0, {}, False, False,
+         ("keep", 0, 0, 0, 0, "Failed", "DeadlineExceeded")),
+        (_job(0, conditions=[{"type": "Complete", "status": "True"}]), 0, {}, False, False,
+         ("keep", 0, 0, 0, 0, "Succeeded", "")),
+        ({**_job(0), "metadata": {"labels": {}, "annotations": {"m2rl.io/config-hash": "old"}}}, 0, {},
+         False, False,
+         ("delete", 1, 0, 2, 1, None, "ConfigChanged")),
+        (_job(0), 0, {"attempt": 1}, False, False, ("delete", 1, 0, 2, 1, None, "Restarting")),  # stale Job
+        (_job(0, active=1), 0, {}, True, False, ("delete", 0, 0, 0, 0, None, "Suspended")),
+        (None, 0, {}, True, False, ("keep", 0, 0, 0, 0, None, "")),
+        ({**_job(0), "spec": {"suspend": True}}, 0, {}, False, True,
+         ("keep", 0, 0, 0, 0, None, "")),  # queued
+        ({**_job(0), "spec": {"suspend": False}}, 0, {}, False, True,
+         ("keep", 0, 0, 2, 1, None, "")),  # admitted
+        (None, 0, {"phase": "Succeeded", "completionTime": NOW}, False, False,
+         ("keep", 0, 0, 0, 0, "Succeeded", "")),
+    ],
+    ids=[
+        "missing-create", "old-pods-wait", "running", "failed-restart", "failed-final",
+        "disruption-not-counted",
+        "deadline-final", "complete", "config-changed", "stale-attempt", "suspend-deletes", "suspended",
+        "kueue-queued", "kueue-admitted", "finished-stays",
+    ],
+)  # fmt: skip
+def test_plan_run_decisions(
+    job: dict[str, Any] | None,
+    pods_left: int,
+    old: dict[str, Any],
+    suspend: bool,
+    queued: bool,
+    expected: tuple,
+) -> None:
+    plan = plan_run(
+        trainer=Trainer(job=job, pods_left=pods_left),
+        suspend=suspend,
+        queued=queued,
+        max_restarts=3,
+        rollout_replicas=2,
+        verifier_replicas=1,
+        config_hash="h",
+        old=old,
+    )
+    got = (plan.action, plan.attempt, plan.restarts, plan.rollout_replicas, plan.verifier_replicas)
+    assert (*got, plan.terminal, plan.reason) == expected
+
+
+@pytest.mark.parametrize(
+    ("current", "desired", "kueue", "pods_gone", "step"),
+    [
+        (2, 2, True, False, None),
+        (1, 3, False, False, 3),  # without Kueue: straight there
+        (1, 3, True, False, 0),  # Kueue's StatefulSet webhook: n -> m only through zero
+        (0, 3, True, False, None),  # ... and from zero only once the old pods are gone
+        (0, 3, True, True, 3),
+        (3, 0, True, False, 0),
+    ],
+)
+def test_scale_step_follows_kueues_statefulset_rules(
+    current: int, desired: int, kueue: bool, pods_gone: bool, step: int | None
+) -> None:
+    assert scale_step(current, desired, kueue=kueue, pods_gone=pods_gone) == step
 
 
 def test_a_dependents_job_status_derives_dependencies_ready_from_a_stale_waiting_status() -> None:
@@ -154,6 +297,8 @@ def test_a_dependents_job_status_derives_dependencies_ready_from_a_stale_waiting
     assert status["phase"] == "Succeeded"
     assert {c["type"]: (c["status"], c["reason"], c["lastTransitionTime"]) for c in status["conditions"]} == {
         "WaitingForDependencies": ("False", "DependenciesReady", LATER),
+        "Created": ("True", "ChildrenCreated", LATER),
+        "ReplicaFailure": ("False", "PodsCreated", LATER),
         "Succeeded": ("True", "MergeComplete", LATER),
         "Failed": ("False", "NotFailed", LATER),
     }
@@ -193,6 +338,17 @@ def test_progress_from_the_trainers_own_metrics(tmp_path: Path) -> None:
     assert parse_progress(text, "missing") is None
 
 
+def test_the_operator_scrapes_the_names_the_trainer_exports() -> None:
+    """progress.py repeats the trainer's names (the operator does not import the trainer package):
+    the two must stay equal, and the sink must export them under those names."""
+    from m2rl_operator import progress
+    from m2rl_trainer.train import metrics as trainer_metrics
+
+    names = ("STEP", "CHECKPOINT_STEP", "DOMAIN_REWARD", "DOMAIN_ACCURACY")
+    assert [getattr(progress, n) for n in names] == [getattr(trainer_metrics, n) for n in names]
+    assert progress.DOMAIN_ACCURACY == "m2rl_train_domain_accuracy_ratio"
+
+
 def test_child_names_and_labels() -> None:
     assert [
         naming.trainer("r"),
@@ -226,6 +382,20 @@ def test_options_from_the_charts_environment() -> None:
     assert options.images == Images(trainer="t:1", eval="e:1")
     assert (options.metrics_port, options.status_interval_s) == (9090, 30.0)
     assert OperatorOptions.from_env({}).metrics_port is None
+    assert not options.leader_election.enabled and options.metrics_from == ()
+    peers = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+    env |= {"M2RL_LEADER_ELECTION": "true", "POD_NAME": "op-1", "POD_NAMESPACE": "m2rl",
+            "M2RL_HEALTH_PORT": "8080", "M2RL_METRICS_FROM": json.dumps(peers)}  # fmt: skip
+    options = OperatorOptions.from_env(env)
+    election = options.leader_election
+    assert (election.enabled, election.identity, election.namespace, election.standby_health_port) == (
+        True, "op-1", "m2rl", 8080,
+    )  # fmt: skip
+    assert options.metrics_from == tuple(peers)
+    with pytest.raises(ValueError, match="POD_NAME and POD_NAMESPACE"):
+        OperatorOptions.from_env({"M2RL_LEADER_ELECTION": "true"})
+    with pytest.raises(ValueError, match="M2RL_METRICS_FROM"):
+        OperatorOptions.from_env({"M2RL_METRICS_FROM": '{"not": "a list"}'})
 
 
 def test_reconcile_metrics_count_time_and_phase() -> None:
@@ -245,8 +415,24 @@ def test_reconcile_metrics_count_time_and_phase() -> None:
     metrics.set_phase("Test", "ns", "b", "Succeeded")
     assert value("m2rl_operator_resources", {"kind": "Test", "phase": "Running"}) == 1
     assert value("m2rl_operator_resources", {"kind": "Test", "phase": "Succeeded"}) == 1
+    # One series per resource for the phase it is in (the chart's M2RLRunFailed alert reads it).
+    phase = "m2rl_operator_resource_phase"
+    assert value(phase, {"kind": "Test", "namespace": "ns", "name": "b", "phase": "Succeeded"}) == 1
+    assert (
+        metrics.REGISTRY.get_sample_value(
+            phase, {"kind": "Test", "namespace": "ns", "name": "b", "phase": "Running"}
+        )
+        is None
+    )
     metrics.set_phase("Test", "ns", "a", None)
     assert value("m2rl_operator_resources", {"kind": "Test", "phase": "Running"}) == 0
+    assert (
+        metrics.REGISTRY.get_sample_value(
+            phase, {"kind": "Test", "namespace": "ns", "name": "a", "phase": "Running"}
+        )
+        is None
+    )
+    metrics.set_phase("Test", "ns", "b", None)
 
 
 def _pod(job: str, index: int, created: str, message: str | None, phase: str = "Succeeded") -> dict[str, Any]:

@@ -120,8 +120,11 @@ def _reply(**message):
         "outcome": "exited",
         "exit_code": 0,
         "signal": None,
+        "ended_itself": True,
         "stdout": "",
+        "stdout_bytes": 0,
         "stderr_tail": "",
+        "stderr_bytes": 0,
         "wall_s": 0.01,
         "cpu_s": 0.01,
         "leftover_processes": 0,
@@ -129,40 +132,82 @@ def _reply(**message):
     return Reply("ok", {**base, **message})
 
 
+def _values(*replies: str, report: str = '["L",0,[]]') -> str:
+    """What the program's process writes on its value pipe: its report, then one line per call."""
+    return "".join(line + "\n" for line in (report, *replies))
+
+
+def _verdict(status: str, reason: str = "", flags: int = 0) -> dict:
+    return {"status": status, "reason": reason, "flags": flags, "calls": 1}
+
+
+CALL = {"kind": "call", "fn": "f", "args": [], "kwargs": {}, "expected": [1, 2]}
+# plain asserts the host checks itself over the values of the program's calls (no checker process)
+PLAIN = {"kind": "assert", "code": "assert f(1) == [1, 2]\nassert len(f(2)) == 1"}
+STDIO = {"kind": "stdio", "expected": ""}
+ASSERT = {"kind": "assert"}
+
+
 @pytest.mark.parametrize(
     ("reply", "test", "status"),
     [
         (_reply(stdout="3\n"), {"kind": "stdio", "expected": "3"}, "passed"),
         (_reply(stdout="4\n"), {"kind": "stdio", "expected": "3"}, "wrong_answer"),
-        (_reply(outcome="timeout", exit_code=None, signal=9), {"kind": "stdio", "expected": ""}, "timeout"),
+        (_reply(outcome="timeout", exit_code=None, signal=9), STDIO, "timeout"),
+        (_reply(exit_code=None, signal=int(signal.SIGXCPU), cpu_s=6.0), STDIO, "timeout"),
+        (_reply(outcome="output_limit"), STDIO, "output_limit"),
+        (_reply(exit_code=1, stderr_tail="Traceback\nMemoryError\n"), STDIO, "memory_limit"),
+        (_reply(exit_code=1, stderr_tail="Traceback\nZeroDivisionError\n"), STDIO, "runtime_error"),
+        (_reply(verdict=_verdict("passed")), ASSERT, "passed"),
+        (_reply(verdict=_verdict("failed", "AssertionError")), ASSERT, "wrong_answer"),
+        (_reply(verdict=_verdict("wrong_type", "a Foo object")), ASSERT, "wrong_answer"),
+        (_reply(verdict=_verdict("candidate_error", "ValueError: x")), ASSERT, "runtime_error"),
+        (_reply(verdict=_verdict("candidate_error", "MemoryError: ")), ASSERT, "memory_limit"),
+        (_reply(verdict=_verdict("candidate_exited", "ended"), exit_code=0), ASSERT, "runtime_error"),
         (
-            _reply(exit_code=None, signal=int(signal.SIGXCPU), cpu_s=6.0),
-            {"kind": "stdio", "expected": ""},
+            _reply(verdict=_verdict("candidate_exited"), exit_code=None, signal=int(signal.SIGXCPU), cpu_s=6),
+            ASSERT,
             "timeout",
         ),
-        (_reply(outcome="output_limit"), {"kind": "stdio", "expected": ""}, "output_limit"),
+        (_reply(verdict=_verdict("test_error", "uses exec()")), ASSERT, "test_error"),
+        (_reply(verdict=None, checker_exit=9), ASSERT, "runtime_error"),
+        # a "passed" verdict can only come from the checker: a program's exit status or output never makes one
+        (_reply(verdict=_verdict("failed"), stdout="passed", exit_code=0), ASSERT, "wrong_answer"),
+        (_reply(values=_values('["v",[1,2],0,[]]')), CALL, "passed"),
+        (_reply(values=_values('["v",{"t":[1,2]},0,[]]')), CALL, "passed"),  # a tuple is a JSON list
+        (_reply(values=_values('["v",{"s":[2,1]},0,[]]')), CALL, "passed"),  # a set, as a sorted list
+        (_reply(values=_values('["v",[2,1],0,[]]')), CALL, "wrong_answer"),
+        (_reply(values=_values('["v",{"h":[0,"AlwaysEqual"]},1,[]]')), CALL, "wrong_answer"),
+        (_reply(values=_values('["v",[true,2],0,[]]')), CALL, "wrong_answer"),  # True is not 1
+        (_reply(values=_values('["e","ValueError",0,"bad",false]')), CALL, "runtime_error"),
+        (_reply(values=_values('["e","MemoryError",0,"",false]')), CALL, "memory_limit"),
+        (_reply(values=""), CALL, "runtime_error"),  # os._exit(0) before its code finished
+        (_reply(values=_values(report='["L",4,[]]')), CALL, "runtime_error"),  # sys.exit(0) at import
+        (_reply(values=_values('["v",[1,2],0,[]]', '["v",[1,2],0,[]]')), CALL, "runtime_error"),
+        (_reply(values='{"status": "passed"}\n'), CALL, "runtime_error"),
         (
-            _reply(exit_code=1, stderr_tail="Traceback\nMemoryError\n"),
-            {"kind": "stdio", "expected": ""},
-            "memory_limit",
-        ),
-        (_reply(exit_code=1, stderr_tail="Traceback\nAssertionError\n"), {"kind": "assert"}, "wrong_answer"),
-        (
-            _reply(exit_code=1, stderr_tail="Traceback\nZeroDivisionError\n"),
-            {"kind": "stdio", "expected": ""},
+            _reply(
+                values=_values(
+                    '["v",{"s":[' + ",".join(str(7 + k * (2**61 - 1)) for k in range(200)) + "]},0,[]]"
+                )
+            ),
+            CALL,
             "runtime_error",
         ),
-        (_reply(completed=False), {"kind": "assert"}, "runtime_error"),
-        (_reply(completed=True), {"kind": "assert"}, "passed"),
-        (_reply(completed=True, value="[1, 2]"), {"kind": "call", "expected": [1, 2]}, "passed"),
-        (_reply(completed=True, value="[2, 1]"), {"kind": "call", "expected": [1, 2]}, "wrong_answer"),
-        (Reply("crashed", None, 0.0, "worker died"), {"kind": "stdio", "expected": ""}, "sandbox_error"),
+        (_reply(values=_values('["v",[1,2],0,[]]', '["v",[0],0,[]]')), PLAIN, "passed"),
+        (_reply(values=_values('["v",[1,2],0,[]]', '["v",[0,0],0,[]]')), PLAIN, "wrong_answer"),
+        (_reply(values=_values('["v",{"t":[1,2]},0,[]]', '["v",[0],0,[]]')), PLAIN, "wrong_answer"),
+        (_reply(values=_values('["v",{"h":[0,"Any"]},1,[]]', '["v",[0],0,[]]')), PLAIN, "wrong_answer"),
+        (_reply(values=_values('["v",[1,2],0,[]]', '["e","IndexError",0,"",false]')), PLAIN, "runtime_error"),
+        (_reply(values=_values('["v",[1,2],0,[]]', '["v",{"h":[0,"Any"]},1,[]]')), PLAIN, "runtime_error"),
+        (_reply(values=_values('["v",[1,2],0,[]]')), PLAIN, "runtime_error"),  # exited before call 2
+        (Reply("crashed", None, 0.0, "worker died"), STDIO, "sandbox_error"),
         (
             _reply(exit_code=70, stderr_tail="sandbox set-up failed: Traceback ...\nOSError"),
-            {"kind": "stdio", "expected": ""},
+            STDIO,
             "sandbox_error",
         ),
-        (Reply("timeout", None, 0.0, ""), {"kind": "stdio", "expected": ""}, "timeout"),
+        (Reply("timeout", None, 0.0, ""), STDIO, "timeout"),
     ],
     ids=[
         "stdio-pass",
@@ -171,12 +216,37 @@ def _reply(**message):
         "cpu-limit",
         "output-cap",
         "memory",
-        "assert-fails",
         "runtime-error",
-        "exited-early",
         "assert-pass",
+        "assert-fails",
+        "assert-wrong-type",
+        "assert-solution-raised",
+        "assert-memory",
+        "assert-exited-early",
+        "assert-cpu-limit",
+        "assert-untranslatable",
+        "checker-killed",
+        "assert-output-is-no-verdict",
         "call-pass",
+        "call-tuple",
+        "call-set",
         "call-wrong",
+        "call-own-object",
+        "call-bool-for-int",
+        "call-raised",
+        "call-memory",
+        "call-exited-early",
+        "call-sys-exit",
+        "call-extra-lines",
+        "call-junk",
+        "call-hash-flood",
+        "plain-assert-pass",
+        "plain-assert-fails",
+        "plain-assert-tuple-is-not-list",
+        "plain-assert-own-object",
+        "plain-assert-solution-raised",
+        "plain-assert-len-of-own-object",
+        "plain-assert-exited-early",
         "sandbox-died",
         "setup-failed",
         "host-deadline",
@@ -184,6 +254,53 @@ def _reply(**message):
 )
 def test_classify(reply, test, status):
     assert cv.classify(reply, test, OPTIONS)[0] == status
+
+
+@pytest.mark.parametrize(
+    ("reply", "test", "flags"),
+    [
+        (_reply(values=_values()), STDIO, set()),
+        (_reply(values=""), STDIO, {"early_exit"}),  # os._exit: no report
+        (_reply(values=_values(report='["L",4,[]]')), STDIO, {"early_exit"}),  # sys.exit
+        (_reply(values=_values(report='["L",2,[]]')), STDIO, {"builtins_touched"}),
+        (_reply(values=_values(), stdout_bytes=0, stderr_bytes=3), STDIO, {"stderr_only"}),
+        (_reply(values=_values('["v",{"h":[0,"A"]},1,[]]')), CALL, {"eq_override"}),
+        (_reply(values=_values('["e","SystemExit",0,"",true]')), CALL, {"early_exit"}),
+        (_reply(values=_values()), CALL, {"early_exit"}),  # os._exit inside the call: no reply
+        (_reply(values=_values(report='["L",8,[]]'), exit_code=1), CALL, set()),  # raised at import
+        (_reply(verdict=_verdict("passed", flags=1 | 2)), ASSERT, {"eq_override", "builtins_touched"}),
+        (_reply(verdict=_verdict("candidate_exited"), exit_code=0), ASSERT, {"early_exit"}),
+        (
+            _reply(verdict=_verdict("candidate_exited", flags=8), exit_code=1),
+            ASSERT,
+            set(),
+        ),  # raised, not exited
+        (_reply(outcome="timeout", values=""), STDIO, set()),  # killed by the runner: nothing to say
+    ],
+    ids=[
+        "clean",
+        "os-exit",
+        "sys-exit",
+        "builtins",
+        "stderr-only",
+        "eq-override",
+        "call-system-exit",
+        "call-os-exit",
+        "call-import-error",
+        "assert-flags",
+        "assert-exited",
+        "assert-raised",
+        "timeout",
+    ],
+)
+def test_hygiene_flags_of_a_run(reply, test, flags):
+    assert cv.run_hygiene(reply, test) == flags
+
+
+def test_mentions_builtins_is_static():
+    assert cv.mentions_builtins("import builtins\nbuiltins.len = 1")
+    assert cv.mentions_builtins("__builtins__['len'] = 1")
+    assert not cv.mentions_builtins("input = __import__('sys').stdin.readline")
 
 
 def test_verify_stops_at_first_failure_for_all_pass_and_not_for_fraction():
@@ -202,18 +319,33 @@ def test_verify_stops_at_first_failure_for_all_pass_and_not_for_fraction():
     assert (result.reward, len(calls)) == (0.75, 4)
 
 
-def test_expected_outputs_never_reach_the_sandbox():
+def test_expected_outputs_never_reach_the_programs_process():
     jobs = []
 
     def run(job, deadline):
         jobs.append(job)
-        return _reply(stdout="secret-answer", completed=True, value='"secret-value"')
+        if job["test"]["kind"] == "check":
+            return _reply(verdict=_verdict("passed"))
+        value = '"secret-assert"' if "assert" in str(job["test"].get("requests")) else '"secret-value"'
+        return _reply(stdout="secret-answer", values=_values(f'["v",{value},0,[]]'))
 
     reference = {
-        "tests": [{"stdin": "", "stdout": "secret-answer"}, {"call": "f", "expected": "secret-value"}]
+        "tests": [
+            {"stdin": "", "stdout": "secret-answer"},
+            {"call": "f", "expected": "secret-value"},
+            {"assert": "assert f('assert') == 'secret-assert'"},  # plain: checked on the host
+            {"assert": "for x in [1]:\n    assert f(x) == 'secret-loop'"},  # a loop: the checker's
+        ]
     }
-    SPEC.verify("```python\npass\n```", reference, OPTIONS, run)
-    assert "secret" not in repr(jobs)
+    result = SPEC.verify("```python\npass\n```", reference, OPTIONS, run)
+    assert result.reward == 1.0
+    assert [job["test"]["kind"] for job in jobs] == ["stdio", "call", "call", "check"]
+    # the program's code, stdin and calls carry no expected value; a test the host cannot check
+    # travels only to the sandbox's checker process (job["test"]["check"]), never to the program's
+    assert "secret" not in repr(
+        [{**job, "test": {k: v for k, v in job["test"].items() if k != "check"}} for job in jobs]
+    )
+    assert "secret-loop" in jobs[3]["test"]["check"]["code"]
 
 
 def test_options_that_contradict_each_other_are_config_errors():

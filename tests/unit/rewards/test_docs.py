@@ -27,3 +27,13 @@ def test_every_option_is_in_the_docs_with_its_default(name):
             assert f"| `{row['name']}` | {row['type']} | `{_default(row['default'])}` |" in DOC
             continue
         assert f"| `{row['name']}` | {row['type']} | `{_default(row['default'])}` |" in section, row["name"]
+
+
+def test_the_reward_hacking_corpus_is_documented():
+    """The threat model's table lists the corpus the tests run, in its order."""
+    from tests.integration.rewards.reward_hacks import HACKS
+
+    table = DOC.split("**The corpus**", 1)[1].split("**Hygiene metrics.**", 1)[0]
+    rows = [line.split("|")[1].strip().strip("`") for line in table.splitlines() if line.startswith("| `")]
+    assert rows == [hack.name for hack in HACKS]
+    assert f"{len(HACKS)} wrong programs" in table

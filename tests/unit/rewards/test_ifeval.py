@@ -128,8 +128,35 @@ def test_prepared_data_is_used_as_is(tmp_path, monkeypatch):
     import nltk
 
     monkeypatch.setattr(nltk.data, "path", list(nltk.data.path))
-    nltk_data.write_punkt_tab(tmp_path)
+    nltk_data.write_nltk_data(tmp_path)
     before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*.t*")}
     monkeypatch.setenv("M2RL_NLTK_DATA", str(tmp_path))
     assert nltk_data.ensure_punkt_tab.__wrapped__() == tmp_path
     assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*.t*")} == before  # not rewritten
+
+
+def test_ifbench_nltk_data_offline(tmp_path, monkeypatch):
+    """IFBench's NLTK resources are found without a download; its import never reaches the network."""
+    import nltk
+
+    monkeypatch.setattr(nltk.data, "path", [])
+    monkeypatch.setattr(nltk, "download", nltk.download)  # restored after ensure_nltk_data patches it
+    monkeypatch.setenv("M2RL_NLTK_DATA", str(tmp_path))
+    root = nltk_data.ensure_nltk_data.__wrapped__()
+    assert root == tmp_path
+    for resource in ("tokenizers/punkt", "tokenizers/punkt_tab", "corpora/stopwords"):
+        nltk.data.find(resource)  # what if-verifiable's IFBench module checks before downloading
+    assert nltk.download("stopwords") is False  # replaced: downloads nothing
+    from nltk.corpus.reader import WordListCorpusReader
+
+    words = WordListCorpusReader(str(tmp_path / "corpora" / "stopwords"), ["english"]).words("english")
+    assert len(words) == 198 and {"the", "he'd", "wouldn't", "ourselves"} <= set(words)
+    # the pickle name IFBench's count_sentences loads is served from punkt_tab
+    tokenizer = nltk.data.load("nltk:tokenizers/punkt/english.pickle")
+    assert tokenizer.tokenize("Dr. Smith left. He came back.") == ["Dr. Smith left.", "He came back."]
+    # and the tagger is reported missing rather than fetched
+    assert nltk_data.tagger_available() is False
+    (tmp_path / nltk_data.TAGGER).mkdir(parents=True)
+    for name in nltk_data.TAGGER_FILES:
+        (tmp_path / nltk_data.TAGGER / name).write_text("{}")
+    assert nltk_data.tagger_available() is True

@@ -72,9 +72,17 @@ def test_bwrap_argv_confines_the_runner():
     # nothing of the host but /usr (and the merged-/usr symlinks) is bound
     binds = [argv[i + 1] for i, a in enumerate(argv) if a in ("--ro-bind", "--bind")]
     assert all(b.startswith("/usr") or b in ("/bin", "/lib", "/lib64", "/sbin") for b in binds), binds
-    assert argv[-6:-2] == ["-I", "-S", "-B", "-c"] and "def kill_everything_else" in argv[-2]
-    assert argv[-1] == "normal"  # the library's default; the service runs programs at "low" priority
-    assert bwrap_argv(SandboxConfig(low_priority=True), Path("/b"), Path("/usr/bin/python3"))[-1] == "low"
+    # the isolated interpreter runs the bootstrap, then its priority and the three module sources
+    command = argv[argv.index("/usr/bin/python3") :]
+    assert command[1:6] == ["-I", "-S", "-B", "-c", sandbox.BOOTSTRAP]
+    assert (
+        "def strict_equal" in command[7]
+        and "def run_check" in command[8]
+        and "def fork_server_loop" in command[9]
+    )
+    assert command[6] == "normal"  # the library's default; the service runs programs at "low" priority
+    low = bwrap_argv(SandboxConfig(low_priority=True), Path("/b"), Path("/usr/bin/python3"))
+    assert low[low.index("/usr/bin/python3") + 6] == "low"
 
 
 def test_sandbox_python_is_under_usr(monkeypatch):

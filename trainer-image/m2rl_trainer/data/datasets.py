@@ -10,6 +10,7 @@ verl's Parquet layout); a key that itself contains a dot is found first.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 from collections.abc import Iterator, Mapping
@@ -35,6 +36,8 @@ class Prompt:
     id: the mapped id column as a string, or the record's 0-based index in the file when unmapped.
     prompt: raw text, or chat messages [{"role": ..., "content": ...}] for the chat template.
     reference: the verifier's gold data (answer string, tests, instructions); never None.
+    meta: what a dataset format records about how it built the prompt (e.g. GPQA's choice order);
+        copied into each evaluation sample's record.
     """
 
     domain: str
@@ -43,6 +46,18 @@ class Prompt:
     reference: Any
     verifier: str
     verifier_options: dict[str, Any] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def read_records(path: Path, where: str) -> Iterator[tuple[str, Any]]:
+    """(location, record) of a .jsonl / .json / .parquet file; `where` starts every error message."""
+    if path.suffix not in _SUFFIXES:
+        raise DatasetError(f"{where}: unsupported file type {path.suffix!r} (use {', '.join(_SUFFIXES)})")
+    if not path.is_file():
+        reason = "is a directory" if path.is_dir() else "does not exist"
+        raise DatasetError(f"{where}: cannot read dataset: file {reason}")
+    reader = {".jsonl": _jsonl_records, ".json": _json_records, ".parquet": _parquet_records}[path.suffix]
+    return reader(path, where)
 
 
 def load_domain(domain: DomainConfig, sample_seed: int | None = None) -> list[Prompt]:
@@ -54,19 +69,20 @@ def load_domain(domain: DomainConfig, sample_seed: int | None = None) -> list[Pr
     kept, in file order, as the RLVRRun API promises ("the first ones after shuffling with the run's
     seed"): a capped domain is a uniform sample of the file, not its head.
     """
+    if domain.format != "jsonl":
+        from m2rl_trainer.data.formats import load_formatted_domain
+
+        # With a seed every row is read, then sampled (the format's own cap takes the first ones).
+        whole = domain if sample_seed is None else dataclasses.replace(domain, max_samples=None)
+        return _sample(load_formatted_domain(whole), domain, sample_seed)
     path = Path(domain.dataset)
     where = f"domain {domain.name!r}: {path}"
-    if path.suffix not in _SUFFIXES:
-        raise DatasetError(f"{where}: unsupported file type {path.suffix!r} (use {', '.join(_SUFFIXES)})")
-    if not path.is_file():
-        reason = "is a directory" if path.is_dir() else "does not exist"
-        raise DatasetError(f"{where}: cannot read dataset: file {reason}")
-    records = {".jsonl": _jsonl_records, ".json": _json_records, ".parquet": _parquet_records}[path.suffix]
     prompts: list[Prompt] = []
     seen_ids: dict[str, str] = {}
     head = domain.max_samples if sample_seed is None else None
     try:
-        for index, (location, record) in enumerate(itertools.islice(records(path, where), head)):
+        # sample_seed None: the first N records (deterministic, no RNG); later ones are never read.
+        for index, (location, record) in enumerate(itertools.islice(read_records(path, where), head)):
             prompt = _to_prompt(domain, index, record, f"{where} {location}")
             if prompt.id in seen_ids:
                 raise DatasetError(
@@ -80,6 +96,12 @@ def load_domain(domain: DomainConfig, sample_seed: int | None = None) -> list[Pr
         raise DatasetError(f"{where}: not UTF-8 text ({error.reason} at byte {error.start})") from error
     if not prompts:
         raise DatasetError(f"{where}: dataset is empty (no records)")
+    return _sample(prompts, domain, sample_seed)
+
+
+def _sample(prompts: list[Prompt], domain: DomainConfig, sample_seed: int | None) -> list[Prompt]:
+    """The first `max_samples` prompts of a permutation seeded by (sample_seed, domain name), in file
+    order; unchanged when there is no seed or no cap."""
     if sample_seed is not None and domain.max_samples is not None and domain.max_samples < len(prompts):
         chosen = permutation(len(prompts), "m2rl-max-samples", sample_seed, domain.name)[: domain.max_samples]
         prompts = [prompts[i] for i in sorted(chosen)]

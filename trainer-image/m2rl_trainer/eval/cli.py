@@ -2,10 +2,12 @@
 
     m2rl-eval --config eval.yaml --model-index I [--engine vllm|hf] [--server-url URL]
               [--output DIR] [--check]
+    m2rl-eval check --config eval.yaml
     m2rl-eval table RESULTS.json|DIR ...
 
 The first form evaluates model I on every benchmark and reports the summary the operator reads
-(the termination message); the second prints a Markdown table of several models' results.
+(the termination message); `check` loads and validates every benchmark without a model and prints
+the prompts per benchmark; `table` prints a Markdown table of several models' results.
 Exit status: 0 done, 1 the evaluation failed, 2 bad config, data or arguments.
 """
 
@@ -25,7 +27,39 @@ def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["table"]:
         return table_main(args[1:])
+    if args[:1] == ["check"]:
+        return check_main(args[1:])
     return eval_main(args)
+
+
+def check_main(argv: list[str]) -> int:
+    """Validate the config and every benchmark file (no model); print the prompts per benchmark."""
+    parser = argparse.ArgumentParser(prog=f"{PROG} check", description=check_main.__doc__)
+    parser.add_argument("--config", required=True, type=Path, help="eval.yaml")
+    args = parser.parse_args(argv)
+
+    from m2rl_trainer.config import ConfigError
+    from m2rl_trainer.data.datasets import DatasetError
+    from m2rl_trainer.eval.benchmarks import verifier_of
+    from m2rl_trainer.eval.config import load_eval_config
+    from m2rl_trainer.eval.runner import load_benchmark
+
+    try:
+        config = load_eval_config(args.config)
+        report = {}
+        for benchmark in config.benchmarks:
+            prompts = load_benchmark(benchmark)
+            report[benchmark.name] = {
+                "format": benchmark.format,
+                "verifier": verifier_of(benchmark),
+                "prompts": len(prompts),
+                "samples": benchmark.samples,
+            }
+    except (ConfigError, DatasetError) as error:
+        print(f"{PROG} check: {error}", file=sys.stderr)
+        return 2
+    print(json.dumps({"config": str(args.config), "benchmarks": report}, indent=2))
+    return 0
 
 
 def eval_main(argv: list[str]) -> int:
@@ -33,6 +67,7 @@ def eval_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Evaluate model --model-index of an EvalSuite config on every benchmark. "
+        f"`{PROG} check --config FILE` validates every benchmark without a model; "
         f"`{PROG} table FILE...` renders results as a Markdown table.",
     )
     parser.add_argument("--config", required=True, type=Path, help="eval.yaml (rendered by the operator)")

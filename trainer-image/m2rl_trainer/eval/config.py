@@ -55,9 +55,14 @@ class BenchmarkConfig:
     """One benchmark: a column of the results table."""
 
     name: str
-    dataset: str  # local .jsonl, .json (list) or .parquet file
-    verifier: str  # a registered verifier type: math, code, multiple_choice, ifeval
-    fields: FieldMapping = field(default_factory=FieldMapping)
+    dataset: str  # local file (.jsonl, .json list, .parquet; .csv for gpqa) or a folder (livecodebench)
+    # A registered verifier type: math, code, multiple_choice, ifeval; "" means the format's own.
+    verifier: str = ""
+    fields: FieldMapping = field(default_factory=FieldMapping)  # the jsonl format's column mapping
+    # The published layout the file is in (eval/benchmarks: jsonl, aime24, gpqa, livecodebench, ...)
+    # and that adapter's options (e.g. LiveCodeBench's release and date window).
+    format: str = "jsonl"
+    format_options: dict[str, Any] = field(default_factory=dict)
     verifier_options: dict[str, Any] = field(default_factory=dict)
     samples: int = 1  # k: responses per prompt
     metrics: list[str] = field(default_factory=lambda: ["avg@k"])  # as written; also the result keys
@@ -190,16 +195,21 @@ def validate(config: EvalConfig) -> list[str]:
 
 
 def _benchmark_problems(where: str, b: BenchmarkConfig, sampling: SamplingConfig) -> list[str]:
+    from m2rl_trainer.eval.benchmarks import benchmark_problems, verifier_of
+
     problems: list[str] = []
     if not b.dataset:
         problems.append(f"{where}.dataset: must not be empty")
-    if b.verifier not in VERIFIERS:
+    format_problems = benchmark_problems(b, where)
+    problems += format_problems
+    verifier = b.verifier if format_problems else verifier_of(b)
+    if verifier and verifier not in VERIFIERS:
         problems.append(
-            f"{where}.verifier: unknown verifier {b.verifier!r}; known: {', '.join(sorted(VERIFIERS))}"
+            f"{where}.verifier: unknown verifier {verifier!r}; known: {', '.join(sorted(VERIFIERS))}"
         )
-    else:
+    elif verifier:
         try:
-            VERIFIERS[b.verifier].parse_options(b.verifier_options)  # unknown keys, types, ranges
+            VERIFIERS[verifier].parse_options(b.verifier_options)  # unknown keys, types, ranges
         except VerifierConfigError as error:
             problems.append(f"{where}.verifier_options: {error}")
     if b.samples < 1:
@@ -224,10 +234,10 @@ def _benchmark_problems(where: str, b: BenchmarkConfig, sampling: SamplingConfig
                 f"{where}.metrics[{j}]: {name} needs at least {metric.n} samples per prompt; "
                 f"samples is {b.samples}"
             )
-        if metric.kind == "maj" and b.verifier not in ANSWER_VERIFIERS:
+        if metric.kind == "maj" and verifier not in ANSWER_VERIFIERS:
             problems.append(
                 f"{where}.metrics[{j}]: {name} votes on extracted answers, which only the "
-                f"{', '.join(ANSWER_VERIFIERS)} verifiers report; {b.verifier!r} does not"
+                f"{', '.join(ANSWER_VERIFIERS)} verifiers report; {verifier!r} does not"
             )
         if b.metrics.index(name) != j:
             problems.append(f"{where}.metrics[{j}]: duplicate metric {name!r}")

@@ -1,7 +1,8 @@
 """The comparison table: models x (benchmark, metric) as Markdown, from several models' results.
 
 Input is what `m2rl-eval` writes (`results.json`) or reports (the termination message): mappings
-`{"model": NAME, "results": [{"benchmark": B, "metrics": {"avg@k": v, ...}, "prompts": N}, ...]}`.
+`{"model": NAME, "results": [{"benchmark": B, "metrics": {"avg@k": v, ...}, "prompts": N}, ...]}`,
+plus optional per-benchmark `figures` (IFEval's four), shown after the metrics.
 Rows keep the order of the inputs, columns the order in which benchmarks and metrics first appear;
 a cell a model has no value for shows "-".
 """
@@ -21,7 +22,9 @@ def render_table(results: Sequence[Mapping[str, Any]], digits: int = 3) -> str:
     for result in results:
         cells: dict[tuple[str, str], float] = {}
         for cell in result.get("results") or []:
-            for metric, value in (cell.get("metrics") or {}).items():
+            # A format's own figures (IFEval's four) are columns too, after the configured metrics.
+            numbers = {**(cell.get("metrics") or {}), **(cell.get("figures") or {})}
+            for metric, value in numbers.items():
                 key = (str(cell["benchmark"]), str(metric))
                 if key not in columns:
                     columns.append(key)

@@ -1,9 +1,11 @@
 """`m2rl-merge`: the program a MergeJob's pod runs.
 
   m2rl-merge --config merge.yaml --output OUT [--expert-names a,b,...] [--no-analysis] [--cuda]
+             [--seed N] [--analysis-base DIR] [--eta E] [--projection-dims D] [--projection-seed S]
 
 Runs the mergekit merge into a temporary sibling of OUT, then the weight-space analysis of the task
-vectors (OUT/m2rl-analysis/report.json and cosine-heatmap.svg), and renames the sibling to OUT.
+vectors (OUT/m2rl-analysis/: report.json, cosine-heatmap.svg, jaccard-heatmap.svg), and renames the
+sibling to OUT.
 The summary goes to the container's termination message for the operator.
 Exit codes: 0 done (or OUT already held this merge); 2 invalid input: the config, the expert
 names, or an OUT that holds something else (found before any tensor is read; a retry cannot help);
@@ -39,6 +41,20 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--cuda", action="store_true", help="do mergekit's arithmetic on the GPU")
     parser.add_argument("--seed", type=int, default=0, help="random seed (DARE, DELLA); default 0")
+    parser.add_argument(
+        "--analysis-base",
+        help="base model of the analysis for methods that merge without one (linear, karcher)",
+    )
+    parser.add_argument(
+        "--eta",
+        type=float,
+        default=1e-3,
+        help="analysis: a weight counts as changed when |delta| > eta * max(|w|, |w_base|); default 1e-3",
+    )
+    parser.add_argument(
+        "--projection-dims", type=int, default=256, help="analysis: random projection size; default 256"
+    )
+    parser.add_argument("--projection-seed", type=int, default=0, help="analysis: projection seed; default 0")
     return parser
 
 
@@ -64,11 +80,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from m2rl_trainer.merge.analysis import AnalysisError
+    from m2rl_trainer.merge.analysis import AnalysisError, AnalysisOptions
     from m2rl_trainer.merge.config import MergeConfigError
     from m2rl_trainer.merge.runner import MergeError, MergeRunConfig, run_merge_job
     from m2rl_trainer.utils.results import write_result
 
+    options = AnalysisOptions(
+        eta=args.eta, projection_dims=args.projection_dims, projection_seed=args.projection_seed
+    )
+    if problems := options.problems():
+        return _fail(2, "; ".join(f"--{p.replace('_', '-')}" for p in problems))
     cfg = MergeRunConfig(
         config=args.config,
         output=args.output,
@@ -76,6 +97,8 @@ def _run(args: argparse.Namespace) -> int:
         analysis=not args.no_analysis,
         cuda=args.cuda,
         seed=args.seed,
+        analysis_base=args.analysis_base,
+        analysis_options=options,
     )
     log = logging.getLogger("m2rl-merge")
     log.info("m2rl-merge: %s", cfg)

@@ -74,6 +74,9 @@ def check_merge_config(raw: Any, *, path: Path, source: str = "") -> LoadedConfi
     from mergekit.merge_methods import registry
     from pydantic import ValidationError
 
+    from m2rl_trainer.merge.methods import register_study_methods
+
+    register_study_methods()  # the study's variants are mergekit methods like its own (merge/methods)
     if not isinstance(raw, dict):
         got = type(raw).__name__
         raise MergeConfigError(f"config {path}: expected a mapping at the top level, got {got}")

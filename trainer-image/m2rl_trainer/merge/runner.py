@@ -52,6 +52,9 @@ class MergeRunConfig:
     seed: int = 0
     """Random seed for mergekit: DARE and DELLA drop entries at random; a fixed seed makes a rerun
     produce the same weights."""
+    analysis_base: str | None = None
+    """The base model of the analysis for methods that merge without one (linear, karcher): the
+    plain average is analysed against it. None: the config's base_model."""
     analysis_options: AnalysisOptions = field(default_factory=AnalysisOptions)
 
 
@@ -99,8 +102,12 @@ def _rounded(summary: dict[str, Any], digits: int) -> dict[str, Any]:
         return float(f"{x:.{digits}g}")
 
     out = dict(summary)
-    out["taskVectorNorms"] = {k: r(v) for k, v in summary["taskVectorNorms"].items()}
-    out["pairwiseCosine"] = [{**p, "cosine": r(p["cosine"])} for p in summary["pairwiseCosine"]]
+    for key in ("taskVectorNorms", "updateFraction"):
+        out[key] = {k: r(v) for k, v in summary[key].items()}
+    numbers = ("cosine", "projectedCosine", "jaccard", "jaccardRandom")
+    out["pairwiseCosine"] = [
+        {k: r(v) if k in numbers else v for k, v in p.items()} for p in summary["pairwiseCosine"]
+    ]
     out["signConflictFraction"] = r(summary["signConflictFraction"])
     return out
 
@@ -135,15 +142,19 @@ def check_expert_names(names: tuple[str, ...], models: tuple[str, ...]) -> list[
     return problems
 
 
-def analysis_skip_reason(loaded: LoadedConfig, enabled: bool) -> str | None:
+def analysis_skip_reason(loaded: LoadedConfig, enabled: bool, analysis_base: str | None = None) -> str | None:
     """Why the analysis cannot or should not run for this config, or None."""
     if not enabled:
         return "analysis disabled (--no-analysis)"
     if not loaded.config.models:
         return "the config uses slices or modules; the analysis compares whole models (models: [...])"
-    if loaded.base is None:
-        return f"merge_method {loaded.method} has no base_model, and task vectors are differences from a base"
-    if any(m.model.lora is not None for m in loaded.config.models) or loaded.config.base_model.lora:
+    if loaded.base is None and analysis_base is None:
+        return (
+            f"merge_method {loaded.method} has no base_model, and task vectors are differences from a "
+            "base (give one with --analysis-base)"
+        )
+    base_model = loaded.config.base_model
+    if any(m.model.lora is not None for m in loaded.config.models) or (base_model and base_model.lora):
         return "a model is given as MODEL+LORA; the analysis reads plain checkpoints"
     return None
 
@@ -154,7 +165,12 @@ def run_merge_job(cfg: MergeRunConfig) -> MergeOutcome:
     names = cfg.expert_names if cfg.expert_names is not None else default_expert_names(loaded.experts)
     if loaded.config.models and (problems := check_expert_names(names, loaded.experts)):
         raise MergeConfigError("; ".join(problems))
-    skip = analysis_skip_reason(loaded, cfg.analysis)
+    if cfg.analysis_base is not None and loaded.base is not None:
+        raise MergeConfigError(
+            f"--analysis-base: merge_method {loaded.method} merges against base_model {loaded.base}; the "
+            "analysis uses it (give --analysis-base only for methods without a base, e.g. linear)"
+        )
+    skip = analysis_skip_reason(loaded, cfg.analysis, cfg.analysis_base)
     out = cfg.output
     if out.exists() or out.is_symlink():
         return _reuse(out, loaded)
@@ -173,7 +189,7 @@ def run_merge_job(cfg: MergeRunConfig) -> MergeOutcome:
         LOG.info("merge: written in %.1f s", time.monotonic() - started)
         summary = None
         if skip is None:
-            summary = _analyse(loaded, names, tmp, out, cfg.analysis_options)
+            summary = _analyse(loaded, names, tmp, out, cfg)
         else:
             LOG.info("analysis: skipped: %s", skip)
         marker = {
@@ -227,8 +243,13 @@ def _mergekit(loaded: LoadedConfig, tmp: Path, cfg: MergeRunConfig) -> None:
         write_model_card=True,
         quiet=False,  # tqdm's bars are the merge's progress in the log (see cli: one line per 30 s)
     )
+    from m2rl_trainer.merge.trim import study_config
+
+    # The study's methods get the run's seed and, for a whole-model TIES trim, the thresholds
+    # (a MergeConfigError or an AnalysisError, not mergekit's failure).
+    config, source = study_config(loaded, cfg.seed)
     try:
-        run_merge(loaded.config, str(tmp), options=options, config_source=loaded.source)
+        run_merge(config, str(tmp), options=options, config_source=source)
     except (RuntimeError, ValueError, KeyError, OSError) as error:
         raise MergeError(f"mergekit failed: {type(error).__name__}: {error}") from error
 
@@ -242,7 +263,7 @@ def _retitle_card(readme: Path, old: str, new: str) -> None:
 
 
 def _analyse(
-    loaded: LoadedConfig, names: tuple[str, ...], tmp: Path, out: Path, options: AnalysisOptions
+    loaded: LoadedConfig, names: tuple[str, ...], tmp: Path, out: Path, cfg: MergeRunConfig
 ) -> dict[str, Any]:
     from mergekit.common import ModelReference
 
@@ -251,10 +272,10 @@ def _analyse(
 
     started = time.monotonic()
     report = analyse_task_vectors(
-        local(loaded.base or ""),
+        local(loaded.base) if loaded.base is not None else str(cfg.analysis_base),
         [(name, local(model)) for name, model in zip(names, loaded.experts, strict=True)],
         merged=tmp,
-        options=options,
+        options=cfg.analysis_options,
     )
     report["mergedModel"] = str(out)  # where it will be, not the temporary folder
     report["method"] = loaded.method
@@ -262,9 +283,11 @@ def _analyse(
     summary = summary_of(report, REPORT_FILE)
     s = report["summary"]
     LOG.info(
-        "analysis: done in %.1f s: norms %s, sign conflicts %.4f of %s parameters; report %s, heatmap %s",
+        "analysis: done in %.1f s: norms %s, update fractions %s, sign conflicts %.4f of %s parameters; "
+        "report %s, heatmap %s",
         time.monotonic() - started,
         {k: round(v, 6) for k, v in s["taskVectorNorms"].items()},
+        {k: round(v, 6) for k, v in s["updateFraction"].items()},
         s["signConflictFraction"],
         f"{s['parameters']:,}",
         out / REPORT_FILE,

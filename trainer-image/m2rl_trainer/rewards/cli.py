@@ -126,10 +126,13 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_prepare_nltk_data(args: argparse.Namespace) -> int:
-    from m2rl_trainer.rewards.nltk_data import write_punkt_tab
+    from m2rl_trainer.rewards.nltk_data import TAGGER, write_nltk_data
 
-    root = write_punkt_tab(Path(args.dir))
-    print(f"wrote NLTK punkt_tab (english) under {root}; set M2RL_NLTK_DATA={root}")
+    root = write_nltk_data(Path(args.dir))
+    print(
+        f"wrote NLTK's punkt_tab (english), punkt placeholder and English stop words under {root}; "
+        f"set M2RL_NLTK_DATA={root} (copy {TAGGER}/ there for IFBench's words:start_verb)"
+    )
     return 0
 
 
@@ -159,7 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
         func=cmd_list
     )
 
-    prep = sub.add_parser("prepare-nltk-data", help="write IFEval's NLTK Punkt data to DIR (image builds)")
+    prep = sub.add_parser(
+        "prepare-nltk-data", help="write the NLTK data IFEval/IFBench read to DIR (image builds)"
+    )
     prep.add_argument("dir")
     prep.set_defaults(func=cmd_prepare_nltk_data)
     return parser

@@ -1,8 +1,12 @@
-"""Instruction following: IFEval's 25 instruction types, strict or loose, via `if-verifiable`.
+"""Instruction following: IFEval, IFEvalG or IFBench instructions, strict or loose.
 
-The checkers are Google's IFEval code as packaged by if-verifiable (Apache-2.0); this module only
-validates references and picks the reward. Strict checks the response as is; loose also accepts
-it after dropping the first and/or last line or markdown asterisks (IFEval's loose variants).
+Three instruction tables (option `registry`):
+  ifeval   Google's IFEval, 25 ids, as packaged by if-verifiable (Apache-2.0)
+  ifevalg  IFEval plus AllenAI's IFEvalG additions (`rewards/ifevalg`): the M2RL study's IF reward
+  ifbench  IFBench's 58 ids, as packaged by if-verifiable (its NLTK data: `rewards/nltk_data`)
+This module only validates references and picks the reward. Strict checks the response as is;
+loose also accepts it after dropping the first and/or last line or markdown asterisks (IFEval's
+loose variants).
 Reward: 1 when every instruction is followed (`scoring: all`, the M2RL study) or the fraction.
 
 Reference (the fields of an IFEval row):
@@ -31,8 +35,19 @@ from m2rl_trainer.rewards.types import CORRECT, INCORRECT, NO_ANSWER, ConfigErro
 NAME = "ifeval"
 
 
+REGISTRIES = ("ifeval", "ifevalg", "ifbench")
+# IFBench instructions that need NLTK data no registry package ships (see rewards/nltk_data.py).
+NEEDS_TAGGER = frozenset({"words:start_verb"})
+
+
 @dataclass(frozen=True)
 class IFEvalOptions(CommonOptions):
+    registry: str = opt(
+        "ifeval",
+        "Instruction table: ifeval (Google's 25), ifevalg (IFEval + AllenAI's IFEvalG additions, "
+        "the M2RL study's IF reward) or ifbench (IFBench's 58).",
+        choices=REGISTRIES,
+    )
     mode: str = opt(
         "strict",
         "strict: the response as is; loose: IFEval's loose variants also count.",
@@ -53,10 +68,23 @@ class IFEvalOptions(CommonOptions):
 
 
 @functools.cache
-def registry() -> Mapping[str, Any]:
-    """IFEval's instruction id -> checker class table (imports take 2-5 s, hence lazy)."""
+def registry(name: str = "ifeval") -> Mapping[str, Any]:
+    """Instruction id -> checker class of table `name` (imports take 2-5 s, hence lazy)."""
+    if name == "ifbench":
+        from m2rl_trainer.rewards.nltk_data import ensure_nltk_data
+
+        ensure_nltk_data()  # before the import: it calls nltk.download for anything it cannot find
+        from if_verifiable.ifbench.instructions_registry import INSTRUCTION_DICT as IFBENCH
+
+        return IFBENCH
     from if_verifiable.ifeval.instructions_registry import INSTRUCTION_DICT
 
+    if name == "ifevalg":
+        from m2rl_trainer.rewards.ifevalg import extra_instructions
+
+        return {**INSTRUCTION_DICT, **extra_instructions()}
+    if name != "ifeval":
+        raise ConfigError(f"ifeval: unknown instruction registry {name!r}; known: {list(REGISTRIES)}")
     return INSTRUCTION_DICT
 
 
@@ -107,13 +135,24 @@ def _normalise(reference: Any) -> tuple[list[str], list[dict[str, Any]], str]:
 
 def check_reference(reference: Any, options: IFEvalOptions) -> None:
     ids, kwargs, _prompt = _normalise(reference)
-    table = registry()
+    table = registry(options.registry)
     for instruction_id, kw in zip(ids, kwargs, strict=True):
         checker_class = table.get(instruction_id)
         if checker_class is None:
             raise ConfigError(
-                f"ifeval reference: unknown instruction id {instruction_id!r}; known: {sorted(table)}"
+                f"ifeval reference: unknown instruction id {instruction_id!r} in the "
+                f"{options.registry} table; known: {sorted(table)}"
             )
+        if options.registry == "ifbench" and instruction_id in NEEDS_TAGGER:
+            from m2rl_trainer.rewards.nltk_data import TAGGER, tagger_available
+
+            if not tagger_available():
+                raise ConfigError(
+                    f"ifeval reference: instruction {instruction_id!r} needs NLTK's {TAGGER} data, "
+                    "which no installable package ships; copy that folder from an NLTK installation "
+                    "into $M2RL_NLTK_DATA (docs/verifiers.md), or leave such rows out (benchmark "
+                    "format_options.exclude_instructions)"
+                )
         checker = checker_class(instruction_id)
         expected = checker.get_instruction_args_keys()
         missing = [key for key in expected if key not in kw]
@@ -133,9 +172,9 @@ def check_reference(reference: Any, options: IFEvalOptions) -> None:
 def _prepare_process() -> None:
     from langdetect import DetectorFactory
 
-    from m2rl_trainer.rewards.nltk_data import ensure_punkt_tab
+    from m2rl_trainer.rewards.nltk_data import ensure_nltk_data
 
-    ensure_punkt_tab()
+    ensure_nltk_data()
     # langdetect is randomised; a fixed seed makes the language checks reproducible across processes.
     DetectorFactory.seed = 0
 
@@ -166,7 +205,7 @@ def verify(response: str, reference: Any, options: IFEvalOptions) -> Result:
         instruction_id_list=ids,
         kwargs_list=kwargs,
         prompt=prompt,
-        instruction_registry=dict(registry()),
+        instruction_registry=dict(registry(options.registry)),
     )
     followed = [r.loose_pass if options.mode == "loose" else r.strict_pass for r in results]
     fraction = sum(followed) / len(ids)  # len(ids): a skipped instruction must count as not followed

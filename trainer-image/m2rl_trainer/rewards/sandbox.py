@@ -5,7 +5,8 @@ namespaces, no capabilities, no further user namespaces, a read-only root made o
 interpreter and its libraries: no /etc, /home, /root, /proc of the host, project files or
 secrets), a fresh /proc, a minimal read-only /dev, a size-limited tmpfs at /sandbox (the only
 writable place), an empty environment, and --die-with-parent. Inside runs `_sandbox_runner.py`,
-which forks one confined child per program run (see that module for the rlimits and clean-up).
+which forks one confined child per program run through a fork server that never sees a run's data,
+and checks assert-style tests in a separate checker process (see that module).
 
 When we run as root (here, in CI), bwrap is started as an unprivileged uid (65534, "nobody") so
 that the kernel enforces RLIMIT_NPROC (root's processes are exempt from it, which would let a fork
@@ -24,7 +25,25 @@ from pathlib import Path
 
 from m2rl_trainer.rewards.workers import WorkerPool, WorkerSpec
 
-RUNNER_SOURCE = Path(__file__).with_name("_sandbox_runner.py")
+HERE = Path(__file__).parent
+# The runner and the two modules it shares with the host (standard library only); the bootstrap
+# below makes them a package inside the sandbox, where nothing of this project is installed.
+RUNNER_MODULES = ("_values.py", "_checker.py", "_sandbox_runner.py")
+BOOTSTRAP = """
+import sys, types
+package = types.ModuleType("m2rl_sandbox")
+package.__path__ = []
+sys.modules["m2rl_sandbox"] = package
+for name, source in (("_values", sys.argv[2]), ("_checker", sys.argv[3])):
+    module = types.ModuleType("m2rl_sandbox." + name)
+    module.__package__ = "m2rl_sandbox"
+    sys.modules[module.__name__] = module
+    setattr(package, name, module)
+    exec(compile(source, name + ".py", "exec"), module.__dict__)
+runner = sys.argv[4]
+del sys.argv[2:]
+exec(compile(runner, "_sandbox_runner.py", "exec"), {"__name__": "__main__", "__package__": "m2rl_sandbox"})
+"""
 SANDBOX_UID = 1000  # uid/gid inside the sandbox's user namespace
 NOBODY = 65534
 
@@ -107,7 +126,16 @@ class SandboxConfig:
     host_grace_s: float = 10.0
 
 
-def bwrap_argv(config: SandboxConfig, bwrap: Path, python: Path) -> list[str]:
+def runner_argv(python: Path, low_priority: bool) -> list[str]:
+    """The sandbox's command: its Python, isolated (-I -S -B), running the bootstrap."""
+    sources = [(HERE / name).read_text(encoding="utf-8") for name in RUNNER_MODULES]
+    return [str(python), "-I", "-S", "-B", "-c", BOOTSTRAP, "low" if low_priority else "normal", *sources]
+
+
+def bwrap_argv(
+    config: SandboxConfig, bwrap: Path, python: Path, command: list[str] | None = None
+) -> list[str]:
+    """bwrap's arguments around `command` (default: the runner, runner_argv)."""
     argv = [
         str(bwrap),
         "--unshare-all",
@@ -160,15 +188,8 @@ def bwrap_argv(config: SandboxConfig, bwrap: Path, python: Path) -> list[str]:
         "C.UTF-8",
         "--chdir",
         "/sandbox",
-        str(python),
-        "-I",
-        "-S",
-        "-B",
-        "-c",
-        RUNNER_SOURCE.read_text(encoding="utf-8"),
-        "low" if config.low_priority else "normal",
     ]
-    return argv
+    return argv + (command if command is not None else runner_argv(python, config.low_priority))
 
 
 def sandbox_worker_spec(config: SandboxConfig, on_kill: Callable[[str], None] | None = None) -> WorkerSpec:

@@ -2,15 +2,21 @@
 
   POST /v1/score      {"samples": [...]} -> 200 {"results": [...]} (same order, same fields as the
                       library's Result.to_dict()); 400 {"error"} for malformed JSON or a sample that
-                      makes no sense; 413 over the size limit; 429 {"error"} + Retry-After when saturated
+                      makes no sense; 413 {"error"} for a request that can never be admitted (too
+                      many bytes, too many samples, more samples for one pool than it queues);
+                      429 {"error"} + Retry-After when saturated
   GET  /v1/verifiers  the registered verifier types with their options (name, type, default, doc)
-  GET  /health        200 {"status": "ok", pools...} while every pool has a live worker, else 503
+  GET  /health        200 {"status": "ok", "limits": {...}, pools...} while every pool has a live
+                      worker, else 503; `limits` is what one request may hold (client.HttpScorer
+                      splits batches to fit)
   GET  /metrics       Prometheus text format
 
 Back-pressure: a request is refused with 429 when the service already processes
 `max_inflight_requests` requests, or when the samples it would add to a pool (Python workers or
 sandboxes) would push that pool's queue past `max_pending_samples`. The check is per pool, so a
-backlog of slow code does not refuse math. A refused request has done no work: retry it.
+backlog of slow code does not refuse math. A refused request has done no work: retry it. A request
+that could not be admitted even by an idle service is refused with 413 at once, never 429: a retry
+cannot help it (a trainer's step of 512 prompts x 16 samples is such a request; split it).
 """
 
 from __future__ import annotations
@@ -38,9 +44,10 @@ class ServiceConfig:
 
     host / port: where to listen (127.0.0.1 by default; a pod sets 0.0.0.0).
     max_request_bytes: body size limit; larger requests get 413 before being read whole.
-    max_batch_samples: samples per request; more is a 400 (split the batch).
+    max_batch_samples: samples per request; more is a 413 (split the batch).
     max_inflight_requests: score requests processed at once; one more gets 429.
-    max_pending_samples: samples queued or running per pool; a request that would exceed it gets 429.
+    max_pending_samples: samples queued or running per pool; a request that would push a pool past it
+      gets 429 (retry), one that has more samples for a pool than this gets 413 (split it).
     scorer: the scorer; unlike the library's default, its sandbox runs programs at low priority.
     """
 
@@ -63,7 +70,7 @@ def _error(status: int, message: str, **headers: str) -> web.Response:
 class VerifierService:
     def __init__(self, config: ServiceConfig, scorer: Scorer | None = None) -> None:
         self.config = config
-        self.metrics = VerifierMetrics()
+        self.metrics = VerifierMetrics(verifiers=VERIFIERS)
         # A scorer passed in (tests, embedding) keeps its own metrics; one made here reports to ours.
         self.scorer = scorer if scorer is not None else Scorer(config.scorer, metrics=self.metrics)
         self._owns_scorer = scorer is None
@@ -128,9 +135,11 @@ class VerifierService:
             return _error(400, 'expected a JSON object {"samples": [...]}')
         raw_samples = payload["samples"]
         if len(raw_samples) > self.config.max_batch_samples:
-            self.metrics.rejected.labels("invalid").inc()
+            self.metrics.rejected.labels("too_large").inc()
             return _error(
-                400, f"{len(raw_samples)} samples exceed the limit of {self.config.max_batch_samples}"
+                413,
+                f"{len(raw_samples)} samples exceed the limit of {self.config.max_batch_samples} per "
+                "request; split the batch (GET /health: limits)",
             )
         try:
             samples = [Sample.from_dict(s, where=f"samples[{i}]") for i, s in enumerate(raw_samples)]
@@ -140,6 +149,14 @@ class VerifierService:
             return _error(400, str(exc))
         wanted = Counter(item.spec.executor for item in prepared)
         pending = self.scorer.pending()
+        for pool, count in wanted.items():
+            if pool in pending and count > self.config.max_pending_samples:
+                self.metrics.rejected.labels("too_large").inc()
+                return _error(
+                    413,
+                    f"{count} samples for the {pool} pool can never be admitted: it queues at most "
+                    f"{self.config.max_pending_samples}; split the batch (GET /health: limits)",
+                )
         # Check and reserve in one step on the event loop, so concurrent requests cannot both pass.
         for pool, count in wanted.items():
             queued = pending.get(pool, 0) + self._reserved[pool]
@@ -169,11 +186,21 @@ class VerifierService:
             }
         )
 
+    def limits(self) -> dict[str, int]:
+        """What one request may hold; HttpScorer splits batches to fit."""
+        return {
+            "max_request_bytes": self.config.max_request_bytes,
+            "max_batch_samples": self.config.max_batch_samples,
+            "max_pending_samples": self.config.max_pending_samples,
+            "max_inflight_requests": self.config.max_inflight_requests,
+        }
+
     async def handle_health(self, request: web.Request) -> web.Response:
         health = self.scorer.health()
         healthy = all(p["alive"] > 0 for p in health["pools"].values())
         return web.json_response(
-            {"status": "ok" if healthy else "degraded", **health}, status=200 if healthy else 503
+            {"status": "ok" if healthy else "degraded", "limits": self.limits(), **health},
+            status=200 if healthy else 503,
         )
 
     async def handle_metrics(self, request: web.Request) -> web.Response:

@@ -1,7 +1,8 @@
 """Warm worker processes with a wall-clock limit per call, and a pool to lease them from.
 
 A worker is a long-lived child process (a math/IFEval Python worker, or a bubblewrap sandbox)
-that answers length-prefixed JSON frames on its stdin/stdout. A call that does not answer within
+that answers length-prefixed JSON frames on its stdin/stdout; a reply with "restart": true says
+it cannot take another call (it is then replaced before the next one). A call that does not answer within
 its deadline kills the worker's whole process group and the next call starts a fresh one, so a
 hung check costs one restart, never a stuck scorer.
 
@@ -251,6 +252,9 @@ class Worker:
             self._kill()
             self._report("crashed")
             return Reply("crashed", None, time.monotonic() - start, f"worker died (exit code {code})")
+        if message.get("restart"):  # the worker answered but is no longer usable: replace it now
+            self._kill()
+            self._report("crashed")
         return Reply("ok", message, time.monotonic() - start)
 
     def _report(self, reason: str) -> None:

@@ -210,11 +210,11 @@ class VLLMReplica:
                 f"rollout server {self.url}: prefix cache not reset (requests still running?); pause first"
             )
 
-    def probe_logprob(self, prompt_token_ids: Sequence[int], continuation_token_ids: Sequence[int]) -> float:
-        """Sum of log p(continuation | prompt) under the served weights at T = 1 (prompt logprobs)."""
-        if not continuation_token_ids:
-            raise ValueError("probe_logprob: the continuation is empty")
-        ids = [*prompt_token_ids, *continuation_token_ids]
+    def prompt_logprobs(self, token_ids: Sequence[int]) -> list[float | None]:
+        """log p(token_i | tokens_<i) at T = 1 under the served weights, per position of `token_ids`
+        (None at position 0, which has no context): how a teacher scores a sequence (MT-OPD) and how
+        a weight sync is probed. One forward pass over the sequence; nothing is sampled."""
+        ids = list(token_ids)
         body = {
             "model": self.model_name,
             "prompt": ids,
@@ -222,15 +222,25 @@ class VLLMReplica:
             "prompt_logprobs": 0,
             "temperature": 0,
         }
-        choice = self._ok(self.request("POST", "/v1/completions", json=body), "probe")["choices"][0]
-        # prompt_logprobs[i] maps the actual token id (as a string) to its logprob; [0] is None.
-        positions = choice["prompt_logprobs"][len(prompt_token_ids) :]
-        return float(
-            sum(
-                entry[str(token)]["logprob"]
-                for entry, token in zip(positions, continuation_token_ids, strict=True)
+        choice = self._ok(self.request("POST", "/v1/completions", json=body), "prompt logprobs")["choices"][0]
+        # prompt_logprobs[i] maps the actual token id (as a string) to its logprob (and, with
+        # prompt_logprobs > 0, the top alternatives); [0] is None.
+        entries = choice.get("prompt_logprobs") or []
+        if len(entries) != len(ids):
+            raise RolloutError(
+                f"rollout server {self.url}: {len(entries)} prompt logprobs for {len(ids)} tokens"
             )
-        )
+        return [
+            None if entry is None else float(entry[str(token)]["logprob"])
+            for entry, token in zip(entries, ids, strict=True)
+        ]
+
+    def probe_logprob(self, prompt_token_ids: Sequence[int], continuation_token_ids: Sequence[int]) -> float:
+        """Sum of log p(continuation | prompt) under the served weights at T = 1 (prompt logprobs)."""
+        if not continuation_token_ids:
+            raise ValueError("probe_logprob: the continuation is empty")
+        values = self.prompt_logprobs([*prompt_token_ids, *continuation_token_ids])
+        return float(sum(v for v in values[len(prompt_token_ids) :] if v is not None))
 
 
 class VLLMServerRollout:
@@ -354,6 +364,25 @@ class VLLMServerRollout:
     def reload_weights(self, weights_dir: str | Path, *, check_local: bool = True) -> None:
         """Every replica reloads `weights_dir` (pause first so no request mixes old and new weights)."""
         self._each(lambda replica: replica.reload_weights(weights_dir, check_local=check_local))
+
+    def prompt_logprobs(self, sequences: Sequence[Sequence[int]]) -> list[list[float | None]]:
+        """Per-position log-probs of whole token sequences (`VLLMReplica.prompt_logprobs`), spread over
+        the replicas like generation: a teacher's scores of the student's samples in MT-OPD."""
+
+        def one(ids: Sequence[int]) -> list[float | None]:
+            index = self._acquire()
+            try:
+                return self.replicas[index].prompt_logprobs(ids)
+            finally:
+                self._release(index)
+
+        futures = [self._pool.submit(one, ids) for ids in sequences]
+        try:
+            return [future.result() for future in futures]
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
 
     def probe_logprobs(self, prompt: str, continuation: str) -> dict[str, float]:
         """log p(continuation | prompt) at T = 1 on every replica, by URL: compare with the trainer's

@@ -32,6 +32,7 @@ import json
 import random
 import shutil
 import time
+from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,7 @@ from m2rl_trainer.config import TrainerConfig
 from m2rl_trainer.data.datasets import DatasetError, Prompt, load_domain, render_prompt
 from m2rl_trainer.data.mixer import DomainMixer
 from m2rl_trainer.grpo import group_advantages, overlong_penalty
+from m2rl_trainer.rewards import hygiene
 from m2rl_trainer.rewards.client import HttpScorer
 from m2rl_trainer.rewards.scorer import Scorer, ScorerConfig
 from m2rl_trainer.rewards.types import Sample
@@ -62,6 +64,7 @@ from m2rl_trainer.train.engine import (
     set_learning_rate,
     step_learning_rate,
 )
+from m2rl_trainer.train.memory import check_fits, prepare_policy
 from m2rl_trainer.train.metrics import MetricsSink
 from m2rl_trainer.train.rollouts import ScoredGroup, figures, local_sums, zero_variance
 from m2rl_trainer.train.update import PolicyUpdate
@@ -102,7 +105,15 @@ class GRPOTrainer:
         _seed_everything(self.algo.seed)
 
         dtype = resolve_dtype(config.deepspeed, self.on_gpu)
+        # A config that cannot fit is refused here, before any weights are read (train/memory.py).
+        device_bytes = (
+            torch.cuda.get_device_properties(self.dist.local_rank).total_memory if self.on_gpu else None
+        )
+        check_fits(
+            config, world_size=self.dist.world_size, weight_bytes=dtype.itemsize, device_bytes=device_bytes
+        )
         model = AutoModelForCausalLM.from_pretrained(config.model, dtype=dtype)
+        prepare_policy(model, gradient_checkpointing=config.memory.gradient_checkpointing)
         ds = deepspeed_config(
             config.deepspeed, self.algo, world_size=self.dist.world_size, on_gpu=self.on_gpu
         )
@@ -117,6 +128,7 @@ class GRPOTrainer:
             pad_id=self.tokenizer.pad_token_id or 0,
             world_size=self.dist.world_size,
             zero_stage=config.deepspeed.zero_stage,
+            memory=config.memory,
         )
 
         weights = {d.name: d.weight for d in config.data.domains}
@@ -273,7 +285,10 @@ class GRPOTrainer:
                 )
                 shaped = [r + float(p) for r, p in zip(correct, penalty, strict=True)]
             key = (round_index, rank + i * world)  # the prompt's place in the round's global batch
-            scored.append(ScoredGroup(prompt, list(group[0].prompt_token_ids), group, shaped, correct, key))
+            signs = hygiene.count([prompt.domain] * len(group), results[i * n : (i + 1) * n])
+            scored.append(
+                ScoredGroup(prompt, list(group[0].prompt_token_ids), group, shaped, correct, key, signs)
+            )
         return scored, timings
 
     def _collect(
@@ -453,6 +468,12 @@ class GRPOTrainer:
         step, per_domain = figures(all_reduce(local_sums(generated, kept, names)), names)
         for name, values in update.pop("per_domain").items():
             per_domain.setdefault(name, {}).update(values)
+        # Reward-hacking signs over every generated group (not only those trained on).
+        hygiene_keys = hygiene.keys(names)
+        signs = sum((g.hygiene for g in generated), Counter[str]())
+        counts = all_reduce([float(signs[k]) for k in hygiene_keys])
+        for name, shares in hygiene.shares(dict(zip(hygiene_keys, counts, strict=True))).items():
+            per_domain[name].update(shares)
         nonfinite = bool(update.pop("nonfinite"))
         record: dict[str, Any] = {
             "step": self.step + 1,
@@ -509,7 +530,7 @@ class GRPOTrainer:
             f"acc {r['accuracy']:.3f} "
             f"({domains}) len {r['response_length']:.1f} loss {r.get('loss', float('nan')):+.2e} "
             f"gen {r['time_generation_s']:.1f}s upd {r['time_update_s']:.1f}s sync {r['time_sync_s']:.1f}s"
-        )
+        ) + hygiene.progress(r["per_domain"])
 
     def close(self) -> None:
         if self.prefetcher is not None:

@@ -9,7 +9,8 @@ Two views of a step, kept apart so dynamic sampling cannot bias what is reported
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -25,6 +26,7 @@ class ScoredGroup:
 
     rewards: shaped (what advantages see); correct: the verifier's reward alone (accuracy).
     key: (round, index of the prompt in that round's global batch), the order dynamic sampling uses.
+    hygiene: counts of reward-hacking signs among the group's rewarded code samples.
     """
 
     prompt: Prompt
@@ -33,6 +35,7 @@ class ScoredGroup:
     rewards: list[float]
     correct: list[float]
     key: tuple[int, int]
+    hygiene: Counter[str] = field(default_factory=Counter)
 
 
 def zero_variance(groups: list[ScoredGroup]) -> list[bool]:
@@ -102,10 +105,10 @@ def figures(totals: list[float], domains: list[str]) -> tuple[dict[str, float], 
         row = totals[i * width : (i + 1) * width]
         generated = dict(zip(GENERATED, row[: len(GENERATED)], strict=True))
         kept = dict(zip(KEPT, row[len(GENERATED) :], strict=True))
-        for field, value in generated.items():
-            overall[field] += value
-        for field, value in kept.items():
-            overall[f"kept_{field}"] += value
+        for key, value in generated.items():
+            overall[key] += value
+        for key, value in kept.items():
+            overall[f"kept_{key}"] += value
         if generated["groups"]:
             per_domain[name] = ratios(generated, kept)
     generated_all = {f: overall[f] for f in GENERATED}

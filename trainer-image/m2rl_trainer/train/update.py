@@ -32,13 +32,12 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from m2rl_trainer.config import AlgorithmConfig
+from m2rl_trainer.config import AlgorithmConfig, MemoryConfig
 from m2rl_trainer.grpo import (
     clip_regions,
     importance_weights,
     mismatch_sums,
     policy_loss,
-    token_entropy_from_logits,
 )
 from m2rl_trainer.train.batching import micro_batches, shared_prefix_batch, shared_prefix_logprobs
 from m2rl_trainer.train.collectives import all_reduce
@@ -82,8 +81,10 @@ class PolicyUpdate:
         pad_id: int,
         world_size: int,
         zero_stage: int,
+        memory: MemoryConfig | None = None,
     ) -> None:
         self.engine, self.ref_model, self.algo = engine, ref_model, algo
+        self.memory = memory or MemoryConfig()  # chunked head size and token budget of micro-batches
         self.domains, self.pad_id, self.world = domains, pad_id, world_size
         self.zero_stage = zero_stage
         self._lm_head_grad = self._watch_lm_head_grad()
@@ -93,7 +94,10 @@ class PolicyUpdate:
         """Every optimizer update of the step over this rank's groups (collective: all ranks call it)."""
         out: dict[str, Any] = self._first_pass(groups)
         slices = split(groups, self.algo.mini_batches)
-        chunks = [micro_batches(s, self.algo.micro_batch_size) for s in slices]
+        chunks = [
+            micro_batches(s, self.algo.micro_batch_size, self.memory.max_tokens_per_micro_batch)
+            for s in slices
+        ]
         counts = all_reduce([n for s in slices for n in self._counts(s)])  # [tokens, sequences] per slice
         longest = all_reduce([float(len(c)) for c in chunks], MAX)
         totals = _Totals(self.domains)
@@ -134,9 +138,9 @@ class PolicyUpdate:
             dummy = index >= len(chunks)
             chunk = chunks[index] if not dummy else (chunks[0] if chunks else [self._dummy_group()])
             batch = self._batch(chunk)
-            logprobs, logits = self._forward(self.engine, batch)
+            logprobs, entropy = self._forward(self.engine, batch)
             # Entropy is always measured; it carries gradient only when it is part of the loss.
-            entropy = token_entropy_from_logits(logits if self.algo.entropy_coef > 0 else logits.detach())
+            entropy = entropy if self.algo.entropy_coef > 0 else entropy.detach()
             loss, stats = policy_loss(
                 logprobs,
                 batch["old_logprobs"],
@@ -174,7 +178,7 @@ class PolicyUpdate:
         recompute, reference = self.algo.recompute_old_logprobs, self.ref_model is not None
         if not recompute and not reference:
             return {}
-        chunks = micro_batches(groups, self.algo.micro_batch_size)
+        chunks = micro_batches(groups, self.algo.micro_batch_size, self.memory.max_tokens_per_micro_batch)
         longest = int(all_reduce([float(len(chunks))], MAX)[0])
         sums, ratio_max = dict.fromkeys(MISMATCH, 0.0), 0.0
         for index in range(longest):
@@ -231,8 +235,11 @@ class PolicyUpdate:
         return batch
 
     def _forward(self, model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(log-probs [B, R], logits / T [B, R, V]) of the batch's responses under `model`."""
-        return shared_prefix_logprobs(model, batch, self.algo.temperature)
+        """(log-probs [B, R], entropy [B, R]) of the batch's responses under `model`; the LM head
+        runs in chunks (`memory.logits_chunk_mib`), never building [B, R, V] logits."""
+        return shared_prefix_logprobs(
+            model, batch, self.algo.temperature, chunk_mib=self.memory.logits_chunk_mib
+        )
 
     def _dummy_group(self) -> Group:
         """A one-token group for a rank without groups: it runs forwards with zero weight."""

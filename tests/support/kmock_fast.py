@@ -1,4 +1,6 @@
-"""kmock's KubernetesEmulator without its O(n) hot spots, for scale benchmarks (not for tests).
+"""kmock's KubernetesEmulator without its O(n) hot spots and with the metadata a real API server
+stamps: for the operator's scale benchmark (bench/bench_operator.py) and its kmock tests (kopf's
+indexes key objects by uid, which plain kmock never sets).
 
 kmock 0.8 (site-packages is never edited; this subclasses it) answers every request in time that
 grows with the traffic so far, which made the 100- and 500-run operator benchmarks measure the
@@ -21,8 +23,12 @@ emulator instead of the operator:
 * `metadata.generateName` is ignored (kopf's Events all land on one name: 409 on every post but
   the first); a name is generated here.
 
+* Lists and watches ignore `labelSelector` and `fieldSelector`; here they are applied (equality
+  and existence terms), so an operator that watches with server-side selectors receives only what
+  a real API server would send it.
+
 What stays the same: plain dict merging of patches, no defaulting, validation or garbage
-collection, no `timeoutSeconds` on watches, every request recorded in memory (`kmock.requests`).
+collection, no `timeoutSeconds` on watches, every request recorded in memory (`list(kmock)`).
 """
 
 from __future__ import annotations
@@ -171,6 +177,8 @@ class FastKubernetesEmulator(KubernetesEmulator, _FastDispatch):
         payload = await super()._serve_list(request)
         if self.stamped:
             payload["metadata"]["resourceVersion"] = str(self._latest)  # kmock: "..."
+        matches = selection(request)
+        payload["items"] = [item for item in payload["items"] if matches(item)]
         return payload
 
     async def _serve_watch(self, request: rendering.Request) -> AsyncIterator[rendering.Payload]:
@@ -178,11 +186,14 @@ class FastKubernetesEmulator(KubernetesEmulator, _FastDispatch):
         kopf, which lists first, then sees each object twice, the second time as a stale state
         after its own patches. Here the replay skips objects not changed since that version."""
         since = request.params.get("resourceVersion", "")
+        matches = selection(request)
         replay = super()._serve_watch(request)
         async for event in replay:
             if not isinstance(event, dict):
                 yield event  # b"": kmock's start of the stream
                 continue
+            if not matches(event.get("object") or {}):
+                continue  # the API server's labelSelector / fieldSelector
             version = event.get("object", {}).get("metadata", {}).get("resourceVersion", "")
             if (
                 self.stamped
@@ -206,6 +217,42 @@ class FastKubernetesEmulator(KubernetesEmulator, _FastDispatch):
             and (request.namespace is None or namespace == request.namespace)
             and (request.name is None or name == request.name)
         ]
+
+
+def _field(obj: dict[str, Any], path: str) -> str:
+    value: Any = obj
+    for part in path.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return "" if value is None else str(value)
+
+
+def selection(request: rendering.Request) -> Any:
+    """A predicate for the request's labelSelector and fieldSelector, as an API server applies
+    them to lists and watches: comma-separated `k=v`, `k==v`, `k!=v`, `k`, `!k` terms over labels;
+    `path=v`, `path!=v` over dotted field paths (metadata.name, reason, involvedObject.kind, ...).
+    Set-based label terms (`in`, `notin`) are not supported and fail loudly."""
+    labels = [t.strip() for t in request.params.get("labelSelector", "").split(",") if t.strip()]
+    fields = [t.strip() for t in request.params.get("fieldSelector", "").split(",") if t.strip()]
+    for term in labels:
+        if " in " in term or " notin " in term or "(" in term:
+            raise NotImplementedError(f"set-based label selector {term!r}")
+
+    def check(term: str, get: Any, has: Any) -> bool:
+        if "!=" in term:
+            key, value = term.split("!=", 1)
+            return bool(get(key) != value)
+        if "=" in term:
+            key, value = term.replace("==", "=").split("=", 1)
+            return bool(has(key) and get(key) == value)
+        return bool(not has(term[1:]) if term.startswith("!") else has(term))
+
+    def matches(obj: dict[str, Any]) -> bool:
+        own = (obj.get("metadata") or {}).get("labels") or {}
+        return all(check(t, lambda k: own.get(k), lambda k: k in own) for t in labels) and all(
+            check(t, lambda k: _field(obj, k), lambda k: _field(obj, k) != "") for t in fields
+        )
+
+    return matches
 
 
 # Fail loudly if kmock's internals moved (the overrides above would then silently not apply).
