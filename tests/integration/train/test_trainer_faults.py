@@ -186,7 +186,7 @@ def test_nonfinite_loss_skips_the_step_then_aborts(tmp_path: Path, max3_sft_mode
     # Step 5's record is not written: the run aborts on it.
     assert [r["updates_applied"] for r in records] == [2, 0, 2, 1]
     assert [r["skipped_steps"] for r in records] == [0, 1, 1, 1]  # step 4 changed the weights
-    assert [r["nonfinite_steps_total"] for r in records] == [0, 1, 1, 2]
+    assert [r["nonfinite_steps"] for r in records] == [0, 1, 1, 2]
 
 
 def test_prompts_over_the_token_limit_are_left_out_or_refused(

@@ -484,7 +484,7 @@ class GRPOTrainer:
             * step["generated_completions"]
             / max(timings.get("time_generation_s", 0.0), 1e-9),
             "skipped_steps": self.skipped_steps + (nonfinite and not update["updates_applied"]),
-            "nonfinite_steps_total": self.nonfinite_steps + nonfinite,
+            "nonfinite_steps": self.nonfinite_steps + nonfinite,
             "learning_rate": float(self.engine.get_lr()[0]),
             **timings,
             **update,
@@ -505,8 +505,8 @@ class GRPOTrainer:
             while self.step < self.algo.steps:
                 record = self.train_step()
                 self.skipped_steps = record["skipped_steps"]
-                if record["nonfinite_steps_total"] > self.nonfinite_steps:
-                    self.nonfinite_steps = record["nonfinite_steps_total"]
+                if record["nonfinite_steps"] > self.nonfinite_steps:
+                    self.nonfinite_steps = record["nonfinite_steps"]
                     if self.nonfinite_steps > self.config.faults.max_skipped_steps:
                         raise TrainingAborted(
                             f"non-finite loss in {self.nonfinite_steps} steps (faults.max_skipped_steps = "
