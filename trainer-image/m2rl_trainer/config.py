@@ -199,7 +199,7 @@ class MetricsConfig:
 
 @dataclass
 class FaultConfig:
-    max_skipped_steps: int = 3  # NaN/inf losses skipped before the run aborts
+    max_skipped_steps: int = 3  # steps with a NaN/inf loss tolerated before the run aborts
 
 
 @dataclass

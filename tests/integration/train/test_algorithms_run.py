@@ -71,6 +71,41 @@ def test_dr_grpo_runs_with_zero3_and_mini_batches(tmp_path: Path, max3_sft_model
     assert (tmp_path / "out" / "checkpoints" / "step-000002" / "model" / "config.json").exists()
 
 
+def test_zero3_colocated_two_ranks_with_dynamic_sampling_and_tis(
+    tmp_path: Path, max3_sft_model: Path, max3_data
+) -> None:
+    """Two gloo ranks, ZeRO-3, generation inside the trainer, one prompt per step: rank 1 never has a
+    prompt to generate for, yet every forward of rank 0's `generate` gathers the partitioned weights
+    collectively, so rank 1 runs dummy generations in step (synced_gpus; without them this run hangs,
+    checked by hand with the old behaviour patched in). Dynamic sampling then gives the one kept group
+    to one rank, and the other runs zero-weight micro-batches. The frozen reference (KL) is a ZeRO-3
+    engine too."""
+    config = write_config(
+        tmp_path / "c.yaml", max3_sft_model, max3_data[0], tmp_path / "out",
+        algorithm={"prompts_per_step": 1, "steps": 2, "dynamic_sampling": True, "max_refill_rounds": 2,
+                   "recompute_old_logprobs": True, "importance_sampling": "tis", "kl_coef": 0.01},
+        deepspeed={"zero_stage": 3},
+        checkpoint={"every_steps": 0, "keep": 1},
+    )  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "MASTER_PORT": str(free_port())}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+         env["MASTER_PORT"], "-m", "m2rl_trainer.cli", "--config", str(config)],
+        capture_output=True, text=True, timeout=600, env=env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    records = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2]
+    for r in records:
+        assert r["generated_completions"] >= 4 and r["completions"] in (0, 4)  # one group of 4 at most
+        assert r["generated_completions"] == 4 * (1 + r["refill_rounds"])
+        assert r["updates_applied"] == (1 if r["completions"] else 0)
+        if r["completions"]:
+            assert math.isfinite(r["rollout_trainer_kl"]) and r["importance_ratio_max"] > 0
+            assert r["kl_ref"] >= 0.0 and "clip_ratio" in r["per_domain"]["math"]
+    assert (tmp_path / "out" / "checkpoints" / "step-000002" / "model" / "config.json").exists()
+
+
 def test_metrics_reach_a_real_prometheus(
     tmp_path: Path, prometheus_server: Callable[[list[str]], PrometheusServer]
 ) -> None:

@@ -69,7 +69,7 @@ CORRECTION = ("rollout_trainer_kl", "importance_weight_clip_ratio", "kept_accura
 # The study's mismatch correction with everything else that keeps state across a step switched on.
 ALL_OPTIONS = {
     "recompute_old_logprobs": True, "importance_sampling": "tis", "clip_high": 0.28, "clip_ratio_c": 3.0,
-    "mini_batches": 2, "update_epochs": 2, "dynamic_sampling": True, "max_refill_rounds": 1,
+    "mini_batches": 2, "dynamic_sampling": True, "max_refill_rounds": 1,
     "overlong_filtering": True, "kl_coef": 0.01, "lr_schedule": "cosine", "warmup_steps": 2,
 }  # fmt: skip
 
@@ -123,7 +123,8 @@ def test_kill9_then_resume_matches_an_uninterrupted_run(
     assert sorted(ma) == sorted(mb) == list(range(1, steps + 1))
     for step in ma:
         for key in DETERMINISTIC + (CORRECTION if algorithm is ALL_OPTIONS else ()):
-            assert ma[step][key] == mb[step][key], (step, key, kill_after)
+            # .get: a step whose dynamic sampling kept no group takes no update (no grad_norm)
+            assert ma[step].get(key) == mb[step].get(key), (step, key, kill_after)
     # The run really trained: weights moved from the initial model.
     initial = load_file(max3_sft_model / "model.safetensors")
     assert any(not torch.equal(initial[k], a[k]) for k in initial if k in a)

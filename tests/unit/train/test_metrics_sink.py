@@ -64,6 +64,25 @@ def test_gauges_counters_and_units(tmp_path: Path) -> None:
         assert gone not in text, gone
 
 
+def test_dynamic_sampling_correction_and_fault_figures(tmp_path: Path) -> None:
+    sink = MetricsSink(tmp_path / "m.jsonl", None, "r")
+    step = {**RECORD, "generated_completions": 24.0, "updates_applied": 4, "nonfinite_steps": 1,
+            "dropped_group_ratio": 0.25, "kept_accuracy": 0.5, "importance_ratio_max": 3.5,
+            "importance_weight_clip_ratio": 0.125, "rollout_trainer_kl": 0.01, "dual_clip_ratio": 0.0,
+            "per_domain": {"math": {"clip_ratio": 0.2, "zero_variance_ratio": 0.5}}}  # fmt: skip
+    sink.log(step)
+    sink.log({**step, "nonfinite_steps": 1})
+    assert _value(sink, "m2rl_train_generated_completions_total") == 48
+    assert _value(sink, "m2rl_train_optimizer_updates_total") == 8
+    assert _value(sink, "m2rl_train_nonfinite_steps_total") == 1  # a running total, not added twice
+    assert _value(sink, "m2rl_train_dropped_groups_ratio") == 0.25
+    assert _value(sink, "m2rl_train_kept_accuracy_ratio") == 0.5
+    assert _value(sink, "m2rl_train_max_rollout_correction_ratio") == 3.5
+    assert _value(sink, "m2rl_train_rollout_correction_clipped_tokens_ratio") == 0.125
+    assert _value(sink, "m2rl_train_domain_clipped_tokens_ratio", domain="math") == 0.2
+    assert _value(sink, "m2rl_train_domain_zero_variance_groups_ratio", domain="math") == 0.5
+
+
 def test_skipped_steps_mirror_the_runs_running_total_across_a_resume(tmp_path: Path) -> None:
     first = MetricsSink(tmp_path / "a.jsonl", None, "r")
     for skipped in (0, 1, 1, 2):

@@ -24,15 +24,29 @@ entropy terms, as in both frameworks.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
 SAFETY_BOUND = 20.0
-MODES = ("none", "tis", "mis")
 
 
 def _rho(trainer_logprobs: Tensor, rollout_logprobs: Tensor) -> Tensor:
     return torch.exp((trainer_logprobs - rollout_logprobs).clamp(-SAFETY_BOUND, SAFETY_BOUND))
+
+
+def _truncated(rho: Tensor, cap: float, floor: float) -> Tensor:
+    return rho.clamp(min=floor, max=cap)
+
+
+def _masked(rho: Tensor, cap: float, floor: float) -> Tensor:
+    return torch.where((rho >= floor) & (rho <= cap), rho, torch.zeros_like(rho))
+
+
+# One table of corrections keyed by the config's names (AlgorithmConfig.importance_sampling).
+CORRECTIONS: dict[str, Callable[[Tensor, float, float], Tensor]] = {"tis": _truncated, "mis": _masked}
+MODES = ("none", *CORRECTIONS)
 
 
 @torch.no_grad()
@@ -48,10 +62,7 @@ def importance_weights(
         raise ValueError(f"unknown importance_sampling mode {mode!r} (known: {', '.join(MODES)})")
     if mode == "none":
         return torch.ones_like(trainer_logprobs)
-    rho = _rho(trainer_logprobs, rollout_logprobs)
-    if mode == "tis":
-        return rho.clamp(min=floor, max=cap)
-    return torch.where((rho >= floor) & (rho <= cap), rho, torch.zeros_like(rho))
+    return CORRECTIONS[mode](_rho(trainer_logprobs, rollout_logprobs), cap, floor)
 
 
 @torch.no_grad()

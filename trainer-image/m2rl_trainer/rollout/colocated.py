@@ -155,16 +155,17 @@ class HFGenerateRollout:
                 if params.seed is not None:
                     torch.manual_seed(params.seed)
                 starts = range(0, len(prompts), per_call)
+                most = self._calls_of_any_rank(len(starts))  # before any forward: all ranks agree first
                 for start in starts:
                     groups += self._generate_batch(encoded[start : start + per_call], start, params)
-                for _ in range(self._calls_of_other_ranks(len(starts)) - len(starts)):
+                for _ in range(most - len(starts)):
                     self._dummy_batch()
         finally:
             self.model.generation_config = saved_config
             self.model.train(was_training)
         return groups
 
-    def _calls_of_other_ranks(self, calls: int) -> int:
+    def _calls_of_any_rank(self, calls: int) -> int:
         """The most `generate` calls any rank makes in this round (synced mode), else `calls`."""
         if not self.synced_gpus:
             return calls

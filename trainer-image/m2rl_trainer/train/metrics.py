@@ -67,9 +67,77 @@ GAUGES: dict[str, tuple[str, str, dict[str, str]]] = {
         "Fraction of groups whose completions all got the same verdict (no learning signal).",
         {},
     ),
+    # Dynamic sampling: every generated group vs the ones trained on.
+    "dropped_group_ratio": (
+        "m2rl_train_dropped_groups_ratio",
+        "Fraction of generated groups not trained on (zero variance, or left over once the step was full).",
+        {},
+    ),
+    "truncated_ratio": (
+        "m2rl_train_truncated_completions_ratio",
+        "Fraction of generated completions cut at max_response_tokens (finish reason length).",
+        {},
+    ),
+    "kept_reward": ("m2rl_train_kept_reward", "Mean reward of the completions trained on.", {}),
+    "kept_accuracy": (
+        "m2rl_train_kept_accuracy_ratio",
+        "Fraction of the completions trained on judged correct (dynamic sampling pulls it toward 0.5).",
+        {},
+    ),
+    "dual_clip_ratio": (
+        "m2rl_train_dual_clipped_tokens_ratio",
+        "Fraction of response tokens whose loss the dual clip (clip_ratio_c) bounded.",
+        {},
+    ),
+    # Rollout/trainer mismatch (recompute_old_logprobs).
+    "rollout_trainer_kl": (
+        "m2rl_train_rollout_trainer_kl",
+        "Mean log pi_rollout - log pi_trainer over response tokens (k1 estimate of KL(rollout || trainer)).",
+        {},
+    ),
+    "rollout_trainer_k3_kl": (
+        "m2rl_train_rollout_trainer_k3_kl",
+        "k3 estimate of KL(rollout || trainer) over response tokens.",
+        {},
+    ),
+    "importance_ratio_max": (
+        "m2rl_train_max_rollout_correction_ratio",
+        "Largest pi_old_trainer / pi_rollout of the step.",
+        {},
+    ),
+    "importance_weight_mean": (
+        "m2rl_train_mean_rollout_correction_weight",
+        "Mean rollout-correction weight (tis/mis) over response tokens.",
+        {},
+    ),
+    "importance_weight_clip_ratio": (
+        "m2rl_train_rollout_correction_clipped_tokens_ratio",
+        "Fraction of response tokens whose correction weight was truncated (tis) or masked (mis).",
+        {},
+    ),
 }
 DOMAIN_GAUGES: dict[str, tuple[str, str]] = {
     "reward": (DOMAIN_REWARD, "Mean reward of the step's completions in a domain."),
+    "kept_accuracy": (
+        "m2rl_train_domain_kept_accuracy_ratio",
+        "Fraction of the completions trained on in a domain judged correct.",
+    ),
+    "truncated_ratio": (
+        "m2rl_train_domain_truncated_completions_ratio",
+        "Fraction of a domain's generated completions cut at max_response_tokens.",
+    ),
+    "zero_variance_ratio": (
+        "m2rl_train_domain_zero_variance_groups_ratio",
+        "Fraction of a domain's generated groups whose completions all got the same verdict.",
+    ),
+    "dropped_group_ratio": (
+        "m2rl_train_domain_dropped_groups_ratio",
+        "Fraction of a domain's generated groups not trained on.",
+    ),
+    "clip_ratio": (
+        "m2rl_train_domain_clipped_tokens_ratio",
+        "Fraction of a domain's response tokens whose clipped term was active.",
+    ),
     "accuracy": (DOMAIN_ACCURACY, "Fraction of the step's completions in a domain judged correct."),
     "response_length": (
         "m2rl_train_domain_response_length_tokens",
@@ -79,13 +147,23 @@ DOMAIN_GAUGES: dict[str, tuple[str, str]] = {
 # JSONL key -> (counter name, help, extra labels): the step's value is added.
 COUNTERS: dict[str, tuple[str, str, dict[str, str]]] = {
     "time_step_s": ("m2rl_train_step_seconds_total", "Wall-clock time spent in steps.", {}),
-    "completions": ("m2rl_train_completions_total", "Completions generated, scored and trained on.", {}),
+    "completions": ("m2rl_train_completions_total", "Completions trained on (after dynamic sampling).", {}),
+    "generated_completions": (
+        "m2rl_train_generated_completions_total",
+        "Completions generated and scored, every refill round included.",
+        {},
+    ),
+    "updates_applied": ("m2rl_train_optimizer_updates_total", "Optimizer updates taken.", {}),
     "response_tokens": ("m2rl_train_response_tokens_total", "Response tokens in policy updates.", {}),
     "refill_rounds": ("m2rl_train_refill_rounds_total", "Dynamic-sampling refill rounds.", {}),
 }
 # JSONL key -> (counter name, help): the record carries the run's running total, mirrored as is.
 RUNNING_TOTALS: dict[str, tuple[str, str]] = {
     "skipped_steps": ("m2rl_train_skipped_steps_total", "Steps whose update was skipped (non-finite loss)."),
+    "nonfinite_steps": (
+        "m2rl_train_nonfinite_steps_total",
+        "Steps with a non-finite loss, whole or partial (faults.max_skipped_steps bounds them).",
+    ),
 }
 # Not exported: a rate (rate() of the counters gives it) and a sum of two exported series.
 NOT_EXPORTED = frozenset({"tokens_per_s", "clip_fraction"})

@@ -116,5 +116,5 @@ def figures(totals: list[float], domains: list[str]) -> tuple[dict[str, float], 
     step: dict[str, Any] = ratios(generated_all, kept_all)
     step["completions"] = kept_all["completions"]  # trained on
     step["generated_completions"] = generated_all["completions"]
-    step["zero_variance_fraction"] = step["zero_variance_ratio"]  # the name earlier records used
+    step["zero_variance_fraction"] = step.pop("zero_variance_ratio")  # the step's name since the first record
     return step, per_domain
