@@ -91,6 +91,9 @@ class Completion:
     logprobs: one per token id; see the module docstring for which distribution.
     text: the decoded completion without special tokens, cut before a stop string.
     finish_reason: "stop" (EOS or a stop string) or "length" (max_tokens reached).
+    loss_mask: None for a single-turn completion (every token is the model's). A multi-turn
+        episode (m2rl_trainer.agent) is one completion whose token_ids interleave the model's turns
+        (mask 1) and the tool results between them (mask 0, log-prob 0): one entry per token id.
     """
 
     prompt_index: int
@@ -99,6 +102,7 @@ class Completion:
     logprobs: list[float]
     text: str
     finish_reason: FinishReason
+    loss_mask: list[int] | None = None
 
 
 @runtime_checkable
