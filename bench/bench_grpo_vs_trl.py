@@ -287,18 +287,41 @@ def _median(values: list[float]) -> float:
     return statistics.median(rest) if rest else float("nan")
 
 
-def _prepare(work: Path, sft_steps: int, size: str) -> tuple[Path, Path, Path, float, float]:
+def _pad_prompts(rows: list[dict[str, str]], tokenizer: Any, tokens: int) -> list[dict[str, str]]:
+    """Prompts of about `tokens` tokens: a fixed context prefix before each question, the same for
+    warm-up, GRPO and held-out rows (a realistic prompt length; the question stays last)."""
+    if tokens <= 0:
+        return rows
+    words = ["max", "3", "7", "1", "=", "7", ".", "max", "2", "5", "9", "=", "9", "."]
+    prefix = ""
+    for k in range(10_000):
+        candidate = prefix + words[k % len(words)] + " "
+        if len(tokenizer(candidate + rows[0]["prompt"])["input_ids"]) > tokens:
+            break
+        prefix = candidate
+    return [{**row, "prompt": prefix + row["prompt"]} for row in rows]
+
+
+def _prepare(
+    work: Path, sft_steps: int, size: str, prompt_tokens: int = 0
+) -> tuple[Path, Path, Path, float, float]:
+    from transformers import AutoTokenizer
+
     from m2rl_trainer.data.toy_tasks import completion_for, toy_splits, write_jsonl
     from m2rl_trainer.models.tiny import SMALL, TinyModelSpec, build_tiny_model
     from m2rl_trainer.train.sft import greedy_accuracy, supervised_warmup
 
-    train, heldout = toy_splits("max3", TRAIN_ROWS, HELDOUT_ROWS, seed=0)
+    start = time.perf_counter()
+    base = build_tiny_model(work / "tiny", SMALL if size == "small" else TinyModelSpec(seed=0))
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    train, heldout = (
+        _pad_prompts(rows, tokenizer, prompt_tokens)
+        for rows in toy_splits("max3", TRAIN_ROWS, HELDOUT_ROWS, seed=0)
+    )
     train_path, heldout_path = (
         write_jsonl(train, work / "train.jsonl"),
         write_jsonl(heldout, work / "heldout.jsonl"),
     )
-    start = time.perf_counter()
-    base = build_tiny_model(work / "tiny", SMALL if size == "small" else TinyModelSpec(seed=0))
     model = supervised_warmup(
         base, work / "sft", [(r["prompt"], completion_for(r)) for r in train], steps=sft_steps
     )
@@ -320,6 +343,10 @@ def main() -> int:
     parser.add_argument("--prompts", type=int, default=32, help="prompts per step")
     parser.add_argument("--group", type=int, default=8, help="completions per prompt")
     parser.add_argument("--max-tokens", type=int, default=16, help="max new tokens per completion")
+    parser.add_argument(
+        "--prompt-tokens", type=int, default=0,
+        help="pad prompts to about this many tokens with a fixed context prefix (0: the task's own)",
+    )  # fmt: skip
     parser.add_argument("--micro", type=int, default=64, help="sequences per forward/backward (both sides)")
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--sft-steps", type=int, default=60)
@@ -340,6 +367,7 @@ def main() -> int:
     )
     parser.add_argument("--no-server", action="store_true", help="skip the vLLM server-mode run")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    parser.add_argument("--work", type=Path, help="work folder (kept); reuses its warm-up model if there")
     parser.add_argument("--worker", choices=["ours", "trl"], help=argparse.SUPPRESS)
     parser.add_argument("--spec", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -349,9 +377,19 @@ def main() -> int:
     if (args.prompts * args.group) % args.micro:
         parser.error("--micro must divide prompts x group")
 
-    work = Path(tempfile.mkdtemp(prefix="bench-grpo-"))
+    work = args.work or Path(tempfile.mkdtemp(prefix="bench-grpo-"))
     t0 = time.perf_counter()
-    model, train_path, heldout_path, sft_s, acc0 = _prepare(work, args.sft_steps, args.size)
+    prepared = work / "prepared.json"  # --work DIR of an earlier run with the same settings: no warm-up
+    if prepared.exists():
+        saved = json.loads(prepared.read_text())
+        model, train_path, heldout_path = (Path(p) for p in saved[:3])
+        sft_s, acc0 = saved[3:]
+    else:
+        work.mkdir(parents=True, exist_ok=True)
+        model, train_path, heldout_path, sft_s, acc0 = _prepare(
+            work, args.sft_steps, args.size, args.prompt_tokens
+        )
+        prepared.write_text(json.dumps([str(model), str(train_path), str(heldout_path), sft_s, acc0]))
     print(
         f"[bench] warm-up model: {sft_s:.0f} s, held-out greedy accuracy {acc0:.3f}; work dir {work}",
         flush=True,
@@ -391,7 +429,12 @@ def main() -> int:
         from m2rl_trainer.rollout.vllm_server import VLLMServer, VLLMServerConfig
 
         server = VLLMServer(
-            VLLMServerConfig(model=model, served_model_name="policy", max_model_len=128), work / "vllm.log"
+            VLLMServerConfig(
+                model=model,
+                served_model_name="policy",
+                max_model_len=max(128, args.prompt_tokens + args.max_tokens + 32),
+            ),
+            work / "vllm.log",
         )
         try:
             server.wait_ready()
@@ -403,7 +446,7 @@ def main() -> int:
             server.stop()
 
     _report(args, runs, server_result, startup_s, acc0, sft_s, time.perf_counter() - t0)
-    if not args.keep:
+    if not args.keep and not args.work:
         import shutil
 
         shutil.rmtree(work, ignore_errors=True)
@@ -501,6 +544,10 @@ def _report(
     if trl:
         print(f"  {med(trl) - med(trl, 'time_generation_s') - med(trl, 'time_reward_s'):.3f}")
     print(f"bench total wall time: {total_s:.0f} s")
+    if trl:  # the last line: the strictly on-policy ratio (what TRL is)
+        on_policy = ours_sync if ours_sync else ours if args.off_policy_steps == 0 else []
+        if on_policy:
+            print(f"on-policy ratio: {med(on_policy) / med(trl):.2f}")
 
 
 if __name__ == "__main__":

@@ -21,5 +21,8 @@ phase "ruff" $((SECONDS - t0))
 
 export PATH="$ROOT/.tools/bin:$ROOT/.venv/bin:$PATH"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+# DeepSpeed's CPU comm op is compiled per run into the checkout: a build killed mid-way elsewhere
+# leaves a lock file in ~/.cache/torch_extensions that makes every later DeepSpeed start wait forever.
+export TORCH_EXTENSIONS_DIR="$ROOT/.cache/torch_extensions"
 # pytest prints its own duration on its closing summary line, which must stay the last line.
 exec .venv/bin/pytest "$@"

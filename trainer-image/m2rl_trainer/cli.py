@@ -23,7 +23,8 @@ def train_main(argv: list[str] | None = None) -> int:
 
     try:
         config = load_config(args.config)
-        counts = {d.name: len(load_domain(d)) for d in config.data.domains}  # data errors before any GPU work
+        # Data errors before any GPU work; caps after the run's seeded shuffle, as the trainer loads them.
+        counts = {d.name: len(load_domain(d, config.algorithm.seed)) for d in config.data.domains}
     except (ConfigError, DatasetError) as error:
         print(f"m2rl-train: {error}", file=sys.stderr)
         return 2

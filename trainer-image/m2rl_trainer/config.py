@@ -25,6 +25,9 @@ LossAggregation = Literal[
     "token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"
 ]
 KLEstimator = Literal["k1", "k2", "k3"]
+# Rollout/trainer mismatch correction (slime's --use-tis and its masked variant; verl's rollout_is):
+# "tis" truncates the weight pi_old_trainer / pi_rollout at the cap, "mis" masks tokens outside [floor, cap].
+ImportanceSampling = Literal["none", "tis", "mis"]
 MixingMode = Literal["weighted", "concat_shuffle"]
 RolloutMode = Literal["server", "colocated"]
 WeightSyncMode = Literal["filesystem", "nccl"]
@@ -75,9 +78,20 @@ class AlgorithmConfig:
     prompts_per_step: int = 16
     learning_rate: float = 1e-6
     lr_schedule: Literal["constant", "linear", "cosine"] = "constant"
-    warmup_steps: int = 0
+    warmup_steps: int = 0  # training steps (not optimizer updates) of linear warm-up
+    lr_min_ratio: float = 0.0  # linear/cosine decay ends at lr_min_ratio x learning_rate
+    weight_decay: float = 0.0  # AdamW's decoupled weight decay
     clip_low: float = 0.2  # epsilon_low of the clipped ratio
     clip_high: float = 0.2  # epsilon_high; DAPO's clip-higher uses 0.28
+    # Dual-clip PPO (Ye et al. 2019; verl's clip_ratio_c, slime's --eps-clip-c): the loss of a token
+    # with negative advantage is at most -clip_ratio_c * A however large its ratio. None: off.
+    clip_ratio_c: float | None = None
+    # pi_old from the trainer (one extra forward pass without gradient, before the first update)
+    # instead of the rollout engine's logprobs; the rollout logprobs then only feed the correction.
+    recompute_old_logprobs: bool = False
+    importance_sampling: ImportanceSampling = "none"  # needs recompute_old_logprobs
+    importance_sampling_cap: float = 2.0  # C; slime's --tis-clip and verl's rollout_is_threshold (2.0)
+    importance_sampling_floor: float = 0.0  # lower bound; slime's --tis-clip-low (0)
     kl_coef: float = 0.0  # 0: no reference model is loaded at all
     kl_estimator: KLEstimator = "k3"
     entropy_coef: float = 0.0
@@ -86,12 +100,19 @@ class AlgorithmConfig:
     max_refill_rounds: int = 3  # bound on extra generation rounds when dynamic sampling refills
     overlong_buffer_tokens: int = 0  # DAPO soft overlong punishment window (0: off)
     overlong_penalty: float = 1.0  # penalty at the hard limit, linear inside the buffer
+    # DAPO's overlong filtering: truncated responses (finish reason "length") stay in their group's
+    # advantage but are left out of the loss and its normalisers (TRL's mask_truncated_completions).
+    overlong_filtering: bool = False
+    normalize_advantage_std: bool | None = None  # None: the algorithm's own (not for dr_grpo)
     temperature: float = 1.0
     top_p: float = 1.0
     max_prompt_tokens: int = 256
     max_response_tokens: int = 64
     steps: int = 100
     update_epochs: int = 1  # optimisation passes over each rollout batch
+    # PPO mini-batches: each epoch splits the step's groups into this many disjoint slices and takes
+    # one optimizer update per slice (update_epochs x mini_batches updates per step).
+    mini_batches: int = 1
     micro_batch_size: int = 32  # sequences per forward/backward; accumulation covers the rest
     max_grad_norm: float = 1.0
     seed: int = 0
@@ -110,8 +131,14 @@ class AlgorithmConfig:
         return defaults[self.name]
 
     def scale_rewards(self) -> bool:
-        """Divide advantages by the group's std (GRPO, DAPO) or not (Dr.GRPO)."""
+        """Divide advantages by the group's std (GRPO, DAPO) or not (Dr.GRPO), unless set explicitly."""
+        if self.normalize_advantage_std is not None:
+            return self.normalize_advantage_std
         return self.name != "dr_grpo"
+
+    def updates_per_step(self) -> int:
+        """Optimizer updates of one training step."""
+        return self.update_epochs * self.mini_batches
 
 
 @dataclass
@@ -120,6 +147,21 @@ class DeepSpeedConfig:
     offload_optimizer: bool = False
     offload_params: bool = False
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
+
+
+@dataclass
+class MemoryConfig:
+    """How the update bounds its memory (train/batching.py, train/logprobs.py, train/memory.py)."""
+
+    gradient_checkpointing: bool = False  # recompute each decoder layer in the backward (API default: on)
+    # Padded tokens per micro-batch (prompt rows x widest prompt + completions x longest); groups
+    # may split across micro-batches. None: only micro_batch_size bounds a micro-batch.
+    max_tokens_per_micro_batch: int | None = None
+    logits_chunk_mib: float = 64.0  # fp32 logits per LM-head chunk; no [B, R, V] tensor is kept
+    # Accelerator memory per rank the up-front check plans for. None: the device's own (CUDA), or
+    # no check on CPU. The check refuses configs whose estimate exceeds `usable_fraction` of it.
+    device_memory_gib: float | None = None
+    usable_fraction: float = 0.9  # the rest: CUDA context, allocator fragmentation, NCCL buffers
 
 
 @dataclass
@@ -170,6 +212,7 @@ class TrainerConfig:
     data: DataConfig = field(default_factory=DataConfig)
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     rewards: RewardsConfig = field(default_factory=RewardsConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
@@ -252,11 +295,34 @@ def validate(config: TrainerConfig) -> list[str]:
     a, problems = config.algorithm, []
     if a.group_size < 2:
         problems.append("algorithm.group_size: must be at least 2 (advantages compare samples of a group)")
-    for name in ("prompts_per_step", "steps", "update_epochs", "micro_batch_size", "max_response_tokens"):
+    positive = ("prompts_per_step", "steps", "update_epochs", "mini_batches", "micro_batch_size")
+    for name in (*positive, "max_response_tokens"):
         if getattr(a, name) < 1:
             problems.append(f"algorithm.{name}: must be at least 1")
+    if a.mini_batches > a.prompts_per_step:
+        problems.append(
+            f"algorithm.mini_batches: {a.mini_batches} slices of {a.prompts_per_step} prompts "
+            "(prompts_per_step) would leave some empty"
+        )
     if a.clip_low < 0 or a.clip_high < a.clip_low:
         problems.append("algorithm.clip_high: must be >= clip_low >= 0")
+    if a.clip_ratio_c is not None and a.clip_ratio_c <= 1.0:
+        problems.append("algorithm.clip_ratio_c: must be > 1 (the dual clip bounds -A * ratio at -A * c)")
+    if a.importance_sampling != "none" and not a.recompute_old_logprobs:
+        problems.append(
+            f"algorithm.importance_sampling: {a.importance_sampling} weighs by pi_old_trainer / pi_rollout "
+            "and needs recompute_old_logprobs: true"
+        )
+    if a.importance_sampling_cap < 1.0:
+        problems.append("algorithm.importance_sampling_cap: must be >= 1 (weight 1, no mismatch, must pass)")
+    if not 0.0 <= a.importance_sampling_floor < 1.0:
+        problems.append("algorithm.importance_sampling_floor: must be in [0, 1)")
+    if a.warmup_steps < 0 or (a.warmup_steps and a.warmup_steps >= a.steps):
+        problems.append("algorithm.warmup_steps: must be >= 0 and smaller than steps")
+    if not 0.0 <= a.lr_min_ratio <= 1.0:
+        problems.append("algorithm.lr_min_ratio: must be in [0, 1]")
+    if a.weight_decay < 0:
+        problems.append("algorithm.weight_decay: must be >= 0")
     if not 0 < a.top_p <= 1:
         problems.append("algorithm.top_p: must be in (0, 1]")
     if a.temperature <= 0:
@@ -308,8 +374,26 @@ def validate(config: TrainerConfig) -> list[str]:
             "algorithm.off_policy_steps: colocated rollout with ZeRO-3 on several ranks cannot overlap "
             "(each rank's generator needs the full weights); use zero_stage 2 or rollout.mode server"
         )
+    problems += _memory_problems(config)
     if config.checkpoint.every_steps < 0 or config.checkpoint.keep < 0:
         problems.append("checkpoint: every_steps and keep must be >= 0")
+    return problems
+
+
+def _memory_problems(config: TrainerConfig) -> list[str]:
+    m, a, problems = config.memory, config.algorithm, []
+    longest = a.max_prompt_tokens + a.max_response_tokens
+    if m.max_tokens_per_micro_batch is not None and m.max_tokens_per_micro_batch < longest:
+        problems.append(
+            f"memory.max_tokens_per_micro_batch: {m.max_tokens_per_micro_batch} is less than one sequence "
+            f"(max_prompt_tokens + max_response_tokens = {longest}); a sequence is never split"
+        )
+    if m.logits_chunk_mib <= 0:
+        problems.append("memory.logits_chunk_mib: must be > 0")
+    if m.device_memory_gib is not None and m.device_memory_gib <= 0:
+        problems.append("memory.device_memory_gib: must be > 0 (or unset: the device's own)")
+    if not 0 < m.usable_fraction <= 1:
+        problems.append("memory.usable_fraction: must be in (0, 1]")
     return problems
 
 

@@ -24,6 +24,7 @@ LossAggregation = Literal[
     "token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"
 ]
 KLEstimator = Literal["k1", "k2", "k3"]
+ImportanceSampling = Literal["none", "tis", "mis"]
 ScheduleType = Literal["constant", "cosine", "linear"]
 
 
@@ -79,10 +80,44 @@ class LearningRateSchedule(ApiModel):
     """type is constant, cosine (decay to minRatio x learningRate) or linear (likewise). Default
     constant."""
     warmup_steps: int = Field(0, ge=0)
-    """warmupSteps ramps the learning rate linearly from 0 over this many steps. Default 0 (none)."""
+    """warmupSteps ramps the learning rate linearly over this many training steps (step k of the
+    warm-up uses (k+1)/warmupSteps of it, whatever the number of optimizer updates per step).
+    Default 0 (none)."""
     min_ratio: float = Field(0.0, ge=0.0, le=1.0)
     """minRatio is the final learning rate of cosine and linear decay, as a fraction of
     learningRate. Default 0. Ignored by constant."""
+
+
+class RolloutCorrectionSpec(ApiModel):
+    """How the trainer corrects the mismatch between the rollout engine's probabilities and its own
+    (different kernels and precision give the same tokens slightly different log-probabilities), as
+    slime (`--use-tis`) and verl (rollout correction) do."""
+
+    model_config = model_rules(
+        Rule(
+            rule="self.importanceSampling == 'none' || !has(self.recomputeLogprobs) "
+            "|| self.recomputeLogprobs",
+            message="importanceSampling tis or mis weighs tokens by pi_old_trainer / pi_rollout, which needs "
+            "recomputeLogprobs: leave it unset or set it true",
+            field_path=".recomputeLogprobs",
+        ),
+    )
+
+    recompute_logprobs: bool | None = None
+    """recomputeLogprobs makes the trainer recompute pi_old, the denominator of the PPO ratio, in one
+    extra forward pass without gradient before the first update, instead of using the rollout
+    engine's log-probabilities; the rollout's then only feed importanceSampling. Unset means true when
+    importanceSampling is tis or mis, else false."""
+    importance_sampling: ImportanceSampling = "none"
+    """importanceSampling weighs each token's policy loss by rho = pi_old_trainer / pi_rollout: tis
+    truncates it to at most cap (and at least floor; truncated importance sampling, slime's
+    --use-tis), mis masks tokens whose rho falls outside [floor, cap] (masked importance sampling).
+    none: no weight. Default none."""
+    cap: float = Field(2.0, ge=1.0, le=100.0)
+    """cap is the upper bound C of the importance weight (slime's --tis-clip, verl's
+    rollout_is_threshold). Default 2.0."""
+    floor: float = Field(0.0, ge=0.0, lt=1.0)
+    """floor is the lower bound of the importance weight (slime's --tis-clip-low). Default 0."""
 
 
 class AlgorithmSpec(ApiModel):
@@ -97,6 +132,12 @@ class AlgorithmSpec(ApiModel):
             # No messageExpression naming the values: `string(double)` has no size bound for the API
             # server's cost estimator, and concatenating it exceeds the budget more than 100x.
             field_path=".clipHigh",
+        ),
+        Rule(
+            rule="self.miniBatches <= self.promptsPerStep",
+            message="miniBatches must not exceed promptsPerStep: each mini-batch is a slice of the "
+            "step's prompts",
+            field_path=".miniBatches",
         ),
         Rule(
             rule="self.schedule.warmupSteps < self.steps",
@@ -132,9 +173,13 @@ class AlgorithmSpec(ApiModel):
     """promptsPerStep is the number of prompts per training step; a step trains on
     promptsPerStep x groupSize responses. Default 128."""
     update_epochs: int = Field(1, ge=1, le=64)
-    """updateEpochs is the number of optimisation passes over each step's responses, one optimizer
-    update per pass. Default 1 (strictly on-policy); more passes reuse the samples with importance
-    ratios, clipped by clipLow/clipHigh."""
+    """updateEpochs is the number of optimisation passes over each step's responses. Default 1; more
+    passes reuse the samples with importance ratios, clipped by clipLow/clipHigh."""
+    mini_batches: int = Field(1, ge=1, le=1024)
+    """miniBatches splits each pass over the step's prompts into this many disjoint slices, one
+    optimizer update per slice (PPO mini-batches): a step takes updateEpochs x miniBatches updates,
+    each normalised over its own slice. Default 1 (one update per pass; with updateEpochs 1, strictly
+    on-policy)."""
     off_policy_steps: int = Field(0, ge=0, le=1)
     """offPolicySteps lets generation run ahead of training. 0 (default): each step samples with the
     current weights. 1: step t+1's responses are generated and scored, with the weights before update
@@ -156,6 +201,13 @@ class AlgorithmSpec(ApiModel):
     clip_high: float | None = Field(None, ge=0.0, le=10.0)
     """clipHigh is epsilon_high (ratio <= 1 + clipHigh); DAPO's clip-higher uses 0.28. Unset means
     the preset's (grpo 0.2, dapo 0.28, dr_grpo 0.2)."""
+    clip_ratio_c: float | None = Field(None, gt=1.0, le=100.0)
+    """clipRatioC enables dual-clip PPO (Ye et al. 2019): the loss of a token with negative advantage A
+    is at most -clipRatioC x A however large its ratio (verl's clip_ratio_c, slime's --eps-clip-c;
+    typical value 3). Unset means off."""
+    rollout_correction: RolloutCorrectionSpec = Field(default_factory=RolloutCorrectionSpec)
+    """rolloutCorrection corrects the rollout/trainer probability mismatch. Default: none (the
+    rollout's log-probabilities are pi_old)."""
     kl_coef: float | None = Field(None, ge=0.0, le=10.0)
     """klCoef is the weight of the KL penalty to the reference (initial) model; 0 disables it and
     the reference model is not loaded. Unset means the preset's (0 for all three)."""
@@ -183,6 +235,9 @@ class AlgorithmSpec(ApiModel):
     overlong_penalty: float = Field(1.0, ge=0.0, le=100.0)
     """overlongPenalty is the reward lost by a response of maxResponseTokens tokens under overlong
     shaping. Default 1.0."""
+    overlong_filtering: bool = False
+    """overlongFiltering leaves truncated responses (cut at maxResponseTokens) out of the loss, while
+    they still count in their group's advantages (DAPO's overlong filtering). Default false."""
     temperature: float = Field(1.0, gt=0.0, le=10.0)
     """temperature of rollout sampling. Default 1.0."""
     top_p: float = Field(1.0, gt=0.0, le=1.0)
@@ -208,6 +263,7 @@ class ResolvedAlgorithm:
     dynamic_sampling: bool
     overlong_buffer_tokens: int
     normalize_advantage_std: bool
+    recompute_logprobs: bool
 
 
 def resolve_algorithm(spec: AlgorithmSpec) -> ResolvedAlgorithm:
@@ -229,5 +285,10 @@ def resolve_algorithm(spec: AlgorithmSpec) -> ResolvedAlgorithm:
             preset.normalize_advantage_std
             if spec.normalize_advantage_std is None
             else spec.normalize_advantage_std
+        ),
+        recompute_logprobs=(
+            spec.rollout_correction.importance_sampling != "none"
+            if spec.rollout_correction.recompute_logprobs is None
+            else spec.rollout_correction.recompute_logprobs
         ),
     )

@@ -183,3 +183,18 @@ def test_update_weights_accepts_a_tied_lm_head_without_its_own_key(model: Any, t
     state = {k: v for k, v in tied.state_dict().items() if k != "lm_head.weight"}
     HFGenerateRollout(tied, tokenizer).update_weights({**state, "model.embed_tokens.weight": embeddings})
     assert torch.equal(tied.lm_head.weight, embeddings)
+
+
+@pytest.mark.parametrize("temperature", [0.7, 1.0])
+def test_shared_prefill_gives_the_same_tokens_and_logprobs(
+    model: Any, tokenizer: Any, temperature: float
+) -> None:
+    """Each prompt prefilled once for its n samples (the default) = generate's own expansion."""
+    params = SamplingParams(n=4, max_tokens=12, temperature=temperature, top_p=0.9, stop=[], seed=7)
+    shared = HFGenerateRollout(model, tokenizer).generate(PROMPTS, params)
+    plain = HFGenerateRollout(model, tokenizer, share_prefill=False).generate(PROMPTS, params)
+    for group_a, group_b in zip(shared, plain, strict=True):
+        for a, b in zip(group_a, group_b, strict=True):
+            assert a.token_ids == b.token_ids and a.finish_reason == b.finish_reason and a.text == b.text
+            assert max(abs(x - y) for x, y in zip(a.logprobs, b.logprobs, strict=True)) < 1e-5
+    assert max_error(model, shared, temperature) < 1e-4  # still the model's own log-probabilities

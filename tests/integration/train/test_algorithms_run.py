@@ -11,6 +11,8 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from m2rl_trainer.train.metrics import MetricsSink
 from m2rl_trainer.utils.processes import free_port
 from tests.integration.train.conftest import write_config
@@ -53,17 +55,19 @@ def test_dapo_with_dynamic_sampling_overlong_kl_and_entropy(
     assert all(r["completions"] <= 16 for r in records)
 
 
-def test_dr_grpo_runs_with_zero3(tmp_path: Path, max3_sft_model: Path, max3_data) -> None:
+def test_dr_grpo_runs_with_zero3_and_mini_batches(tmp_path: Path, max3_sft_model: Path, max3_data) -> None:
     config = write_config(
         tmp_path / "c.yaml", max3_sft_model, max3_data[0], tmp_path / "out",
-        algorithm={"name": "dr_grpo", "steps": 2, "lr_schedule": "cosine", "warmup_steps": 1},
+        algorithm={"name": "dr_grpo", "steps": 2, "lr_schedule": "cosine", "update_epochs": 2,
+                   "mini_batches": 2},
         deepspeed={"zero_stage": 3},
         checkpoint={"every_steps": 0, "keep": 1},
     )  # fmt: skip
     records = _train(config)
     assert [r["step"] for r in records] == [1, 2]
-    assert records[0]["learning_rate"] == 1e-3  # after warm-up step 1 of 1
-    assert records[1]["learning_rate"] < 1e-3  # cosine decay
+    assert [r["updates_applied"] for r in records] == [4, 4]  # 2 epochs x 2 mini-batches
+    # The schedule counts steps, not updates: cosine at 0 and 1/2 of the way (4 updates per step).
+    assert [r["learning_rate"] for r in records] == [1e-3, pytest.approx(0.5e-3, rel=1e-9)]
     assert (tmp_path / "out" / "checkpoints" / "step-000002" / "model" / "config.json").exists()
 
 

@@ -65,15 +65,25 @@ def _by_step(metrics: Path) -> dict[int, dict]:
 
 
 DETERMINISTIC = ("reward", "accuracy", "response_length", "loss", "grad_norm", "learning_rate", "completions")
+CORRECTION = ("rollout_trainer_kl", "importance_weight_clip_ratio", "kept_accuracy", "dual_clip_ratio")
+# The study's mismatch correction with everything else that keeps state across a step switched on.
+ALL_OPTIONS = {
+    "recompute_old_logprobs": True, "importance_sampling": "tis", "clip_high": 0.28, "clip_ratio_c": 3.0,
+    "mini_batches": 2, "update_epochs": 2, "dynamic_sampling": True, "max_refill_rounds": 1,
+    "overlong_filtering": True, "kl_coef": 0.01, "lr_schedule": "cosine", "warmup_steps": 2,
+}  # fmt: skip
 
 
-@pytest.mark.parametrize("off_policy_steps", [0, 1], ids=["on-policy", "one-step-off-policy"])
+@pytest.mark.parametrize(
+    "algorithm",
+    [{}, {"off_policy_steps": 1}, ALL_OPTIONS],
+    ids=["on-policy", "one-step-off-policy", "tis-dual-clip-mini-batches-dynamic-sampling"],
+)
 def test_kill9_then_resume_matches_an_uninterrupted_run(
-    tmp_path: Path, max3_sft_model: Path, max3_data, off_policy_steps: int
+    tmp_path: Path, max3_sft_model: Path, max3_data, algorithm: dict
 ) -> None:
     # One-step off-policy: the batch generated during the last update is in the checkpoint.
     steps = 6
-    algorithm = {"off_policy_steps": off_policy_steps}  # merged into write_config's defaults
     straight = write_config(
         tmp_path / "a.yaml", max3_sft_model, max3_data[0], tmp_path / "a", algorithm=algorithm
     )
@@ -112,7 +122,7 @@ def test_kill9_then_resume_matches_an_uninterrupted_run(
     ma, mb = _by_step(tmp_path / "a" / "metrics.jsonl"), _by_step(metrics)
     assert sorted(ma) == sorted(mb) == list(range(1, steps + 1))
     for step in ma:
-        for key in DETERMINISTIC:
+        for key in DETERMINISTIC + (CORRECTION if algorithm is ALL_OPTIONS else ()):
             assert ma[step][key] == mb[step][key], (step, key, kill_after)
     # The run really trained: weights moved from the initial model.
     initial = load_file(max3_sft_model / "model.safetensors")
@@ -120,23 +130,35 @@ def test_kill9_then_resume_matches_an_uninterrupted_run(
 
 
 def test_nonfinite_loss_skips_the_step_then_aborts(tmp_path: Path, max3_sft_model: Path, max3_data) -> None:
-    """Fault injection: the loss is made NaN at chosen steps (weights must not change on a skipped
-    step; the run aborts once more steps than `faults.max_skipped_steps` were skipped)."""
+    """Fault injection with 2 updates per step: the loss is made NaN in every update of steps 2 and 5
+    (weights must not change), and in the second update of step 4 only (its first update stays, the
+    step is not reported as skipped); the run aborts once more steps than
+    `faults.max_skipped_steps` had a non-finite loss."""
     script = tmp_path / "nan_run.py"
     script.write_text(
         "import json, sys, torch\n"
         "import m2rl_trainer.train.loop as loop\n"
+        "import m2rl_trainer.train.update as update\n"
         "from m2rl_trainer.config import load_config\n"
-        "real = loop.policy_loss\n"
-        "NAN_STEPS = {2, 4, 5}\n"
+        "real = update.policy_loss\n"
+        "EVERY_UPDATE, LATER_UPDATES = {2, 5}, {4}\n"
         "trainer = loop.GRPOTrainer(load_config(sys.argv[1]))\n"
+        "taken = [0]  # optimizer updates in the current step\n"
+        "real_step = trainer.engine.step\n"
+        "def counting_step(*a, **k):\n"
+        "    taken[0] += 1\n"
+        "    return real_step(*a, **k)\n"
+        "trainer.engine.step = counting_step\n"
         "def poisoned(*a, **k):\n"
         "    loss, stats = real(*a, **k)\n"
-        "    return (loss * float('nan') if trainer.step + 1 in NAN_STEPS else loss), stats\n"
-        "loop.policy_loss = poisoned\n"
+        "    step = trainer.step + 1\n"
+        "    bad = step in EVERY_UPDATE or (step in LATER_UPDATES and taken[0] >= 1)\n"
+        "    return (loss * float('nan') if bad else loss), stats\n"
+        "update.policy_loss = poisoned\n"
         "snapshots = {}\n"
         "orig_step = trainer.train_step\n"
         "def step_and_snapshot():\n"
+        "    taken[0] = 0\n"
         "    before = {k: v.clone() for k, v in trainer.engine.module.state_dict().items()}\n"
         "    record = orig_step()\n"
         "    after = trainer.engine.module.state_dict()\n"
@@ -150,19 +172,20 @@ def test_nonfinite_loss_skips_the_step_then_aborts(tmp_path: Path, max3_sft_mode
         "    print(json.dumps({'aborted': str(e), 'unchanged': snapshots}))\n"
     )
     config = write_config(
-        tmp_path / "c.yaml", max3_sft_model, max3_data[0], tmp_path / "out", faults={"max_skipped_steps": 2}
-    )
+        tmp_path / "c.yaml", max3_sft_model, max3_data[0], tmp_path / "out",
+        algorithm={"update_epochs": 2}, faults={"max_skipped_steps": 2},
+    )  # fmt: skip
     result = _run([sys.executable, str(script), str(config)])
     assert result.returncode == 0, result.stderr[-3000:]
     outcome = json.loads(result.stdout.strip().splitlines()[-1])
     assert outcome["aborted"] is not None and "non-finite loss in 3 steps" in outcome["aborted"]
     unchanged = {int(k): v for k, v in outcome["unchanged"].items()}
-    assert unchanged == {1: False, 2: True, 3: False, 4: True, 5: True}
-    skipped = [
-        r["skipped_steps"]
-        for r in map(json.loads, (tmp_path / "out" / "metrics.jsonl").read_text().splitlines())
-    ]
-    assert skipped == [0, 1, 1, 2]  # step 5's record is not written: the run aborts on it
+    assert unchanged == {1: False, 2: True, 3: False, 4: False, 5: True}
+    records = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    # Step 5's record is not written: the run aborts on it.
+    assert [r["updates_applied"] for r in records] == [2, 0, 2, 1]
+    assert [r["skipped_steps"] for r in records] == [0, 1, 1, 1]  # step 4 changed the weights
+    assert [r["nonfinite_steps"] for r in records] == [0, 1, 1, 2]
 
 
 def test_prompts_over_the_token_limit_are_left_out_or_refused(

@@ -83,6 +83,31 @@ def test_max_samples_takes_the_first_records(tmp_path: Path, suffix: str) -> Non
     assert [p.id for p in prompts] == [str(i) for i in range(1100)]
 
 
+@pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
+def test_max_samples_with_a_seed_is_a_seeded_uniform_sample(tmp_path: Path, suffix: str) -> None:
+    """The trainer's cap (API: "the first ones after shuffling with the run's seed")."""
+    rows = [{"question": f"q{i}", "answer": str(i), "uid": i} for i in range(2500)]
+    path = write(tmp_path / f"data{suffix}", rows)
+    ids = [int(p.id) for p in load_domain(domain(path, max_samples=1100), sample_seed=7)]
+    assert len(ids) == len(set(ids)) == 1100 and ids == sorted(ids)  # a subset, kept in file order
+    assert ids == [int(p.id) for p in load_domain(domain(path, max_samples=1100), sample_seed=7)]
+    assert ids != list(range(1100))  # not the head of the file...
+    assert max(ids) >= 2400 and min(ids) <= 100  # ...but spread over all of it
+    in_second_half = sum(i >= 1250 for i in ids)
+    assert 450 < in_second_half < 650  # ~550 expected of a uniform sample (about 6 sd either side)
+    other = [int(p.id) for p in load_domain(domain(path, max_samples=1100), sample_seed=8)]
+    assert other != ids  # another seed, another sample
+    assert len(load_domain(domain(path, max_samples=5000), sample_seed=7)) == 2500  # cap above size: all
+
+
+def test_seeded_cap_reads_and_checks_every_record(tmp_path: Path) -> None:
+    path = tmp_path / "data.jsonl"
+    path.write_text('{"prompt": "a", "answer": "1"}\n{"prompt": "b", "answer": "2"}\nnot json\n')
+    config = DomainConfig(name="d", dataset=str(path), verifier="math", max_samples=2)
+    with pytest.raises(DatasetError, match="line 3: not valid JSON"):
+        load_domain(config, sample_seed=0)
+
+
 def test_cap_stops_reading_before_a_later_bad_line(tmp_path: Path) -> None:
     path = tmp_path / "data.jsonl"
     path.write_text('{"prompt": "a", "answer": "1"}\n{"prompt": "b", "answer": "2"}\nnot json\n')

@@ -34,6 +34,16 @@ DELTAS = [
     [-0.30, 0.18, 0.24],
     [0.02, -0.22, 0.40, -0.05, 0.12],
 ]
+# log(pi_old_trainer / pi_rollout) per token, around the importance-sampling bounds used in the
+# tests (cap 2: log 2 = 0.693; floor 0.5: log 0.5 = -0.693), with one beyond exp's safety bound (25).
+MISMATCH = [
+    [0.9, -0.1, 0.0, 0.3],
+    [-0.8, 0.2],
+    [0.05, 1.2, -0.3, 0.6, -0.05],
+    [0.5],
+    [-1.0, 0.1, 0.8],
+    [0.0, -0.2, 25.0, 0.4, -0.6],
+]
 PAD_LOGPROB, PAD_OLD, PAD_ENTROPY = 3.0, -7.0, 50.0  # garbage: a ratio of e^10 if it leaked
 
 
@@ -69,3 +79,20 @@ def padded(
         "mask": pad([[1.0] * len(s.logprobs) for s in seqs], 0.0),
         "advantages": torch.tensor([s.advantage for s in seqs], dtype=dtype),
     }
+
+
+def rollout_logprobs(seqs: list[Sequence]) -> list[list[float]]:
+    """The rollout log-probabilities of the hand-made batch: the trainer's old ones minus MISMATCH."""
+    return [
+        [o - m for o, m in zip(s.old_logprobs, gap, strict=True)]
+        for s, gap in zip(seqs, MISMATCH, strict=True)
+    ]
+
+
+def padded_with_rollout(seqs: list[Sequence]) -> dict[str, torch.Tensor]:
+    """`padded`, plus the rollout log-probabilities [B, width] (padding: garbage)."""
+    batch = padded(seqs)
+    width = batch["mask"].shape[1]
+    rows = [row + [PAD_LOGPROB] * (width - len(row)) for row in rollout_logprobs(seqs)]
+    batch["rollout_logprobs"] = torch.tensor(rows, dtype=batch["logprobs"].dtype)
+    return batch

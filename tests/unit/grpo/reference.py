@@ -47,6 +47,30 @@ def clipped_surrogate(
     return -min(r * advantage, clipped * advantage)
 
 
+def dual_clipped_surrogate(
+    logprob: float, old_logprob: float, advantage: float, clip_low: float, clip_high: float, c: float
+) -> float:
+    """Dual-clip PPO (Ye et al. 2019, eq. 5): for A < 0 the objective is max(min(r A, clip(r) A), c A)."""
+    r = math.exp(logprob) / math.exp(old_logprob)
+    clipped = min(max(r, 1.0 - clip_low), 1.0 + clip_high)
+    objective = min(r * advantage, clipped * advantage)
+    if advantage < 0:
+        objective = max(objective, c * advantage)
+    return -objective
+
+
+def importance_weight(
+    trainer_logprob: float, rollout_logprob: float, mode: str, cap: float, floor: float
+) -> float:
+    """rho = p_trainer / p_rollout; tis: truncated into [floor, cap]; mis: rho inside, 0 outside."""
+    rho = math.exp(trainer_logprob) / math.exp(rollout_logprob)
+    if mode == "tis":
+        return min(max(rho, floor), cap)
+    if mode == "mis":
+        return rho if floor <= rho <= cap else 0.0
+    raise ValueError(mode)
+
+
 def aggregate(
     rows: list[list[float]],
     mode: str,
@@ -117,12 +141,21 @@ def policy_loss(
     kl_coef: float = 0.0,
     kl_estimator: str = "k3",
     entropy_coef: float = 0.0,
+    clip_ratio_c: float | None = None,
+    weights: list[list[float]] | None = None,
 ) -> float:
     rows = []
-    for s in sequences:
+    for i, s in enumerate(sequences):
         row = []
         for t in range(len(s.logprobs)):
-            x = clipped_surrogate(s.logprobs[t], s.old_logprobs[t], s.advantage, clip_low, clip_high)
+            if clip_ratio_c is None:
+                x = clipped_surrogate(s.logprobs[t], s.old_logprobs[t], s.advantage, clip_low, clip_high)
+            else:
+                x = dual_clipped_surrogate(
+                    s.logprobs[t], s.old_logprobs[t], s.advantage, clip_low, clip_high, clip_ratio_c
+                )
+            if weights is not None:
+                x *= weights[i][t]
             if kl_coef:
                 x += kl_coef * kl(s.logprobs[t], s.ref_logprobs[t], kl_estimator)
             x -= entropy_coef * s.entropy[t]

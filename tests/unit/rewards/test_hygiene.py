@@ -61,26 +61,43 @@ def one_rank(tmp_path):
 
 
 def test_the_trainer_logs_and_exports_the_shares(one_rank, tmp_path):
-    from m2rl_trainer.train.loop import GRPOTrainer, Rollouts
+    from m2rl_trainer.train.loop import GRPOTrainer
     from m2rl_trainer.train.metrics import MetricsSink
+    from m2rl_trainer.train.rollouts import ScoredGroup
 
-    prompts = [SimpleNamespace(domain="code"), SimpleNamespace(domain="math")]
-    first = Rollouts(
-        prompts=prompts,
-        prompt_ids=[[1], [2]],
-        groups=[[SimpleNamespace(token_ids=[1, 2])] * 5, [SimpleNamespace(token_ids=[1])]],
-        rewards=[[1.0, 1.0, 1.0, 1.0, 0.0], [1.0]],
-        correct=[[1.0, 1.0, 1.0, 1.0, 0.0], [1.0]],
-        hygiene=hygiene.count(DOMAINS, RESULTS),
+    def completion(tokens: list[int]) -> SimpleNamespace:
+        return SimpleNamespace(token_ids=tokens, finish_reason="stop")
+
+    code = ScoredGroup(
+        SimpleNamespace(domain="code"),
+        [1],
+        [completion([1, 2])] * 5,
+        [1.0, 1.0, 1.0, 1.0, 0.0],
+        [1.0, 1.0, 1.0, 1.0, 0.0],
+        (0, 0),
+        hygiene.count(DOMAINS[:5], RESULTS[:5]),
     )
-    kept = Rollouts()
-    kept.extend(first, [True, False])  # a dropped group's samples still count: they were rewarded
-    assert kept.hygiene == first.hygiene and len(kept.prompts) == 1
+    math = ScoredGroup(
+        SimpleNamespace(domain="math"),
+        [2],
+        [completion([1])] * 5,
+        [1.0] * 5,
+        [1.0] * 5,
+        (0, 1),
+        hygiene.count(["math"] * 5, [RESULTS[5]] * 5),
+    )
     trainer = SimpleNamespace(
-        domains={"code": [], "math": []}, step=0, skipped_steps=0, algo=SimpleNamespace(steps=3)
+        domains={"code": [], "math": []},
+        step=0,
+        skipped_steps=0,
+        nonfinite_steps=0,
+        algo=SimpleNamespace(steps=3),
+        engine=SimpleNamespace(get_lr=lambda: [1e-5]),
     )
     timings = {"time_generation_s": 1.0, "time_update_s": 0.1, "time_sync_s": 0.0}
-    record = GRPOTrainer._record(trainer, first, {"loss": 0.5}, timings, 2.0)
+    update = {"loss": 0.5, "per_domain": {}, "nonfinite": False, "updates_applied": 1}
+    # Only the math group is trained on: the code group's samples still count, they were rewarded.
+    record = GRPOTrainer._record(trainer, [math], [code, math], update, timings, 2.0)
     assert record["per_domain"]["code"]["hygiene_early_exit_ratio"] == 0.5
     assert "hygiene_early_exit_ratio" not in record["per_domain"]["math"]
     assert GRPOTrainer._progress_line(trainer, record).endswith(

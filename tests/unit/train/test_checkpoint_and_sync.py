@@ -59,3 +59,52 @@ def test_check_replicas_names_each_stale_replica() -> None:
     assert "http://a: probe logprob -2.5000" in message
     with pytest.raises(WeightSyncError, match="probe logprob nan"):
         check_replicas({"http://a": "3"}, {"http://a": float("nan")}, 3, expected=-2.0, tolerance=0.02)
+
+
+RANKS_SCRIPT = """
+import json, sys
+from pathlib import Path
+import torch.distributed as dist
+from m2rl_trainer.train import checkpoint as ckpt
+rank, port, folder = int(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3])
+dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+hashed = []
+real = ckpt._sha256
+ckpt._sha256 = lambda path: hashed.append(path.name) or real(path)
+verdicts = []
+for corrupt in (False, True):
+    if corrupt and rank == 0:
+        (folder / "trainer_state.json").write_text("changed")
+    dist.barrier()
+    try:
+        ckpt.verify_once(folder, is_main=rank == 0)
+        verdicts.append("ok")
+    except ckpt.CheckpointError as error:
+        verdicts.append(str(error))
+print(json.dumps({"hashed": hashed, "verdicts": verdicts}))
+"""
+
+
+def test_only_rank_zero_hashes_and_every_rank_gets_its_verdict(tmp_path: Path) -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from m2rl_trainer.utils.processes import free_port
+
+    folder = _fake_checkpoint(tmp_path, 10)
+    port, env = free_port(), {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [
+        subprocess.Popen([sys.executable, "-c", RANKS_SCRIPT, str(rank), str(port), str(folder)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        for rank in range(2)
+    ]  # fmt: skip
+    outputs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err[-2000:] for _, err in outputs]
+    rank0, rank1 = (json.loads(out.strip().splitlines()[-1]) for out, _ in outputs)
+    assert sorted(rank0["hashed"]) == sorted(["model.safetensors", "trainer_state.json"] * 2)
+    assert rank1["hashed"] == []  # the shared volume is read once, by rank 0
+    for verdicts in (rank0["verdicts"], rank1["verdicts"]):
+        assert verdicts[0] == "ok"
+        assert "trainer_state.json: checksum mismatch" in verdicts[1]  # every rank stops, naming the file

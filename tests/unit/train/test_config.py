@@ -32,6 +32,22 @@ def test_defaults_follow_the_algorithm() -> None:
     )
     assert not load_config(_with("algorithm", {"name": "dr_grpo"})).algorithm.scale_rewards()
     assert load_config(BASE).algorithm.resolved_aggregation() == "seq-mean-token-mean"
+    # An explicit normalize_advantage_std wins over the algorithm's default (the API's field).
+    dr = load_config(_with("algorithm", {"name": "dr_grpo", "normalize_advantage_std": True})).algorithm
+    assert dr.scale_rewards()
+    assert not load_config(_with("algorithm", {"normalize_advantage_std": False})).algorithm.scale_rewards()
+
+
+def test_the_studys_mismatch_correction_loads() -> None:
+    algorithm = {"recompute_old_logprobs": True, "importance_sampling": "tis", "importance_sampling_cap": 2.0,
+                 "clip_low": 0.2, "clip_high": 0.28, "clip_ratio_c": 3.0, "mini_batches": 4}  # fmt: skip
+    a = load_config(_with("algorithm", algorithm)).algorithm
+    assert (a.importance_sampling, a.importance_sampling_cap, a.importance_sampling_floor) == (
+        "tis",
+        2.0,
+        0.0,
+    )
+    assert a.updates_per_step() == 4
 
 
 @pytest.mark.parametrize(
@@ -48,6 +64,19 @@ def test_defaults_follow_the_algorithm() -> None:
         ("data.domains", [], "data.domains: at least one domain"),
         ("data.mixing", "random", "data.mixing: 'random' is not one of"),
         ("algorithm.off_policy_steps", 2, "algorithm.off_policy_steps: must be 0 (on-policy) or 1"),
+        ("algorithm.importance_sampling", "tis", "needs recompute_old_logprobs: true"),
+        ("algorithm.importance_sampling", "is", "algorithm.importance_sampling: 'is' is not one of"),
+        ("algorithm.importance_sampling_cap", 0.9, "algorithm.importance_sampling_cap: must be >= 1"),
+        (
+            "algorithm.importance_sampling_floor",
+            1.0,
+            "algorithm.importance_sampling_floor: must be in [0, 1)",
+        ),
+        ("algorithm.clip_ratio_c", 1.0, "algorithm.clip_ratio_c: must be > 1"),
+        ("algorithm.mini_batches", 0, "algorithm.mini_batches: must be at least 1"),
+        ("algorithm.mini_batches", 17, "algorithm.mini_batches: 17 slices of 16 prompts"),
+        ("algorithm.warmup_steps", 100, "algorithm.warmup_steps: must be >= 0 and smaller than steps"),
+        ("algorithm.lr_min_ratio", 1.5, "algorithm.lr_min_ratio: must be in [0, 1]"),
     ],
     ids=lambda v: str(v)[:24],
 )

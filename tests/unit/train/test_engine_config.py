@@ -1,10 +1,18 @@
 """DeepSpeed config (pure) and the learning-rate schedule."""
 
+import itertools
+
 import pytest
 import torch
 
 from m2rl_trainer.config import AlgorithmConfig, DeepSpeedConfig
-from m2rl_trainer.train.engine import deepspeed_config, lr_multiplier, resolve_dtype
+from m2rl_trainer.train.engine import (
+    deepspeed_config,
+    lr_multiplier,
+    reference_config,
+    resolve_dtype,
+    step_learning_rate,
+)
 
 
 def test_zero3_cpu_config_whole() -> None:
@@ -75,3 +83,57 @@ def test_param_offload_needs_zero3() -> None:
 )
 def test_lr_multiplier(schedule: str, step: int, expected: float) -> None:
     assert lr_multiplier(step, schedule, warmup_steps=4, total_steps=104) == pytest.approx(expected, abs=1e-9)
+
+
+def test_learning_rate_is_a_function_of_the_step_not_of_updates() -> None:
+    """The API's warmupSteps counts training steps: with 2 epochs x 4 mini-batches (8 updates per
+    step) a 4-step warm-up still ends at step 4, and the decay ends at minRatio."""
+    algo = AlgorithmConfig(learning_rate=1e-3, lr_schedule="linear", warmup_steps=4, steps=14,
+                           update_epochs=2, mini_batches=4, lr_min_ratio=0.1)  # fmt: skip
+    lrs = [step_learning_rate(algo, step) for step in range(14)]
+    assert lrs[:4] == pytest.approx([0.25e-3, 0.5e-3, 0.75e-3, 1e-3])
+    assert lrs[4] == pytest.approx(1e-3)  # decay starts after warm-up
+    assert lrs[9] == pytest.approx(1e-3 * (0.1 + 0.9 * 0.5))  # halfway through the 10 decay steps
+    assert all(a > b for a, b in itertools.pairwise(lrs[4:]))
+    assert lrs[-1] > 0.1e-3  # the last step still learns; the schedule's end is step 14 (= steps)
+
+
+def test_min_ratio_floors_cosine_decay() -> None:
+    assert lr_multiplier(100, "cosine", 0, 100, min_ratio=0.2) == pytest.approx(0.2)
+    assert lr_multiplier(50, "cosine", 0, 100, min_ratio=0.2) == pytest.approx(0.6)
+    assert lr_multiplier(50, "constant", 0, 100, min_ratio=0.2) == 1.0
+
+
+def test_weight_decay_reaches_adamw() -> None:
+    config = deepspeed_config(
+        DeepSpeedConfig(), AlgorithmConfig(weight_decay=0.01), world_size=1, on_gpu=False
+    )
+    assert config["optimizer"]["params"]["weight_decay"] == 0.01
+
+
+def test_reference_engine_config_is_the_policys_without_training_blocks() -> None:
+    """ZeRO-3's frozen reference: partitioned like the policy, no optimizer (TRL's prepare_deepspeed)."""
+    policy = deepspeed_config(
+        DeepSpeedConfig(zero_stage=3, offload_optimizer=True, offload_params=True),
+        AlgorithmConfig(micro_batch_size=4),
+        world_size=8,
+        on_gpu=True,
+    )
+    assert reference_config(policy) == {
+        "train_micro_batch_size_per_gpu": 4,
+        "gradient_accumulation_steps": 1,
+        "train_batch_size": 32,
+        "managed_gradient_accumulation": False,
+        "zero_optimization": {
+            "stage": 3,
+            "overlap_comm": False,
+            "contiguous_gradients": True,
+            "offload_param": {"device": "cpu", "pin_memory": True},
+            "stage3_gather_16bit_weights_on_model_save": True,
+        },
+        "bf16": {"enabled": True},
+        "fp16": {"enabled": False},
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+    assert "optimizer" in policy  # the policy's own config is left as it was

@@ -18,7 +18,8 @@ __all__ = [
 
 
 def build_mixer(data: DataConfig, seed: int) -> DomainMixer:
-    """Load every domain of `data` (all errors before any model work) and mix them as configured."""
+    """Load every domain of `data` (all errors before any model work; max_samples caps after a
+    shuffle seeded by `seed`, as the trainer does) and mix them as configured."""
     return DomainMixer(
-        load_domains(data.domains), {d.name: d.weight for d in data.domains}, data.mixing, seed
+        load_domains(data.domains, seed), {d.name: d.weight for d in data.domains}, data.mixing, seed
     )

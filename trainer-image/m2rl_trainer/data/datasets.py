@@ -10,6 +10,7 @@ verl's Parquet layout); a key that itself contains a dot is found first.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 from collections.abc import Iterator, Mapping
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from m2rl_trainer.config import DomainConfig
+from m2rl_trainer.data.shuffle import permutation
 
 Message = dict[str, str]
 _SUFFIXES = (".jsonl", ".json", ".parquet")
@@ -58,21 +60,29 @@ def read_records(path: Path, where: str) -> Iterator[tuple[str, Any]]:
     return reader(path, where)
 
 
-def load_domain(domain: DomainConfig) -> list[Prompt]:
-    """Read, map and validate one domain's dataset; at most `max_samples` records (the first ones)."""
+def load_domain(domain: DomainConfig, sample_seed: int | None = None) -> list[Prompt]:
+    """Read, map and validate one domain's dataset; at most `max_samples` records.
+
+    sample_seed None: the first `max_samples` records of the file (later ones are never read; the
+    evaluator's benchmarks). An integer (the trainer passes the run's seed): every record is read and
+    checked, then the first `max_samples` of a permutation seeded by (sample_seed, domain name) are
+    kept, in file order, as the RLVRRun API promises ("the first ones after shuffling with the run's
+    seed"): a capped domain is a uniform sample of the file, not its head.
+    """
     if domain.format != "jsonl":
         from m2rl_trainer.data.formats import load_formatted_domain
 
-        return load_formatted_domain(domain)
+        # With a seed every row is read, then sampled (the format's own cap takes the first ones).
+        whole = domain if sample_seed is None else dataclasses.replace(domain, max_samples=None)
+        return _sample(load_formatted_domain(whole), domain, sample_seed)
     path = Path(domain.dataset)
     where = f"domain {domain.name!r}: {path}"
     prompts: list[Prompt] = []
     seen_ids: dict[str, str] = {}
+    head = domain.max_samples if sample_seed is None else None
     try:
-        # The cap takes the first N records (deterministic, no RNG); later ones are never read.
-        for index, (location, record) in enumerate(
-            itertools.islice(read_records(path, where), domain.max_samples)
-        ):
+        # sample_seed None: the first N records (deterministic, no RNG); later ones are never read.
+        for index, (location, record) in enumerate(itertools.islice(read_records(path, where), head)):
             prompt = _to_prompt(domain, index, record, f"{where} {location}")
             if prompt.id in seen_ids:
                 raise DatasetError(
@@ -86,12 +96,21 @@ def load_domain(domain: DomainConfig) -> list[Prompt]:
         raise DatasetError(f"{where}: not UTF-8 text ({error.reason} at byte {error.start})") from error
     if not prompts:
         raise DatasetError(f"{where}: dataset is empty (no records)")
+    return _sample(prompts, domain, sample_seed)
+
+
+def _sample(prompts: list[Prompt], domain: DomainConfig, sample_seed: int | None) -> list[Prompt]:
+    """The first `max_samples` prompts of a permutation seeded by (sample_seed, domain name), in file
+    order; unchanged when there is no seed or no cap."""
+    if sample_seed is not None and domain.max_samples is not None and domain.max_samples < len(prompts):
+        chosen = permutation(len(prompts), "m2rl-max-samples", sample_seed, domain.name)[: domain.max_samples]
+        prompts = [prompts[i] for i in sorted(chosen)]
     return prompts
 
 
-def load_domains(domains: list[DomainConfig]) -> dict[str, list[Prompt]]:
+def load_domains(domains: list[DomainConfig], sample_seed: int | None = None) -> dict[str, list[Prompt]]:
     """Load every domain (in config order), failing on the first bad one."""
-    return {domain.name: load_domain(domain) for domain in domains}
+    return {domain.name: load_domain(domain, sample_seed) for domain in domains}
 
 
 def render_prompt(

@@ -10,33 +10,24 @@ Two modes (config `data.mixing`):
 
 Randomness comes from SHA-256 of (seed, purpose, counter), not from a stateful RNG, so the whole
 state is a handful of integers (JSON in a checkpoint) and it does not depend on Python's or
-NumPy's RNG versions. The shuffle is Fisher-Yates over such a hash-seeded `random.Random`, whose
-integer seeding and `shuffle` have been stable across Python 3 releases.
+NumPy's RNG versions (`data.shuffle`).
 """
 
 from __future__ import annotations
 
 import bisect
-import hashlib
-import random
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from m2rl_trainer.data.datasets import Prompt
+from m2rl_trainer.data.shuffle import hash64, permutation
 
 Mode = Literal["weighted", "concat_shuffle"]
 _STATE_VERSION = 1
 
 
-def _hash64(*parts: object) -> int:
-    digest = hashlib.sha256(":".join(str(p) for p in parts).encode()).digest()
-    return int.from_bytes(digest[:8], "big")
-
-
 def _permutation(size: int, *key: object) -> list[int]:
-    order = list(range(size))
-    random.Random(_hash64("m2rl-mixer-shuffle", *key)).shuffle(order)
-    return order
+    return permutation(size, "m2rl-mixer-shuffle", *key)
 
 
 class _Stream:
@@ -124,7 +115,7 @@ class DomainMixer:
     def _draw_domain(self) -> str:
         # A uniform in [0, 1) from (seed, draw counter): the draw sequence is a pure function of the
         # seed, so resuming needs only the counter.
-        u = _hash64("m2rl-mixer-domain", self.seed, self._draws) / 2**64
+        u = hash64("m2rl-mixer-domain", self.seed, self._draws) / 2**64
         return self.names[bisect.bisect_right(self._cumulative, u)]
 
     def next_batch(self, n: int) -> list[Prompt]:

@@ -5,7 +5,10 @@ trainer chooses (AlgorithmConfig): advantages scaled by the group std or not, th
 the aggregation mode. Per token, with ratio r = pi_theta / pi_old (pi_old: the policy that sampled
 the batch) and advantage A:
 
-    loss_t = -min(r A, clip(r, 1 - clip_low, 1 + clip_high) A) + kl_coef * KL_t - entropy_coef * H_t
+    loss_t = w_t * pg_t + kl_coef * KL_t - entropy_coef * H_t
+    pg_t   = -min(r A, clip(r, 1 - clip_low, 1 + clip_high) A), and with dual-clip, for A < 0,
+             min(pg_t, -clip_ratio_c A)
+    w_t    = the rollout-correction weight (rollout_correction.py; 1 without correction)
 
 then `aggregate` reduces loss_t over the response tokens (see aggregation.py).
 
@@ -25,8 +28,14 @@ Deviations from the papers, and where verl and TRL differ, the choice made here:
   scaling, and the sum of token losses divided by a constant: MAX_TOKENS times the number of
   sequences, as the paper's code listing and TRL's "dr_grpo" do. verl's seq-mean-token-sum-norm does
   not divide by the number of sequences (its loss is that many times larger); we follow the paper.
-- PPO dual-clip: verl's "vanilla" policy loss also bounds the loss of negative-advantage tokens at
-  -3 A (clip_ratio_c, Ye et al. 2019). The papers and TRL do not; neither do we.
+- PPO dual-clip (Ye et al. 2019, "Mastering Complex Control in MOBA Games with Deep RL", arXiv
+  1912.09729): `clip_ratio_c` bounds the loss of a negative-advantage token at -c A however large
+  its ratio, as verl's `compute_policy_loss_vanilla` (always on there, c = 3) and slime's
+  `compute_policy_loss` (`--eps-clip-c`, off by default) do. Off by default here (None), as in the
+  three papers and TRL.
+- Rollout/trainer mismatch (not in the papers): `is_weights` multiplies the policy term per token,
+  after the dual clip, as slime's `--use-tis` and verl's rollout correction do (see
+  rollout_correction.py).
 - Entropy bonus (in none of the three papers; off by default): aggregated with the same mode and
   normalisers as the policy term, as verl does, so accumulation stays exact. TRL always takes a
   token-mean of the entropy whatever its loss type.
@@ -95,6 +104,8 @@ def policy_loss(
     kl_estimator: str = "k3",
     entropy: Tensor | None = None,
     entropy_coef: float = 0.0,
+    clip_ratio_c: float | None = None,
+    is_weights: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
     """Clipped surrogate loss (+ KL, - entropy) of one micro-batch, and its statistics.
 
@@ -102,15 +113,20 @@ def policy_loss(
     sequence) or [B, T], mask [B, T] (1 on response tokens), ref_logprobs [B, T] (needed when
     kl_coef > 0; given with kl_coef 0 it is only measured), entropy [B, T] (with grad when
     entropy_coef > 0). num_tokens / num_sequences / max_response_tokens: see `aggregate`.
+    clip_ratio_c: the dual-clip bound (> 1) for negative advantages; None: off. is_weights [B, T]:
+    rollout-correction weights of the policy term (no gradient); None: 1.
 
     Statistics are token means over this micro-batch (combine micro-batches weighted by
     "num_tokens"): clip_fraction (= clip_fraction_low + clip_fraction_high: tokens whose clipped term
     is the active one, i.e. r < 1 - clip_low with A < 0, or r > 1 + clip_high with A > 0),
     approx_kl (verl's ppo_kl, mean of log pi_old - log pi_theta), ratio_mean, ratio_max, kl_ref,
-    entropy.
+    entropy, and with dual-clip dual_clip_ratio (tokens whose dual bound is the active one, verl's
+    pg_clipfrac_lower).
     """
     if kl_coef != 0.0 and ref_logprobs is None:
         raise ValueError("kl_coef is non-zero but no ref_logprobs were given")
+    if clip_ratio_c is not None and clip_ratio_c <= 1.0:
+        raise ValueError(f"clip_ratio_c must be > 1 (dual-clip lower bound), got {clip_ratio_c}")
     if advantages.ndim == 1:
         advantages = advantages.unsqueeze(-1)  # [B, 1], broadcast over tokens
     # [B, T]; clamped as verl does, so that exp cannot overflow
@@ -118,6 +134,13 @@ def policy_loss(
     ratio = torch.exp(log_ratio)
     clipped_ratio = ratio.clamp(1.0 - clip_low, 1.0 + clip_high)
     per_token = -torch.minimum(ratio * advantages, clipped_ratio * advantages)  # [B, T]
+    dual = None
+    if clip_ratio_c is not None:
+        bound = -clip_ratio_c * advantages  # [B, 1]: the most a negative-advantage token may cost
+        dual = (advantages < 0) & (per_token > bound)  # [B, T]
+        per_token = torch.where(advantages < 0, torch.minimum(per_token, bound), per_token)
+    if is_weights is not None:
+        per_token = per_token * is_weights.detach()
 
     kl = None
     if ref_logprobs is not None:  # measured even when not in the loss (then without a graph)
@@ -135,7 +158,15 @@ def policy_loss(
         num_sequences=num_sequences,
         max_response_tokens=max_response_tokens,
     )
-    return loss, _stats(mask, ratio, log_ratio, advantages, clip_low, clip_high, kl, entropy)
+    return loss, _stats(mask, ratio, log_ratio, advantages, clip_low, clip_high, kl, entropy, dual)
+
+
+def clip_regions(
+    ratio: Tensor, advantages: Tensor, clip_low: float, clip_high: float
+) -> tuple[Tensor, Tensor]:
+    """(low, high), bool [B, T]: tokens whose clipped term is the active one, r < 1 - clip_low with
+    A < 0 (low) or r > 1 + clip_high with A > 0 (high); advantages [B, 1] or [B, T]."""
+    return (ratio < 1.0 - clip_low) & (advantages < 0), (ratio > 1.0 + clip_high) & (advantages > 0)
 
 
 @torch.no_grad()
@@ -148,6 +179,7 @@ def _stats(
     clip_high: float,
     kl: Tensor | None,
     entropy: Tensor | None,
+    dual: Tensor | None,
 ) -> dict[str, float]:
     valid = mask.bool()  # [B, T]
     count = valid.sum()
@@ -156,8 +188,7 @@ def _stats(
         x = x.expand_as(valid).to(ratio.dtype)
         return torch.where(valid, x, torch.zeros_like(x)).sum() / count.clamp(min=1)
 
-    low = (ratio < 1.0 - clip_low) & (advantages < 0)  # [B, T]
-    high = (ratio > 1.0 + clip_high) & (advantages > 0)
+    low, high = clip_regions(ratio, advantages, clip_low, clip_high)  # [B, T]
     stats = {
         "clip_fraction": mean(low | high),
         "clip_fraction_low": mean(low),
@@ -171,5 +202,7 @@ def _stats(
         stats["kl_ref"] = mean(kl)
     if entropy is not None:
         stats["entropy"] = mean(entropy)
+    if dual is not None:
+        stats["dual_clip_ratio"] = mean(dual)
     values = torch.stack(list(stats.values())).tolist()  # one device sync for all of them
     return dict(zip(stats, values, strict=True))

@@ -14,6 +14,13 @@ How it matches the server engine (see `rollout.base` for the logprob convention)
   the EOS token; stop strings end a completion as in vLLM (text cut before the stop string, the
   token that completed it kept); a trailing incomplete UTF-8 character is dropped from the text.
 - prompts are left-padded into batches; the returned ids have no padding.
+
+Under ZeRO-3 with several ranks (`synced_gpus=True`) every forward gathers the partitioned weights
+collectively, so the ranks must run the same forwards: transformers' `synced_gpus` keeps a rank that
+finished stepping until all have (`GenerationMixin._has_unfinished_sequences`), and this class runs
+the same number of `generate` calls on every rank, a rank with fewer prompts (or none) running
+one-token dummy calls. transformers switches `synced_gpus` on by itself only under an
+`HfDeepSpeedConfig`, which the trainer does not create.
 """
 
 from __future__ import annotations
@@ -99,15 +106,28 @@ class HFGenerateRollout:
 
     model: a causal LM (the trainer's policy itself, or a copy kept current with update_weights).
     max_batch_sequences: rows (prompts x n) per `generate` call; bounds activation and KV memory.
+    share_prefill: compute each prompt once for its n samples (`_shared_prefill`); False: plain
+    `generate` with `num_return_sequences` (the same tokens and log-probabilities, tested). Off
+    under `synced_gpus`.
+    synced_gpus: the model is partitioned over ranks (ZeRO-3): every rank must call `generate`
+        together, even with no prompts (collective; see the module docstring).
     """
 
     def __init__(
-        self, model: Any, tokenizer: Any, device: str | torch.device = "cpu", max_batch_sequences: int = 256
+        self,
+        model: Any,
+        tokenizer: Any,
+        device: str | torch.device = "cpu",
+        max_batch_sequences: int = 256,
+        share_prefill: bool = True,
+        synced_gpus: bool = False,
     ) -> None:
         self.model = model
+        self.share_prefill = share_prefill
         self.tokenizer = tokenizer
         self.device = torch.device(device)
         self.max_batch_sequences = max_batch_sequences
+        self.synced_gpus = synced_gpus
         eos = {tokenizer.eos_token_id}
         configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
         eos |= set(configured) if isinstance(configured, list) else {configured}
@@ -134,12 +154,36 @@ class HFGenerateRollout:
             with rng:
                 if params.seed is not None:
                     torch.manual_seed(params.seed)
-                for start in range(0, len(prompts), per_call):
+                starts = range(0, len(prompts), per_call)
+                for start in starts:
                     groups += self._generate_batch(encoded[start : start + per_call], start, params)
+                for _ in range(self._calls_of_other_ranks(len(starts)) - len(starts)):
+                    self._dummy_batch()
         finally:
             self.model.generation_config = saved_config
             self.model.train(was_training)
         return groups
+
+    def _calls_of_other_ranks(self, calls: int) -> int:
+        """The most `generate` calls any rank makes in this round (synced mode), else `calls`."""
+        if not self.synced_gpus:
+            return calls
+        import torch.distributed as dist
+
+        most = torch.tensor([calls], dtype=torch.int64)
+        dist.all_reduce(most, op=dist.ReduceOp.MAX)  # a CPU tensor: gloo (see engine.process_group_backend)
+        return int(most.item())
+
+    def _dummy_batch(self) -> None:
+        """A one-token generation whose forwards keep this rank in step with the others."""
+        self.model.generate(
+            input_ids=torch.tensor([[self.pad_id]], device=self.device),
+            attention_mask=torch.ones((1, 1), dtype=torch.long, device=self.device),
+            generation_config=GenerationConfig(
+                do_sample=False, max_new_tokens=1, eos_token_id=self.eos_ids, pad_token_id=self.pad_id
+            ),
+            synced_gpus=True,
+        )
 
     def _generate_batch(
         self, prompt_ids: list[list[int]], first_index: int, params: SamplingParams
@@ -154,20 +198,31 @@ class HFGenerateRollout:
         recorder = _LogprobRecorder(1.0 if greedy else params.temperature)
         stopper = _StopStrings(self.tokenizer, params.stop, length) if params.stop else None
         sampling = {} if greedy else {"temperature": params.temperature, "top_p": params.top_p, "top_k": 0}
+        input_ids, attention = input_ids.to(self.device), attention.to(self.device)
+        # Under synced_gpus the ranks must run identical forwards: the extra prefill forward of a rank
+        # with prompts would wait for a rank without any, so it is plain `generate` there.
+        shared = self.share_prefill and not self.synced_gpus
+        cache = self._shared_prefill(input_ids, attention, params.n) if shared else None
         config = GenerationConfig(
             do_sample=not greedy,
             **sampling,
             max_new_tokens=params.max_tokens,
-            num_return_sequences=params.n,
+            # with the prefill shared, the rows come expanded already (same prompt-major order)
+            num_return_sequences=1 if cache is not None else params.n,
             eos_token_id=self.eos_ids,
             pad_token_id=self.pad_id,
         )
+        if cache is not None:
+            input_ids = input_ids.repeat_interleave(params.n, 0)
+            attention = attention.repeat_interleave(params.n, 0)
         sequences = self.model.generate(
-            input_ids=input_ids.to(self.device),
-            attention_mask=attention.to(self.device),
+            input_ids=input_ids,
+            attention_mask=attention,
+            past_key_values=cache,
             generation_config=config,
             logits_processor=[recorder],
             stopping_criteria=[stopper] if stopper else None,
+            synced_gpus=self.synced_gpus,
         )
         logprobs = recorder.finish(sequences).tolist()  # [rows, steps]
         generated = sequences[:, length:].tolist()
@@ -196,6 +251,28 @@ class HFGenerateRollout:
                 )
             )
         return groups
+
+    @torch.no_grad()
+    def _shared_prefill(self, input_ids: torch.Tensor, attention: torch.Tensor, n: int) -> Any:
+        """Each prompt's keys/values computed once and copied to its n samples: `generate` with
+        `num_return_sequences` expands the prompts first and so prefills every prompt n times,
+        which is most of a step's generation when prompts are long and responses short (measured:
+        ~90% at 128-token prompts, docs/performance.md). All prompt tokens but the last go in the
+        cache; `generate` then feeds the rest. Positions follow `generate`'s own rule (count of
+        real tokens, from the attention mask). None when there is nothing to share."""
+        if n == 1 or input_ids.shape[1] < 2:
+            return None
+        positions = (attention.cumsum(-1) - 1).masked_fill(attention == 0, 1)
+        out = self.model(
+            input_ids=input_ids[:, :-1],
+            attention_mask=attention[:, :-1],
+            position_ids=positions[:, :-1],
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        cache = out.past_key_values
+        cache.batch_repeat_interleave(n)
+        return cache
 
     @torch.no_grad()
     def update_weights(self, state_dict: Mapping[str, torch.Tensor]) -> None:

@@ -11,31 +11,63 @@ Groups are plain dicts: {"prompt": [ids], "completions": [{"ids", "old_logprobs"
 
 from __future__ import annotations
 
+import types
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
+from transformers.modeling_layers import GradientCheckpointingLayer
 
-from m2rl_trainer.grpo import selective_log_softmax
+from m2rl_trainer.train.logprobs import HeadRequest, add_chunked_head
+
+DEFAULT_CHUNK_MIB = 64.0
+# whether this transformers lets a layer keep a read-only cache under checkpointing (5.19 does;
+# modeling_layers.py `_can_checkpoint_with_cache`); without it, checkpointed updates run whole sequences
+CACHE_UNDER_CHECKPOINTING = hasattr(
+    GradientCheckpointingLayer, "_can_checkpoint_with_cache"
+)  # fp32 logits per LM-head chunk (MemoryConfig.logits_chunk_mib)
 
 Group = dict[str, Any]
 
 
-def micro_batches(groups: list[Group], micro_batch_size: int) -> list[list[Group]]:
-    """Whole groups per micro-batch, up to `micro_batch_size` completions (at least one group).
+def micro_batches(
+    groups: list[Group], micro_batch_size: int, max_tokens: int | None = None
+) -> list[list[Group]]:
+    """Micro-batches of at most `micro_batch_size` completions and, when `max_tokens` is set, at
+    most that many padded tokens (prompt rows x widest prompt + completion rows x longest
+    completion, the shapes `shared_prefix_batch` builds). A group may be split: each piece keeps
+    its prompt, so a split prompt runs once per piece. A completion is never split; one whose own
+    cost exceeds `max_tokens` goes alone (the trainer refuses such configs up front).
 
-    Groups are sorted by length first, so little of each micro-batch is padding; the loss
-    normalisers are global, so the grouping leaves the gradient unchanged.
+    Groups are sorted by length first, and each group's completions too, so little of a
+    micro-batch is padding. The loss normalisers are global and every sequence is whole in one
+    micro-batch, so the split leaves the gradient unchanged (`aggregation.py`).
     """
+    if micro_batch_size < 1:
+        raise ValueError(f"micro_batch_size must be >= 1, got {micro_batch_size}")
     ordered = sorted(groups, key=lambda g: (len(g["prompt"]), max(len(c["ids"]) for c in g["completions"])))
     chunks: list[list[Group]] = []
-    size = 0
+    count = prompt_rows = prompt_width = length = 0
     for group in ordered:
-        if chunks and size + len(group["completions"]) <= micro_batch_size:
-            chunks[-1].append(group)
-            size += len(group["completions"])
-        else:
-            chunks.append([group])
-            size = len(group["completions"])
+        piece: Group | None = None  # this group's share of the current micro-batch
+        for completion in sorted(group["completions"], key=lambda c: len(c["ids"])):
+            new_piece = piece is None
+            rows = prompt_rows + (1 if new_piece else 0)
+            width, longest = max(prompt_width, len(group["prompt"])), max(length, len(completion["ids"]))
+            fits = count + 1 <= micro_batch_size and (
+                max_tokens is None or rows * width + (count + 1) * longest <= max_tokens
+            )
+            if not chunks or not fits:
+                chunks.append([])
+                count = prompt_rows = prompt_width = length = 0
+                new_piece, rows, width, longest = True, 1, len(group["prompt"]), len(completion["ids"])
+            if new_piece:
+                piece = {**group, "completions": []}
+                chunks[-1].append(piece)
+            assert piece is not None
+            piece["completions"].append(completion)
+            count, prompt_rows, prompt_width, length = count + 1, rows, width, longest
     return chunks
 
 
@@ -79,27 +111,110 @@ def shared_prefix_batch(
 
 
 def shared_prefix_logprobs(
-    model: Any, batch: dict[str, torch.Tensor], temperature: float
+    model: Any, batch: dict[str, torch.Tensor], temperature: float, *, chunk_mib: float = DEFAULT_CHUNK_MIB
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(log pi(response token) [B, R], logits / T [B, R, V]) under `model` (a causal LM, or a
-    DeepSpeed engine wrapping one): the prompts run once, their keys/values are copied to each
-    completion of the group, then the completions run on top of them."""
-    prefix = model(
-        input_ids=batch["prompt_ids"],
-        attention_mask=batch["prompt_mask"],
-        position_ids=batch["prompt_positions"],
-        use_cache=True,
-        logits_to_keep=1,  # the prompt's last position predicts the first response token
+    """(log pi(response token), entropy of the next-token distribution), both [B, R] fp32 and zero
+    at padding, under `model` (a causal LM, or a DeepSpeed engine wrapping one): the prompts run
+    once, their keys/values are copied to each completion of the group, then the completions run on
+    top of them. The LM head runs in chunks of about `chunk_mib` MiB of fp32 logits
+    (`train/logprobs.py`): no [B, R, V] tensor exists, in the forward or the backward.
+
+    Under gradient checkpointing (`model.gradient_checkpointing_enable()`, training mode),
+    transformers' `GradientCheckpointingLayer` drops `past_key_values` (modeling_layers.py), since a
+    cache written in the forward would be written again by the recompute. Here the prompts' pass
+    runs without checkpointing (its activations are the small part: one row per prompt), and the
+    completions' pass reads the prompts' keys/values from a read-only cache (`update` returns the
+    concatenation and stores nothing), so the recompute sees the same states and the layers may
+    keep it (`_can_checkpoint_with_cache`, the flag transformers provides for readers).
+    """
+    base = getattr(model, "module", model)  # the Hugging Face model inside a DeepSpeed engine
+    add_chunked_head(base)
+    layers = [m for m in base.modules() if isinstance(m, GradientCheckpointingLayer)]
+    # the layers and the decoder (which otherwise turns `use_cache` off) carry the flag
+    flagged = [m for m in base.modules() if getattr(m, "gradient_checkpointing", False)]
+    checkpointing = base.training and bool(flagged)
+    owner, ids, follow = batch["owner"], batch["ids"], batch["mask"][:, 1:].bool()
+
+    def head(select: Any, targets: torch.Tensor) -> HeadRequest:
+        return HeadRequest(select=select, targets=targets, temperature=temperature, chunk_mib=chunk_mib)
+
+    # Whole sequences when nothing is shared, or when this transformers cannot keep a cache under
+    # checkpointing (`_can_checkpoint_with_cache` is recent): then each prompt runs once per completion.
+    if len(owner) == batch["prompt_ids"].shape[0] or (checkpointing and not CACHE_UNDER_CHECKPOINTING):
+        return _whole_sequences(model, batch, head)
+    with _layer_flags(flagged, "gradient_checkpointing", False, checkpointing):
+        prefix = model(
+            input_ids=batch["prompt_ids"],
+            attention_mask=batch["prompt_mask"],
+            position_ids=batch["prompt_positions"],
+            use_cache=True,
+            # the prompt's last position predicts the first response token
+            head=head(lambda hidden: hidden[:, -1][owner], ids[:, 0]),
+        )
+    logprobs, entropy = [prefix.logprobs[:, None]], [prefix.entropy[:, None]]
+    if ids.shape[1] > 1:
+        cache = prefix.past_key_values
+        cache.reorder_cache(owner)  # one copy of the prompt's keys/values per completion
+        for layer in cache.layers:
+            layer.update = types.MethodType(_read_only_update, layer)
+        with _layer_flags(layers, "_can_checkpoint_with_cache", True, checkpointing):
+            rest = model(
+                input_ids=ids,
+                attention_mask=batch["attention"],
+                position_ids=batch["positions"],
+                past_key_values=cache,
+                use_cache=False,
+                head=head(lambda hidden: hidden[:, :-1][follow], ids[:, 1:][follow]),
+            )
+        zeros = torch.zeros(follow.shape, dtype=rest.logprobs.dtype, device=follow.device)
+        logprobs.append(zeros.masked_scatter(follow, rest.logprobs))
+        entropy.append(zeros.masked_scatter(follow, rest.entropy))
+    return torch.cat(logprobs, 1), torch.cat(entropy, 1)
+
+
+def _whole_sequences(model: Any, batch: dict[str, torch.Tensor], head: Any) -> tuple[torch.Tensor, ...]:
+    """Each completion after its own copy of its prompt, in one forward. Used when no prompt is
+    shared (micro_batch_size 1, or a long response alone in its token budget): nothing to save,
+    and without padding no attention mask is built at all (transformers then lets SDPA use its
+    causal kernels), which removes the mask's query x key term, the one part of the memory that
+    grows with the square of the length."""
+    mask, owner = batch["mask"].bool(), batch["owner"]
+    attention = batch["attention"]
+    width = batch["prompt_ids"].shape[1]
+    out = model(
+        input_ids=torch.cat([batch["prompt_ids"][owner], batch["ids"]], 1),
+        attention_mask=None if bool(attention.all()) else attention,
+        position_ids=torch.cat([batch["prompt_positions"][owner], batch["positions"]], 1),
+        use_cache=False,
+        head=head(lambda hidden: hidden[:, width - 1 : -1][mask], batch["ids"][mask]),
     )
-    cache = prefix.past_key_values
-    cache.reorder_cache(batch["owner"])  # one copy of the prompt's keys/values per completion
-    rest = model(
-        input_ids=batch["ids"],
-        attention_mask=batch["attention"],
-        position_ids=batch["positions"],
-        past_key_values=cache,
-        use_cache=True,
-    )
-    logits = torch.cat([prefix.logits[batch["owner"], -1:], rest.logits[:, :-1]], 1)
-    logits = logits.float() / temperature  # the distribution sampled from
-    return selective_log_softmax(logits, batch["ids"]), logits
+    zeros = torch.zeros(mask.shape, dtype=out.logprobs.dtype, device=mask.device)
+    return zeros.masked_scatter(mask, out.logprobs), zeros.masked_scatter(mask, out.entropy)
+
+
+def _read_only_update(
+    self: Any, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`DynamicLayer.update` without the write: the prompt's states followed by this call's."""
+    return torch.cat([self.keys, key_states], -2), torch.cat([self.values, value_states], -2)
+
+
+@contextmanager
+def _layer_flags(layers: list[Any], name: str, value: bool, active: bool) -> Iterator[None]:
+    """Set an attribute on each decoder layer for the duration of one call (when `active`)."""
+    saved = [layer.__dict__.get(name, _UNSET) for layer in layers]
+    if active:
+        for layer in layers:
+            setattr(layer, name, value)
+    try:
+        yield
+    finally:
+        if active:
+            for layer, old in zip(layers, saved, strict=True):
+                if old is _UNSET:
+                    delattr(layer, name)
+                else:
+                    setattr(layer, name, old)
+
+
+_UNSET = object()

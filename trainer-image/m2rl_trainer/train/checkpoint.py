@@ -8,7 +8,8 @@ Layout of `<dir>/step-000050/`:
     trainer_state.json    step, mixer state, metrics of the last step, config
     checksums.json        sha256 of every file above (written last)
 It is written as `step-000050.tmp` and renamed, so a crash leaves either a whole checkpoint or a
-`.tmp` folder that is ignored and removed; loading verifies every checksum.
+`.tmp` folder that is ignored and removed; loading verifies every checksum (rank 0 reads each file
+once and tells the other ranks).
 """
 
 from __future__ import annotations
@@ -82,6 +83,25 @@ def verify_checksums(folder: Path) -> None:
             raise CheckpointError(f"{path}: listed in checksums.json but missing")
         if _sha256(path) != expected:
             raise CheckpointError(f"{path}: checksum mismatch (file changed or truncated)")
+
+
+def verify_once(folder: Path, is_main: bool) -> None:
+    """`verify_checksums` on rank 0 only, its verdict raised on every rank (collective).
+
+    The checkpoint lives on one shared volume: one rank hashing every file is enough, where each
+    rank hashing all of them would read the whole checkpoint `world_size` times at every resume.
+    """
+    from m2rl_trainer.train.collectives import all_gather_objects
+
+    problem = None
+    if is_main:
+        try:
+            verify_checksums(folder)
+        except CheckpointError as error:
+            problem = str(error)
+    problem = all_gather_objects(problem)[0]  # rank 0's verdict
+    if problem is not None:
+        raise CheckpointError(problem)
 
 
 def rng_state() -> dict[str, Any]:

@@ -8,6 +8,7 @@ counts), not DeepSpeed's `1 / gradient_accumulation_steps`.
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 from dataclasses import dataclass
@@ -57,7 +58,7 @@ def deepspeed_config(
                 "lr": algo.learning_rate,
                 "betas": [0.9, 0.999],
                 "eps": 1e-8,
-                "weight_decay": 0.0,
+                "weight_decay": algo.weight_decay,
                 "torch_adam": not on_gpu,
             },
         },
@@ -81,6 +82,19 @@ class DistInfo:
         return self.rank == 0
 
 
+def process_group_backend(on_gpu: bool) -> str:
+    """The torch.distributed backend string of the trainer's process group.
+
+    On GPUs, NCCL serves CUDA tensors and gloo CPU tensors ("cpu:gloo,cuda:nccl"): the loop
+    all-reduces small CPU tensors (loss normalisers, statistics, the non-finite flag) and exchanges
+    Python objects (dynamic-sampling rebalancing), and a NCCL-only group has no backend for the
+    CPU device ("No backend type associated with device type cpu"). torch parses the string in
+    `distributed_c10d.BackendConfig` (one backend per device type); DeepSpeed's
+    `TorchBackend.init_process_group` hands it to `torch.distributed.init_process_group` as is.
+    """
+    return "cpu:gloo,cuda:nccl" if on_gpu else "gloo"
+
+
 def init_distributed(on_gpu: bool) -> DistInfo:
     """Join the process group the launcher (torchrun/deepspeed) set up; a lone process is rank 0 of 1."""
     import deepspeed
@@ -93,7 +107,7 @@ def init_distributed(on_gpu: bool) -> DistInfo:
         from m2rl_trainer.utils.processes import free_port
 
         os.environ["MASTER_PORT"] = str(free_port())
-    deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo")
+    deepspeed.init_distributed(dist_backend=process_group_backend(on_gpu))
     return DistInfo(
         rank=int(os.environ["RANK"]),
         world_size=int(os.environ["WORLD_SIZE"]),
@@ -101,37 +115,76 @@ def init_distributed(on_gpu: bool) -> DistInfo:
     )
 
 
-def lr_multiplier(step: int, schedule: str, warmup_steps: int, total_steps: int) -> float:
-    """Learning-rate factor after `step` optimiser updates: linear warm-up, then the schedule."""
+def lr_multiplier(
+    step: int, schedule: str, warmup_steps: int, total_steps: int, min_ratio: float = 0.0
+) -> float:
+    """Learning-rate factor of training step `step` (0-based): linear warm-up over `warmup_steps`
+    steps ((step + 1) / warmup_steps, so the first step already learns), then the schedule, whose
+    decay ends at `min_ratio` (the API's schedule.minRatio)."""
     if warmup_steps > 0 and step < warmup_steps:
         return (step + 1) / warmup_steps
     if schedule == "constant":
         return 1.0
     progress = min(max(step - warmup_steps, 0) / max(total_steps - warmup_steps, 1), 1.0)
     if schedule == "linear":
-        return 1.0 - progress
-    if schedule == "cosine":
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-    raise ValueError(f"algorithm.lr_schedule: unknown schedule {schedule!r}")
+        decay = 1.0 - progress
+    elif schedule == "cosine":
+        decay = 0.5 * (1.0 + math.cos(math.pi * progress))
+    else:
+        raise ValueError(f"algorithm.lr_schedule: unknown schedule {schedule!r}")
+    return min_ratio + (1.0 - min_ratio) * decay
 
 
-def build_engine(model: torch.nn.Module, ds_config: dict[str, Any], algo: AlgorithmConfig) -> Any:
-    """Wrap `model` in a DeepSpeed engine with its optimiser and LR schedule (saved in checkpoints)."""
+def step_learning_rate(algo: AlgorithmConfig, step: int) -> float:
+    """The learning rate of every optimizer update of training step `step` (0-based).
+
+    A pure function of the step, as the API's warmupSteps counts steps: a step's
+    update_epochs x mini_batches updates share it, and a resumed run needs no scheduler state.
+    """
+    return algo.learning_rate * lr_multiplier(
+        step, algo.lr_schedule, algo.warmup_steps, algo.steps, algo.lr_min_ratio
+    )
+
+
+def set_learning_rate(engine: Any, lr: float) -> None:
+    """Set `lr` on every parameter group of the engine's optimizer (ZeRO wrappers share the torch
+    optimizer's param_groups, as DeepSpeed's own schedulers in runtime/lr_schedules.py rely on)."""
+    for group in engine.optimizer.param_groups:
+        group["lr"] = lr
+
+
+def build_engine(model: torch.nn.Module, ds_config: dict[str, Any]) -> Any:
+    """Wrap `model` in a DeepSpeed engine with its optimiser. The learning rate is set by the loop
+    before each step (`set_learning_rate`), so there is no scheduler to save."""
     import deepspeed
-
-    total = max(algo.steps * algo.update_epochs, 1)
-
-    def scheduler(optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
-        return torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: lr_multiplier(step, algo.lr_schedule, algo.warmup_steps, total)
-        )
 
     engine, _, _, _ = deepspeed.initialize(
         model=model,
         model_parameters=[p for p in model.parameters() if p.requires_grad],
         config=ds_config,
-        lr_scheduler=scheduler,
     )
+    return engine
+
+
+def reference_config(ds_config: dict[str, Any]) -> dict[str, Any]:
+    """DeepSpeed config of the frozen reference model under ZeRO-3: the policy's, without optimizer
+    or optimizer offload, so its parameters are partitioned over the ranks like the policy's instead
+    of replicated on every GPU (TRL's `prepare_deepspeed` in trl/models/utils.py, OpenRLHF's
+    eval-model init). Under ZeRO 0-2 the loop keeps a plain copy on each device instead."""
+    config = copy.deepcopy(ds_config)
+    config.pop("optimizer", None)
+    config.pop("scheduler", None)
+    config["zero_optimization"].pop("offload_optimizer", None)
+    config.pop("gradient_clipping", None)
+    return config
+
+
+def build_reference(model: torch.nn.Module, ds_config: dict[str, Any]) -> Any:
+    """The reference model wrapped in a ZeRO-3 inference engine (call on every rank)."""
+    import deepspeed
+
+    engine, *_ = deepspeed.initialize(model=model, config=reference_config(ds_config))
+    engine.eval()
     return engine
 
 
