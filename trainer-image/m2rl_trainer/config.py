@@ -18,7 +18,9 @@ from typing import Any, Literal
 
 import yaml
 
-Algorithm = Literal["grpo", "dr_grpo", "dapo"]
+# mt-opd: multi-teacher on-policy distillation (grpo/opd.py), per-token advantages from each
+# domain's teacher instead of rewards.
+Algorithm = Literal["grpo", "dr_grpo", "dapo", "mt-opd"]
 # Loss aggregation, with verl's names and meanings (TRL: "grpo" = seq-mean-token-mean,
 # "dapo"/"bnpo" = token-mean, "dr_grpo" = seq-mean-token-sum-norm).
 LossAggregation = Literal[
@@ -72,6 +74,18 @@ class DataConfig:
 
 
 @dataclass
+class TeacherConfig:
+    """One MT-OPD teacher: the domains it teaches, and where its model is (exactly one of `model`,
+    scored by a forward pass in the trainer, and `server_urls`, vLLM servers that return prompt
+    log-probs)."""
+
+    domains: list[str]
+    model: str | None = None  # a Hugging Face folder, loaded on every rank (colocated scoring)
+    server_urls: list[str] = field(default_factory=list)  # vLLM replicas serving the teacher
+    served_model_name: str | None = None  # the name those servers answer to (default: first model id)
+
+
+@dataclass
 class AlgorithmConfig:
     name: Algorithm = "grpo"
     group_size: int = 8  # completions per prompt
@@ -119,6 +133,7 @@ class AlgorithmConfig:
     # 1: step t+1's first batch is generated and scored (with the weights before update t) while
     # update t runs; the importance ratio against the sampling logprobs accounts for the lag.
     off_policy_steps: int = 0
+    teachers: list[TeacherConfig] = field(default_factory=list)  # mt-opd: one per domain (or shared)
 
     def resolved_aggregation(self) -> LossAggregation:
         if self.loss_aggregation is not None:
@@ -127,6 +142,7 @@ class AlgorithmConfig:
             "grpo": "seq-mean-token-mean",
             "dr_grpo": "seq-mean-token-sum-norm",
             "dapo": "token-mean",
+            "mt-opd": "seq-mean-token-mean",  # slime's default reduction, which the study's OPD ran
         }
         return defaults[self.name]
 
@@ -135,6 +151,15 @@ class AlgorithmConfig:
         if self.normalize_advantage_std is not None:
             return self.normalize_advantage_std
         return self.name != "dr_grpo"
+
+    def recomputes_old_logprobs(self) -> bool:
+        """pi_old from the trainer: asked for, or MT-OPD (its advantages use the student's own
+        log-probs before the update, as the study's on_policy_distillation estimator)."""
+        return self.recompute_old_logprobs or self.name == "mt-opd"
+
+    def teacher_of(self) -> dict[str, int]:
+        """Domain name -> index of its teacher in `teachers`."""
+        return {domain: i for i, t in enumerate(self.teachers) for domain in t.domains}
 
     def updates_per_step(self) -> int:
         """Optimizer updates of one training step."""
@@ -179,6 +204,20 @@ class RolloutConfig:
 
 
 @dataclass
+class AgentConfig:
+    """Agent domains (a domain whose `verifier` names a tool environment, m2rl_trainer.agent)."""
+
+    environment_url: str | None = (
+        None  # the environment service (pods: beside the verifier); None: in-process
+    )
+    environment_data: str | None = (
+        None  # in-process data directory (NeMo Gym csv_data layout); None: built-in
+    )
+    max_turns: int = 6  # model turns per episode (the study's max_num_steps)
+    parallel_episodes: int = 16  # episodes whose tool calls run at once (threads waiting on the environment)
+
+
+@dataclass
 class RewardsConfig:
     service_url: str | None = None  # the sandboxed verifier service (pods); None: score in-process
     request_timeout_s: float = 600.0  # per batch; a step's batch waits for its slowest code test
@@ -215,6 +254,7 @@ class TrainerConfig:
     memory: MemoryConfig = field(default_factory=MemoryConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     rewards: RewardsConfig = field(default_factory=RewardsConfig)
+    agent: AgentConfig = field(default_factory=AgentConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     faults: FaultConfig = field(default_factory=FaultConfig)
@@ -375,8 +415,66 @@ def validate(config: TrainerConfig) -> list[str]:
             "(each rank's generator needs the full weights); use zero_stage 2 or rollout.mode server"
         )
     problems += _memory_problems(config)
+    problems += _mt_opd_problems(config)
+    problems += _agent_problems(config)
     if config.checkpoint.every_steps < 0 or config.checkpoint.keep < 0:
         problems.append("checkpoint: every_steps and keep must be >= 0")
+    return problems
+
+
+def _mt_opd_problems(config: TrainerConfig) -> list[str]:
+    a, problems = config.algorithm, []
+    if a.name != "mt-opd":
+        return ["algorithm.teachers: only algorithm.name mt-opd has teachers"] if a.teachers else []
+    if not a.teachers:
+        problems.append("algorithm.teachers: mt-opd needs a teacher for every domain")
+    names = {d.name for d in config.data.domains}
+    for i, t in enumerate(a.teachers):
+        where = f"algorithm.teachers[{i}]"
+        if (t.model is None) == (not t.server_urls):
+            problems.append(f"{where}: set exactly one of model (scored in the trainer) and server_urls")
+        if t.server_urls and not t.served_model_name:
+            problems.append(
+                f"{where}.served_model_name: the name the teacher's servers answer to is required"
+            )
+        if not t.domains:
+            problems.append(f"{where}.domains: must name at least one domain")
+        problems += [
+            f"{where}.domains: {d!r} is not a domain of data.domains" for d in t.domains if d not in names
+        ]
+    taught = [d for t in a.teachers for d in t.domains]
+    problems += [
+        f"algorithm.teachers: domain {d!r} has two teachers"
+        for d in sorted(set(taught))
+        if taught.count(d) > 1
+    ]
+    problems += [f"algorithm.teachers: domain {d!r} has no teacher" for d in sorted(names - set(taught))]
+    if a.dynamic_sampling:
+        problems.append("algorithm.dynamic_sampling: mt-opd has no rewards to filter groups by")
+    if a.overlong_buffer_tokens:
+        problems.append("algorithm.overlong_buffer_tokens: mt-opd has no rewards to shape")
+    return problems
+
+
+def _agent_problems(config: TrainerConfig) -> list[str]:
+    from m2rl_trainer.agent.environment import ENVIRONMENTS
+
+    agent, problems = config.agent, []
+    if agent.max_turns < 1 or agent.parallel_episodes < 1:
+        problems.append("agent: max_turns and parallel_episodes must be at least 1")
+    if not any(d.verifier in ENVIRONMENTS for d in config.data.domains):
+        return problems
+    if (
+        config.rollout.mode == "colocated"
+        and config.deepspeed.zero_stage == 3
+        and not config.algorithm.off_policy_steps
+        and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    ):
+        problems.append(
+            "data.domains: agent episodes take a different number of turns on each rank, which in-process "
+            "generation on a ZeRO-3 policy over several ranks cannot follow (its ranks generate in "
+            "lockstep); use zero_stage 2, off_policy_steps 1 or rollout.mode server"
+        )
     return problems
 
 

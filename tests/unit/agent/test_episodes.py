@@ -9,6 +9,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import ClassVar
 
+import pytest
+
 from m2rl_trainer.agent import (
     AgentTask,
     EpisodeConfig,
@@ -277,3 +279,43 @@ def test_real_tokenizer_episode(tiny_model_dir: Path):
     assert turns[-1] == "Done.<|im_end|>" and turns[0].startswith("<tool_call>\n")
     full = codec.decode(episode.prompt_ids + episode.token_ids)
     assert full.count("<tool_response>") == 2 and full.endswith("Done.<|im_end|>")
+
+
+def test_agent_prompts_become_groups_of_completions_with_masks_and_rewards(
+    tmp_path: Path, tiny_model_dir: Path
+):
+    """The bridge the trainer's rollout uses: blend rows -> prompts -> n episodes each -> completions."""
+    from transformers import AutoTokenizer
+
+    from m2rl_trainer.agent.rollout import agent_groups, is_environment, open_environment
+    from m2rl_trainer.config import DomainConfig
+    from m2rl_trainer.data import load_domain
+
+    blend = tmp_path / "toy.jsonl"
+    blend.write_text("".join(json.dumps(r) + "\n" for r in toy_agent_rows()[0:15:5]))  # ana, ben, chen
+    domain = DomainConfig(name="agent", dataset=str(blend), verifier="workplace_assistant", format="nemotron")
+    assert is_environment(domain.verifier) and not is_environment("math")
+    prompts = load_domain(domain)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    eot = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    codec = HFCodec(tokenizer)
+    replies = iter(["Done.", "Done."])  # the second prompt's first two episodes give up at once
+
+    def script(context: str) -> str:
+        if "with ben" in context and context.count("<|im_start|>assistant") == 1:
+            return next(replies, expert_turn(context))
+        return expert_turn(context)
+
+    environment = open_environment("workplace_assistant")
+    groups = agent_groups(prompts, 3, scripted_generate(codec, eot, script), tokenizer, environment,
+                          EpisodeConfig(end_of_turn_id=eot))  # fmt: skip
+    assert [rewards for _c, rewards in groups] == [[1.0, 1.0, 1.0], [0.0, 0.0, 1.0], [1.0, 1.0, 1.0]]
+    for index, (completions, _rewards) in enumerate(groups):
+        for c in completions:
+            assert c.prompt_index == index and c.finish_reason == "stop"
+            assert len(c.loss_mask) == len(c.token_ids) == len(c.logprobs)
+            assert codec.decode(c.prompt_token_ids).endswith("<|im_start|>assistant\n")
+    solved = groups[0][0][0]
+    assert solved.loss_mask.count(0) > 0 and solved.text.count("<tool_response>") == 2
+    with pytest.raises(ValueError, match="unknown environment 'gym'"):
+        open_environment("gym")

@@ -21,6 +21,7 @@ and refuses other combinations instead of returning logprobs of the wrong distri
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
@@ -43,6 +44,8 @@ class SamplingParams:
         the sampling distribution behind the trainer's back.
     stop: strings that end a completion; the text is cut before the stop string (vLLM's default),
         the token ids keep the token that completed it.
+    stop_token_ids: tokens that end a completion besides the model's EOS, kept in its token ids
+        (vLLM's `stop_token_ids`): e.g. Qwen's <|im_end|>, which ends an agent's turn.
     seed: None: unseeded. Otherwise the same prompts and params give the same completions on the
         same engine (vLLM: per-prompt seeds derived from (seed, prompt index)). A trainer passes a
         new seed each step (e.g. derived from the run seed and the step): a fixed one would give a
@@ -55,6 +58,7 @@ class SamplingParams:
     top_p: float = 1.0
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
+    stop_token_ids: list[int] = field(default_factory=list)
 
     def problems(self) -> list[str]:
         """Invalid values, as messages (empty: valid)."""
@@ -91,6 +95,9 @@ class Completion:
     logprobs: one per token id; see the module docstring for which distribution.
     text: the decoded completion without special tokens, cut before a stop string.
     finish_reason: "stop" (EOS or a stop string) or "length" (max_tokens reached).
+    loss_mask: None for a single-turn completion (every token is the model's). A multi-turn
+        episode (m2rl_trainer.agent) is one completion whose token_ids interleave the model's turns
+        (mask 1) and the tool results between them (mask 0, log-prob 0): one entry per token id.
     """
 
     prompt_index: int
@@ -99,12 +106,17 @@ class Completion:
     logprobs: list[float]
     text: str
     finish_reason: FinishReason
+    loss_mask: list[int] | None = None
+
+
+Prompt = str | list[int]  # text (tokenised by the engine) or token ids (used as they are)
 
 
 @runtime_checkable
 class RolloutEngine(Protocol):
-    def generate(self, prompts: list[str], params: SamplingParams) -> list[list[Completion]]:
-        """One group of `params.n` completions per prompt, in prompt order."""
+    def generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[list[Completion]]:
+        """One group of `params.n` completions per prompt, in prompt order. A prompt is text, or
+        token ids (multi-turn contexts, which are never re-tokenised)."""
         ...
 
     def close(self) -> None:

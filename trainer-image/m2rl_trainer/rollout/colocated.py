@@ -25,14 +25,14 @@ one-token dummy calls. transformers switches `synced_gpus` on by itself only und
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
 from typing import Any, cast
 
 import torch
 from transformers import GenerationConfig, LogitsProcessor, StoppingCriteria
 
-from m2rl_trainer.rollout.base import Completion, FinishReason, SamplingParams
+from m2rl_trainer.rollout.base import Completion, FinishReason, Prompt, SamplingParams
 
 
 class _LogprobRecorder(LogitsProcessor):
@@ -137,10 +137,11 @@ class HFGenerateRollout:
         pad = tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else self.eos_ids[0]
 
-    def generate(self, prompts: list[str], params: SamplingParams) -> list[list[Completion]]:
-        """One group of `params.n` completions per prompt, in order; seeded runs are reproducible."""
+    def generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[list[Completion]]:
+        """One group of `params.n` completions per prompt, in order; seeded runs are reproducible.
+        A prompt given as token ids is used as is."""
         params.check()
-        encoded = [self.tokenizer(prompt)["input_ids"] for prompt in prompts]
+        encoded = [list(p) if not isinstance(p, str) else self.tokenizer(p)["input_ids"] for p in prompts]
         per_call = max(1, self.max_batch_sequences // params.n)
         groups: list[list[Completion]] = []
         # Seeding inside fork_rng leaves the trainer's own RNG stream untouched.
@@ -149,7 +150,8 @@ class HFGenerateRollout:
         was_training = self.model.training
         saved_config = self.model.generation_config
         self.model.eval()
-        self.model.generation_config = GenerationConfig(eos_token_id=self.eos_ids, pad_token_id=self.pad_id)
+        stops = self._stop_ids(params)
+        self.model.generation_config = GenerationConfig(eos_token_id=stops, pad_token_id=self.pad_id)
         try:
             with rng:
                 if params.seed is not None:
@@ -164,6 +166,10 @@ class HFGenerateRollout:
             self.model.generation_config = saved_config
             self.model.train(was_training)
         return groups
+
+    def _stop_ids(self, params: SamplingParams) -> list[int]:
+        """The model's EOS ids and the call's stop tokens: generation ends at the first of any."""
+        return sorted({*self.eos_ids, *params.stop_token_ids})
 
     def _calls_of_any_rank(self, calls: int) -> int:
         """The most `generate` calls any rank makes in this round (synced mode), else `calls`."""
@@ -210,7 +216,7 @@ class HFGenerateRollout:
             max_new_tokens=params.max_tokens,
             # with the prefill shared, the rows come expanded already (same prompt-major order)
             num_return_sequences=1 if cache is not None else params.n,
-            eos_token_id=self.eos_ids,
+            eos_token_id=self._stop_ids(params),
             pad_token_id=self.pad_id,
         )
         if cache is not None:
@@ -227,7 +233,7 @@ class HFGenerateRollout:
         )
         logprobs = recorder.finish(sequences).tolist()  # [rows, steps]
         generated = sequences[:, length:].tolist()
-        eos = set(self.eos_ids)
+        eos = set(self._stop_ids(params))
         groups: list[list[Completion]] = [[] for _ in prompt_ids]
         for row, tokens in enumerate(generated):  # rows are prompt-major: prompt i, samples 0..n-1
             end, finish = len(tokens), cast(FinishReason, "length")

@@ -17,14 +17,14 @@ from __future__ import annotations
 import contextlib
 import threading
 import traceback
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from multiprocessing.connection import Connection
 from typing import Any
 
 import torch
 import torch.multiprocessing as torch_mp
 
-from m2rl_trainer.rollout.base import Completion, RolloutError, SamplingParams
+from m2rl_trainer.rollout.base import Completion, Prompt, RolloutError, SamplingParams
 
 
 def _serve(conn: Connection, model_dir: str, dtype: str, max_batch_sequences: int, threads: int) -> None:
@@ -103,9 +103,9 @@ class ProcessRollout:
             self._conn.send((op, args))
             return self._receive(op)
 
-    def generate(self, prompts: list[str], params: SamplingParams) -> list[list[Completion]]:
+    def generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[list[Completion]]:
         params.check()
-        return self._call("generate", prompts, params)  # type: ignore[no-any-return]
+        return self._call("generate", [p if isinstance(p, str) else list(p) for p in prompts], params)  # type: ignore[no-any-return]
 
     def update_weights(self, state_dict: Mapping[str, torch.Tensor]) -> None:
         """Replace the child's weights (copied into shared memory; the caller keeps its tensors)."""

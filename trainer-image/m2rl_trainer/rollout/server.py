@@ -34,7 +34,7 @@ from typing import Any, Literal
 
 import httpx
 
-from m2rl_trainer.rollout.base import Completion, RolloutError, SamplingParams
+from m2rl_trainer.rollout.base import Completion, Prompt, RolloutError, SamplingParams
 
 LogprobsMode = Literal["raw_logprobs", "processed_logprobs", "raw_logits", "processed_logits"]
 PauseMode = Literal["abort", "wait", "keep"]
@@ -160,6 +160,8 @@ class VLLMReplica:
         }
         if seed is not None:
             body["seed"] = seed
+        if params.stop_token_ids:
+            body["stop_token_ids"] = list(params.stop_token_ids)
         return self._ok(self.request("POST", "/v1/completions", json=body), "completion")
 
     def logprobs_mode(self) -> str:
@@ -324,7 +326,7 @@ class VLLMServerRollout:
                     "softmax(logits / T)"
                 )
 
-    def _one(self, prompt_index: int, prompt: str, params: SamplingParams) -> list[Completion]:
+    def _one(self, prompt_index: int, prompt: Prompt, params: SamplingParams) -> list[Completion]:
         seed = None if params.seed is None else derive_seed(params.seed, prompt_index)
         index = self._acquire()
         replica = self.replicas[index]
@@ -336,8 +338,9 @@ class VLLMServerRollout:
             self.prompts_sent[replica.url] += 1
         return _parse_choices(data, prompt_index, params.n, replica.url)
 
-    def generate(self, prompts: list[str], params: SamplingParams) -> list[list[Completion]]:
-        """One group of `params.n` completions per prompt, in prompt order (requests run concurrently)."""
+    def generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[list[Completion]]:
+        """One group of `params.n` completions per prompt, in prompt order (requests run concurrently).
+        Token-id prompts go to vLLM as they are (its completions endpoint takes ids)."""
         params.check()
         self._check_logprobs_mode(params)
         futures = [self._pool.submit(self._one, i, prompt, params) for i, prompt in enumerate(prompts)]

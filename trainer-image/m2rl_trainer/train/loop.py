@@ -41,6 +41,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from m2rl_trainer.agent.rollout import agent_task, is_environment
 from m2rl_trainer.config import TrainerConfig
 from m2rl_trainer.data.datasets import DatasetError, Prompt, load_domain, render_prompt
 from m2rl_trainer.data.mixer import DomainMixer
@@ -49,7 +50,7 @@ from m2rl_trainer.rewards import hygiene
 from m2rl_trainer.rewards.client import HttpScorer
 from m2rl_trainer.rewards.scorer import Scorer, ScorerConfig
 from m2rl_trainer.rewards.types import Sample
-from m2rl_trainer.rollout.base import SamplingParams
+from m2rl_trainer.rollout.base import Completion, SamplingParams
 from m2rl_trainer.train import checkpoint as ckpt
 from m2rl_trainer.train.collectives import all_reduce
 from m2rl_trainer.train.dynamic_sampling import rebalance
@@ -67,6 +68,7 @@ from m2rl_trainer.train.engine import (
 from m2rl_trainer.train.memory import check_fits, prepare_policy
 from m2rl_trainer.train.metrics import MetricsSink
 from m2rl_trainer.train.rollouts import ScoredGroup, figures, local_sums, zero_variance
+from m2rl_trainer.train.teachers import Teachers
 from m2rl_trainer.train.update import PolicyUpdate
 
 
@@ -134,6 +136,8 @@ class GRPOTrainer:
         weights = {d.name: d.weight for d in config.data.domains}
         self.mixer = DomainMixer(self.domains, weights, config.data.mixing, self.algo.seed)
         self.rollout = self._make_rollout()
+        self.environment, self.episode_config = self._make_environment()
+        self.teachers = self._make_teachers(dtype)
         # Step t+1's first batch, generated during update t (off_policy_steps = 1).
         self.prefetcher = (
             ThreadPoolExecutor(1, thread_name_prefix="m2rl-prefetch") if self.algo.off_policy_steps else None
@@ -167,24 +171,70 @@ class GRPOTrainer:
 
     def _make_scorer(self) -> Any:
         """The verifier service when one is configured (cluster pods: model-written code runs in the
-        sandboxed Deployment, not beside the trainer), else the same library in-process."""
+        sandboxed Deployment, not beside the trainer), else the same library in-process. Agent
+        domains are rewarded by their environment instead (`_make_environment`)."""
         rewards = self.config.rewards
         if rewards.service_url:
             return HttpScorer(rewards.service_url, timeout_s=rewards.request_timeout_s)
-        return Scorer(
-            ScorerConfig(verifiers={d.verifier: {} for d in self.config.data.domains}, warm_up=False)
+        verifiers = {d.verifier: {} for d in self.config.data.domains if not is_environment(d.verifier)}
+        return Scorer(ScorerConfig(verifiers=verifiers, warm_up=False))
+
+    def _make_environment(self) -> tuple[Any, Any]:
+        """The tool environment and episode settings of agent domains ((None, None) without any):
+        the environment service of the run (pods) or the environment in-process."""
+        names = {d.verifier for d in self.config.data.domains if is_environment(d.verifier)}
+        if not names:
+            return None, None
+        from m2rl_trainer.agent.episode import EpisodeConfig
+        from m2rl_trainer.agent.rollout import open_environment
+
+        end_of_turn = self.tokenizer.convert_tokens_to_ids("<|im_end|>")
+        if not isinstance(end_of_turn, int) or end_of_turn == self.tokenizer.unk_token_id:
+            raise DatasetError(
+                f"agent domains need a chat model whose turns end with <|im_end|> (Qwen's format); "
+                f"the tokenizer of {self.config.model} has no such token"
+            )
+        (name,) = names  # one environment kind exists (workplace_assistant)
+        a = self.config.agent
+        environment = open_environment(name, service_url=a.environment_url, data_dir=a.environment_data)
+        config = EpisodeConfig(
+            end_of_turn_id=end_of_turn,
+            max_turns=a.max_turns,
+            max_tokens=self.algo.max_response_tokens,
+            parallel=a.parallel_episodes,
         )
+        return environment, config
+
+    def _make_teachers(self, dtype: torch.dtype) -> Teachers | None:
+        if self.algo.name != "mt-opd":
+            return None
+        return Teachers(
+            self.algo.teachers,
+            tokenizer=self.tokenizer,
+            device=self.device,
+            dtype=dtype,
+            micro_batch_size=self.algo.micro_batch_size,
+            pad_id=self.tokenizer.pad_token_id or 0,
+            timeout_s=self.config.rollout.request_timeout_s,
+            max_retries=self.config.rollout.max_retries,
+        )
+
+    def _prompt_ids(self, prompt: Prompt) -> list[int]:
+        """The prompt as the rollout sees it: an agent task's chat template with its tools, else
+        the rendered text's tokens."""
+        if is_environment(prompt.verifier):
+            return agent_task(prompt, self.tokenizer).prompt_ids
+        text = render_prompt(
+            prompt, self.tokenizer, self.config.data.chat_template, self.config.data.system_prompt
+        )
+        return list(self.tokenizer(text)["input_ids"])
 
     def _drop_long_prompts(self) -> None:
         """Leave out prompts longer than `algorithm.max_prompt_tokens` (as verl's filter does), and
         say how many; a domain left empty is an error naming it."""
         limit = self.algo.max_prompt_tokens
         for name, prompts in self.domains.items():
-            lengths = [
-                len(self.tokenizer(render_prompt(p, self.tokenizer, self.config.data.chat_template,
-                                                 self.config.data.system_prompt))["input_ids"])
-                for p in prompts
-            ]  # fmt: skip
+            lengths = [len(self._prompt_ids(p)) for p in prompts]
             kept = [p for p, n in zip(prompts, lengths, strict=True) if n <= limit]
             if not kept:
                 raise DatasetError(
@@ -250,31 +300,70 @@ class GRPOTrainer:
     def _generate_and_score(self, prompts: list[Prompt], step: int, round_index: int) -> RoundResult:
         """Generate and score this rank's prompts (`batch[rank::world]` of round `round_index`).
         No collectives unless generation is synced (ZeRO-3, in-process): it may run in the prefetch
-        thread."""
+        thread. Agent prompts run as episodes and are rewarded by their environment; the others
+        are generated in one call and scored by the verifiers. MT-OPD: then the teachers score."""
         timings: dict[str, float] = {}
-        texts = [
-            render_prompt(p, self.tokenizer, self.config.data.chat_template, self.config.data.system_prompt)
-            for p in prompts
-        ]
+        n, sampling = self.algo.group_size, self._sampling(step, round_index)
+        agent = [i for i, p in enumerate(prompts) if is_environment(p.verifier)]
+        single = [i for i, p in enumerate(prompts) if not is_environment(p.verifier)]
+        groups: list[list[Completion]] = [[] for _ in prompts]
+        correct: list[list[float]] = [[] for _ in prompts]
         start = time.perf_counter()
+        texts = [
+            render_prompt(
+                prompts[i], self.tokenizer, self.config.data.chat_template, self.config.data.system_prompt
+            )
+            for i in single
+        ]
         synced = self._synced_generation  # a rank without prompts still steps with the others
-        groups = self.rollout.generate(texts, self._sampling(step, round_index)) if texts or synced else []
+        if texts or synced:
+            for i, group in zip(single, self.rollout.generate(texts, sampling), strict=True):
+                groups[i] = group
+        if agent:
+            from dataclasses import replace
+
+            from m2rl_trainer.agent.engines import engine_generate
+            from m2rl_trainer.agent.rollout import agent_groups
+
+            turns = replace(sampling, stop_token_ids=[self.episode_config.end_of_turn_id])
+            found = agent_groups(
+                [prompts[i] for i in agent],
+                n,
+                engine_generate(self.rollout, turns),
+                self.tokenizer,
+                self.environment,
+                self.episode_config,
+            )
+            for i, (group, rewards) in zip(agent, found, strict=True):
+                groups[i], correct[i] = group, rewards
         timings["time_generation_s"] = time.perf_counter() - start
 
         start = time.perf_counter()
         samples = [
-            Sample(verifier=p.verifier, response=c.text, reference=p.reference, options=p.verifier_options)
-            for p, group in zip(prompts, groups, strict=True)
-            for c in group
-        ]
+            Sample(verifier=prompts[i].verifier, response=c.text, reference=prompts[i].reference,
+                   options=prompts[i].verifier_options)
+            for i in single
+            for c in groups[i]
+        ]  # fmt: skip
         results = self.scorer.score(samples) if samples else []
+        by_prompt = {i: results[k * n : (k + 1) * n] for k, i in enumerate(single)}
+        for i in single:
+            correct[i] = [float(r.reward) for r in by_prompt[i]]
         timings["time_reward_s"] = time.perf_counter() - start
 
-        n, world, rank = self.algo.group_size, self.dist.world_size, self.dist.rank
-        scored = []
+        teacher_logprobs: list[Any] = [None] * len(prompts)
+        if self.teachers is not None and prompts:
+            start = time.perf_counter()
+            scored = [
+                (p.domain, list(g[0].prompt_token_ids), g) for p, g in zip(prompts, groups, strict=True)
+            ]
+            teacher_logprobs = list(self.teachers.score(scored))
+            timings["time_teacher_s"] = time.perf_counter() - start
+
+        world, rank = self.dist.world_size, self.dist.rank
+        scored_groups = []
         for i, (prompt, group) in enumerate(zip(prompts, groups, strict=True)):
-            correct = [float(r.reward) for r in results[i * n : (i + 1) * n]]
-            shaped = list(correct)
+            shaped = list(correct[i])
             if self.algo.overlong_buffer_tokens > 0:
                 lengths = torch.tensor([len(c.token_ids) for c in group], dtype=torch.float32)
                 penalty = overlong_penalty(
@@ -283,13 +372,16 @@ class GRPOTrainer:
                     self.algo.overlong_buffer_tokens,
                     self.algo.overlong_penalty,
                 )
-                shaped = [r + float(p) for r, p in zip(correct, penalty, strict=True)]
+                shaped = [r + float(p) for r, p in zip(correct[i], penalty, strict=True)]
             key = (round_index, rank + i * world)  # the prompt's place in the round's global batch
-            signs = hygiene.count([prompt.domain] * len(group), results[i * n : (i + 1) * n])
-            scored.append(
-                ScoredGroup(prompt, list(group[0].prompt_token_ids), group, shaped, correct, key, signs)
-            )
-        return scored, timings
+            signs = hygiene.count([prompt.domain] * len(group), by_prompt[i]) if i in by_prompt else Counter()
+            scored_groups.append(
+                ScoredGroup(
+                    prompt, list(group[0].prompt_token_ids), group, shaped, correct[i], key, signs,
+                    teacher_logprobs[i],
+                )
+            )  # fmt: skip
+        return scored_groups, timings
 
     def _collect(
         self, first: RoundResult | None = None
@@ -331,7 +423,11 @@ class GRPOTrainer:
         if not kept:
             return []
         rewards = torch.tensor([g.rewards for g in kept], dtype=torch.float32)
-        advantages = group_advantages(rewards, scale_by_std=self.algo.scale_rewards())
+        # MT-OPD: no reward advantage; per-token ones come from the teachers (update.py, first pass)
+        distill = self.algo.name == "mt-opd"
+        advantages = (
+            torch.zeros_like(rewards) if distill else group_advantages(rewards, self.algo.scale_rewards())
+        )
         groups = []
         for g, group in enumerate(kept):
             completions = [
@@ -339,6 +435,8 @@ class GRPOTrainer:
                     "ids": list(c.token_ids),
                     "old_logprobs": list(c.logprobs),
                     "advantage": float(advantages[g, j]),
+                    **({"loss_mask": list(c.loss_mask)} if c.loss_mask is not None else {}),
+                    **({"teacher_logprobs": group.teacher_logprobs[j]} if group.teacher_logprobs else {}),
                 }
                 for j, c in enumerate(group.completions)
                 if c.token_ids and not (self.algo.overlong_filtering and c.finish_reason == "length")
@@ -536,6 +634,10 @@ class GRPOTrainer:
         if self.prefetcher is not None:
             self.prefetcher.shutdown(wait=True, cancel_futures=True)
         self.scorer.close()
+        if self.environment is not None:
+            self.environment.close()
+        if self.teachers is not None:
+            self.teachers.close()
         if hasattr(self.rollout, "close"):
             self.rollout.close()
         if self.metrics is not None:

@@ -27,6 +27,8 @@ class ScoredGroup:
     rewards: shaped (what advantages see); correct: the verifier's reward alone (accuracy).
     key: (round, index of the prompt in that round's global batch), the order dynamic sampling uses.
     hygiene: counts of reward-hacking signs among the group's rewarded code samples.
+    teacher_logprobs: MT-OPD: per completion, its domain teacher's log-probs of its tokens (None
+        otherwise); scored right after generation, so a prefetched batch carries them.
     """
 
     prompt: Prompt
@@ -36,6 +38,14 @@ class ScoredGroup:
     correct: list[float]
     key: tuple[int, int]
     hygiene: Counter[str] = field(default_factory=Counter)
+    teacher_logprobs: list[list[float]] | None = None
+
+
+def model_tokens(completion: Completion) -> int:
+    """Tokens the model generated: all of a completion's, or a multi-turn episode's masked-in ones
+    (tool results between turns are context, not response length)."""
+    mask = completion.loss_mask
+    return len(completion.token_ids) if mask is None else sum(mask)
 
 
 def zero_variance(groups: list[ScoredGroup]) -> list[bool]:
@@ -64,7 +74,7 @@ def local_sums(generated: list[ScoredGroup], kept: list[ScoredGroup], domains: l
             float(len(completions)),
             float(sum(r for g in mine for r in g.rewards)),
             float(sum(r for g in mine for r in g.correct)),
-            float(sum(len(c.token_ids) for c in completions)),
+            float(sum(model_tokens(c) for c in completions)),
             float(sum(c.finish_reason == "length" for c in completions)),
         ]
         trained = [g for g in kept if g.prompt.domain == name]

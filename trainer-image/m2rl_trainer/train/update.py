@@ -23,6 +23,14 @@ all-reduced before any backward of the micro-batch); updates already taken in th
 
 Groups are the dicts of `batching.py`, plus "domain" per group and, after the first pass,
 "rollout_logprobs", "ref_logprobs" and "is_weights" per completion.
+
+Multi-turn completions (agent episodes) carry a "loss_mask": 1 on the model's tokens, 0 on the tool
+results between its turns. The forward runs over every token (the results are context), while the
+loss, its normalisers, the KL, the mismatch figures and the statistics count only masked-in tokens.
+
+MT-OPD (`algorithm.name: mt-opd`, grpo/opd.py): completions carry their teacher's
+"teacher_logprobs"; the first pass recomputes pi_old and sets per-token "token_advantages" =
+teacher - pi_old on trained tokens, which replace the scalar advantage in the loss.
 """
 
 from __future__ import annotations
@@ -39,12 +47,13 @@ from m2rl_trainer.grpo import (
     mismatch_sums,
     policy_loss,
 )
+from m2rl_trainer.grpo.opd import opd_advantages
 from m2rl_trainer.train.batching import micro_batches, shared_prefix_batch, shared_prefix_logprobs
 from m2rl_trainer.train.collectives import all_reduce
 
 Group = dict[str, Any]
 MAX = dist.ReduceOp.MAX
-PER_TOKEN_EXTRAS = ("rollout_logprobs", "ref_logprobs", "is_weights")
+PER_TOKEN_EXTRAS = ("rollout_logprobs", "ref_logprobs", "is_weights", "teacher_logprobs", "token_advantages")
 MISMATCH = ("tokens", "kl", "k3_kl", "corrected", "weight")
 
 
@@ -57,6 +66,25 @@ def split(groups: list[Group], parts: int) -> list[list[Group]]:
         slices.append(groups[start:end])
         start = end
     return slices
+
+
+def trained_tokens(completion: dict[str, Any]) -> int:
+    """Tokens of a completion the loss trains on (all of them, or a multi-turn one's model tokens)."""
+    mask = completion.get("loss_mask")
+    return len(completion["ids"]) if mask is None else int(sum(mask))
+
+
+def loss_mask(chunk: list[Group], batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """[B, R]: 1 on the tokens the loss trains on: response tokens (`batch["mask"]`), times each
+    multi-turn completion's own loss mask."""
+    completions = [c for g in chunk for c in g["completions"]]
+    if not any("loss_mask" in c for c in completions):
+        return batch["mask"]
+    own = torch.zeros_like(batch["mask"])
+    for i, c in enumerate(completions):
+        row = c.get("loss_mask") or [1] * len(c["ids"])
+        own[i, : len(row)] = torch.tensor(row, dtype=own.dtype)
+    return batch["mask"] * own
 
 
 def per_token(chunk: list[Group], key: str, width: int, device: torch.device | str) -> torch.Tensor:
@@ -144,8 +172,8 @@ class PolicyUpdate:
             loss, stats = policy_loss(
                 logprobs,
                 batch["old_logprobs"],
-                batch["advantages"],
-                batch["mask"],
+                batch.get("token_advantages", batch["advantages"]),
+                batch["loss_mask"],
                 clip_low=self.algo.clip_low,
                 clip_high=self.algo.clip_high,
                 aggregation=self.algo.resolved_aggregation(),
@@ -175,12 +203,13 @@ class PolicyUpdate:
     @torch.no_grad()
     def _first_pass(self, groups: list[Group]) -> dict[str, float]:
         """pi_old by the trainer, pi_ref, and the correction weights, written into each completion."""
-        recompute, reference = self.algo.recompute_old_logprobs, self.ref_model is not None
+        recompute, reference = self.algo.recomputes_old_logprobs(), self.ref_model is not None
         if not recompute and not reference:
             return {}
         chunks = micro_batches(groups, self.algo.micro_batch_size, self.memory.max_tokens_per_micro_batch)
         longest = int(all_reduce([float(len(chunks))], MAX)[0])
         sums, ratio_max = dict.fromkeys(MISMATCH, 0.0), 0.0
+        opd = [0.0, 0.0]  # MT-OPD: sum of log pi_old - log pi_teacher over trained tokens, and their count
         for index in range(longest):
             dummy = index >= len(chunks)
             chunk = chunks[index] if not dummy else (chunks[0] if chunks else [self._dummy_group()])
@@ -200,7 +229,7 @@ class PolicyUpdate:
                     {"cap": a.importance_sampling_cap, "floor": a.importance_sampling_floor},
                 )
                 weights = importance_weights(trainer, rollout, mode, **bounds)
-                found = mismatch_sums(trainer, rollout, batch["mask"], mode, **bounds)
+                found = mismatch_sums(trainer, rollout, batch["loss_mask"], mode, **bounds)
                 for key in MISMATCH:
                     sums[key] += float(found[key])
                 ratio_max = max(ratio_max, float(found["ratio_max"]))
@@ -208,11 +237,21 @@ class PolicyUpdate:
                     n = len(c["ids"])
                     c["rollout_logprobs"], c["old_logprobs"] = c["old_logprobs"], trainer[i, :n].tolist()
                     c["is_weights"] = weights[i, :n].tolist()
+                if "teacher_logprobs" in batch:
+                    advantages = opd_advantages(batch["teacher_logprobs"], trainer, batch["loss_mask"])
+                    opd[0] -= float(advantages.sum())
+                    opd[1] += float(batch["loss_mask"].sum())
+                    for i, c in enumerate(completions):
+                        c["token_advantages"] = advantages[i, : len(c["ids"])].tolist()
         if not recompute:
             return {}
         reduced = dict(zip(MISMATCH, all_reduce([sums[k] for k in MISMATCH]), strict=True))
         tokens = max(reduced["tokens"], 1.0)
-        return {
+        extra = {}
+        if self.algo.name == "mt-opd":
+            kl_sum, kl_tokens = all_reduce(opd)
+            extra["opd_reverse_kl"] = kl_sum / max(kl_tokens, 1.0)  # k1 estimate, per trained token
+        return extra | {
             "rollout_trainer_kl": reduced["kl"] / tokens,
             "rollout_trainer_k3_kl": reduced["k3_kl"] / tokens,
             "importance_weight_clip_ratio": reduced["corrected"] / tokens,
@@ -223,7 +262,7 @@ class PolicyUpdate:
     # ---------------------------------------------------------------- helpers
     def _counts(self, groups: list[Group]) -> tuple[float, float]:
         completions = [c for g in groups for c in g["completions"]]
-        return float(sum(len(c["ids"]) for c in completions)), float(len(completions))
+        return float(sum(trained_tokens(c) for c in completions)), float(len(completions))
 
     def _batch(self, chunk: list[Group]) -> dict[str, torch.Tensor]:
         batch = shared_prefix_batch(chunk, self.pad_id, self.engine.device)
@@ -232,6 +271,7 @@ class PolicyUpdate:
         for key in PER_TOKEN_EXTRAS:
             if key in first:
                 batch[key] = per_token(chunk, key, width, self.engine.device)
+        batch["loss_mask"] = loss_mask(chunk, batch)
         return batch
 
     def _forward(self, model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -244,8 +284,10 @@ class PolicyUpdate:
     def _dummy_group(self) -> Group:
         """A one-token group for a rank without groups: it runs forwards with zero weight."""
         completion: dict[str, Any] = {"ids": [self.pad_id], "old_logprobs": [0.0], "advantage": 0.0}
-        if self.algo.recompute_old_logprobs:
+        if self.algo.recomputes_old_logprobs():
             completion |= {"rollout_logprobs": [0.0], "is_weights": [1.0]}
+        if self.algo.name == "mt-opd":
+            completion |= {"teacher_logprobs": [0.0], "token_advantages": [0.0]}
         if self.ref_model is not None:
             completion["ref_logprobs"] = [0.0]
         return {"prompt": [self.pad_id], "domain": None, "completions": [completion]}
@@ -312,9 +354,10 @@ class _Totals:
                 self.sums[key] = self.sums.get(key, 0.0) + value * tokens
         self.sums["ratio_max"] = max(self.sums.get("ratio_max", 0.0), stats["ratio_max"])
         # Per row, then per domain: clipped tokens and entropy over the row's valid tokens.
-        valid = batch["mask"].bool()
+        valid = batch["loss_mask"].bool()
         ratio = torch.exp((logprobs - batch["old_logprobs"]).clamp(-20.0, 20.0))
-        low, high = clip_regions(ratio, batch["advantages"].unsqueeze(-1), algo.clip_low, algo.clip_high)
+        advantages = batch.get("token_advantages", batch["advantages"].unsqueeze(-1))  # [B, R] or [B, 1]
+        low, high = clip_regions(ratio, advantages, algo.clip_low, algo.clip_high)
         clipped = ((low | high) & valid).sum(-1).tolist()
         entropy_sums = torch.where(valid, entropy, torch.zeros_like(entropy)).sum(-1).tolist()
         lengths = valid.sum(-1).tolist()
