@@ -22,8 +22,11 @@ from m2rl_operator.api.rlvrrun import RLVRRunSpec
 from m2rl_operator.builders import build_evalsuite, build_mergejob, build_rlvrrun, rlvrrun_problems
 from m2rl_operator.builders.references import (
     BASE_SUFFIX,
+    FORMAT_SUFFIX,
     evalsuite_references,
+    merge_prompt_format,
     mergejob_references,
+    run_prompt_format,
 )
 from m2rl_operator.builders.rlvrrun import ATTEMPT_ANNOTATION, build_trainer_job
 from m2rl_operator.builders.trainer_config import checkpoint_uri, final_model_uri
@@ -34,10 +37,9 @@ from m2rl_operator.status import (
     RunObservation,
     condition,
     dependency_conditions,
-    eval_results_table,
-    job_phase_status,
+    dependent_status,
     job_state,
-    merge_analysis,
+    results_needed,
     run_status,
 )
 
@@ -271,6 +273,33 @@ async def resolve(kube: Kube, namespace: str, keys: list[str]) -> Resolution:
     return result
 
 
+async def prompt_formats(kube: Kube, namespace: str, keys: list[str]) -> dict[str, str]:
+    """The prompt formats (FORMAT_SUFFIX entries) of the runs and merges named by `keys`: a run's
+    from its spec, a merge's from the runs and merges it merged (see merge_prompt_format)."""
+    formats: dict[str, str] = {}
+
+    async def visit(key: str, depth: int) -> None:
+        kind, _, name = key.partition("/")
+        if key + FORMAT_SUFFIX in formats or depth > 16:  # depth: merges of merges, never a cycle
+            return
+        obj = await kube.get_custom(kind, namespace, name)
+        if obj is None:
+            return
+        if kind == "RLVRRun":
+            formats[key + FORMAT_SUFFIX] = run_prompt_format(RLVRRunSpec.model_validate(obj["spec"]))
+            return
+        spec = MergeJobSpec.model_validate(obj["spec"])
+        for ref in mergejob_references(spec):
+            if not ref.endswith(BASE_SUFFIX):
+                await visit(ref, depth + 1)
+        if (fmt := merge_prompt_format(spec, formats)) is not None:
+            formats[key + FORMAT_SUFFIX] = fmt
+
+    for key in keys:
+        await visit(key, 0)
+    return formats
+
+
 async def ensure_dependent(ctx: Context, kind: str, body: dict[str, Any]) -> None:
     """MergeJob/EvalSuite: wait for the references, then create the Job (and its config)."""
     name, namespace = body["metadata"]["name"], body["metadata"]["namespace"]
@@ -305,6 +334,7 @@ async def ensure_dependent(ctx: Context, kind: str, body: dict[str, Any]) -> Non
             merge_spec, name=name, namespace=namespace, resolved=found.resolved, options=ctx.options
         )
     else:
+        found.resolved.update(await prompt_formats(ctx.kube, namespace, keys))
         children = build_evalsuite(
             eval_spec, name=name, namespace=namespace, resolved=found.resolved, options=ctx.options
         )
@@ -334,30 +364,12 @@ async def _refresh_dependent(ctx: Context, kind: str, namespace: str, name: str)
     old = dict(obj.get("status") or {})
     if job is None:
         return
-    output = obj["spec"]["output"]["uri"] if kind == "MergeJob" else None
-    what = "Merge" if kind == "MergeJob" else "Evaluation"
-    status = job_phase_status(
-        job, old=old, generation=obj["metadata"].get("generation"), now=now_iso(), output=output, what=what
-    )
+    spec = (MergeJobSpec if kind == "MergeJob" else EvalSuiteSpec).model_validate(obj["spec"])
     # Pods are listed only when their results are read: a merge's once it succeeded, an evaluation's
     # on every refresh (its table fills as each model's pod finishes).
-    if kind == "MergeJob" and status["phase"] == "Succeeded":
-        status["outputModel"] = output
-        results = await ctx.kube.job_results(namespace, job_name)
-        if (analysis := merge_analysis(results, output or "")) is not None:
-            status["analysis"] = analysis
-    if kind == "EvalSuite":
-        spec = EvalSuiteSpec.model_validate(obj["spec"])  # with defaults (metrics: avg@k)
-        table = eval_results_table(
-            [m.name for m in spec.models],
-            [(b.name, list(b.metrics)) for b in spec.benchmarks],
-            await ctx.kube.job_results(namespace, job_name),
-            job_phase=status["phase"],
-            old=old,
-            now=now_iso(),
-        )
-        status["results"] = table
-        status["cellsTotal"] = len(table)
-        status["cellsSucceeded"] = sum(c["phase"] == "Succeeded" for c in table)
+    results = await ctx.kube.job_results(namespace, job_name) if results_needed(kind, job) else []
+    status = dependent_status(
+        kind, spec, job, results, old=old, generation=obj["metadata"].get("generation"), now=now_iso()
+    )
     await _publish(ctx, kind, obj, old, status)
     await expire(ctx, kind, obj, status)
