@@ -49,8 +49,9 @@ class EvalModel(ApiModel):
     model_config = model_rules(
         exactly_one(["runRef", "mergeRef", "model"], "a model"),
         Rule(
-            rule="!has(self.systemPrompt) || !has(self.chatTemplate) || self.chatTemplate",
-            message="systemPrompt needs chatTemplate: the system message is part of the chat template",
+            rule="!has(self.systemPrompt) || (has(self.chatTemplate) && self.chatTemplate)",
+            message="systemPrompt needs chatTemplate: true (set here, not inherited): the system message is "
+            "part of the chat template",
             field_path=".systemPrompt",
         ),
     )
@@ -71,9 +72,9 @@ class EvalModel(ApiModel):
     model was trained with: a runRef model's run's (spec.model.chatTemplate), a mergeRef model's
     merged runs' when they all agree; true for a model URI and for merges of runs that disagree."""
     system_prompt: str | None = Field(None, max_length=16384)
-    """systemPrompt is prepended to every prompt as a system message; needs chatTemplate. Unset means
-    the one the model was trained with (runRef and mergeRef models, as chatTemplate); none for a
-    model URI."""
+    """systemPrompt is prepended to every prompt as a system message; needs chatTemplate: true set
+    here. Unset means the one the model was trained with (runRef and mergeRef models, as
+    chatTemplate); none for a model URI."""
 
 
 class BenchmarkSpec(ApiModel):

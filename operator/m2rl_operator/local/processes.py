@@ -101,6 +101,19 @@ def _signal_group(pgid: int, sig: signal.Signals) -> None:
         os.killpg(pgid, sig)
 
 
+def terminate(child: Child) -> None:
+    """SIGTERM the child's process group (a no-op once it ended)."""
+    if child.poll() is None:
+        _signal_group(child.pid, signal.SIGTERM)
+
+
+def kill(child: Child) -> None:
+    """SIGKILL the child's process group (also orphans of a leader that already exited) and reap it."""
+    _signal_group(child.pid, signal.SIGKILL)
+    while child.poll() is None:
+        time.sleep(0.01)
+
+
 def stop(children: Sequence[Child], grace_s: float = 10.0) -> None:
     """SIGTERM every child's process group, wait up to `grace_s` for all, then SIGKILL the groups.
 
@@ -108,16 +121,12 @@ def stop(children: Sequence[Child], grace_s: float = 10.0) -> None:
     trainer killed mid-step resumes from its last complete checkpoint either way.
     """
     for child in children:
-        if child.poll() is None:
-            _signal_group(child.pid, signal.SIGTERM)
+        terminate(child)
     deadline = time.monotonic() + grace_s
     while time.monotonic() < deadline and any(c.poll() is None for c in children):
         time.sleep(0.05)
     for child in children:
-        _signal_group(child.pid, signal.SIGKILL)  # also orphans of a leader that already exited
-    for child in children:
-        while child.poll() is None:
-            time.sleep(0.01)
+        kill(child)
 
 
 def marked_processes(value: str) -> list[int]:

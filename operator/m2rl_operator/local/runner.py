@@ -144,15 +144,13 @@ class Workload:
         """Account a finished child's CPU time and forget it."""
         usage = self.record.usage.cpu_seconds
         usage[child.name] = round(usage.get(child.name, 0.0) + child.cpu_seconds, 3)
-        self.children.remove(child)
-
-    def stop_all(self, grace_s: float) -> None:
-        processes.stop(self.children, grace_s)
-        for child in list(self.children):
-            self.reap(child)
+        if child in self.children:
+            self.children.remove(child)
 
     def finish(self, state: str, message: str = "") -> None:
-        self.stop_all(self.runner.options.grace_s)
+        """Done: what still runs (the services) is asked to stop; the runner reaps it without waiting."""
+        self.runner.retire(self, self.children)
+        self.children = []
         self.state = state
         self.message = message
         if self.started_at is not None:
@@ -215,6 +213,7 @@ class RunWorkload(Workload):
         )
         write_files(self.plan.files)
         self.plan.output_dir.mkdir(parents=True, exist_ok=True)
+        self.read_metrics()  # an earlier attempt's steps: the progress starts where it stopped
         self.state = "Running"
         self.launched = True
         self.record.usage.attempts += 1
@@ -492,6 +491,7 @@ class LocalRunner:
         objects = {**{k: r.obj for k, r in self.known.items()}, **{r.key: r.obj for r in resources}}
         self.resolved = resolve_offline(list(objects.values()))
         self.workloads: list[Workload] = []
+        self.retiring: list[tuple[Workload, processes.Child, float]] = []  # SIGTERM sent; deadline
         self.skipped: list[str] = []
         for resource in resources:
             record = self.store.load(resource.kind, resource.name)
@@ -584,7 +584,30 @@ class LocalRunner:
         failed = [w.resource.key for w in self.workloads if w.state == "Failed"]
         return 1 if failed else 0
 
+    def retire(self, workload: Workload, children: list[processes.Child]) -> None:
+        """SIGTERM `children` now; `_reap_retired` SIGKILLs what is left after the grace period."""
+        deadline = time.monotonic() + self.options.grace_s
+        for child in children:
+            processes.terminate(child)
+            self.retiring.append((workload, child, deadline))
+
+    def _reap_retired(self, *, wait: bool = False) -> None:
+        """Reap stopped children (their CPU time goes into the record); with `wait`, all of them."""
+        while self.retiring:
+            for entry in list(self.retiring):
+                workload, child, deadline = entry
+                if child.poll() is None and time.monotonic() < deadline:
+                    continue
+                processes.kill(child)  # the group's leftovers too
+                workload.reap(child)
+                self.store.save(workload.record)
+                self.retiring.remove(entry)
+            if not wait:
+                return
+            time.sleep(0.05)
+
     def _step(self) -> None:
+        self._reap_retired()
         busy = sum(w.active() for w in self.workloads)
         for workload in self.workloads:
             if workload.done or (workload.state == "Pending" and not self._ready(workload)):
@@ -648,9 +671,12 @@ class LocalRunner:
         running = [w for w in self.workloads if w.children]
         children = [c for w in running for c in w.children]
         try:
-            processes.stop(children, self.options.grace_s if interrupted else 0.0)
-        except KeyboardInterrupt:
+            processes.stop(children, self.options.grace_s)
+            self._reap_retired(wait=True)
+        except KeyboardInterrupt:  # a second Ctrl-C: no more waiting
             processes.stop(children, 0.0)
+            self.retiring = [(w, c, 0.0) for w, c, _ in self.retiring]
+            self._reap_retired(wait=True)
         left = processes.sweep(self.marker)
         if left:
             self.display.event(f"killed {len(left)} process(es) that had left their process group")

@@ -54,36 +54,37 @@ def layout(tmp_path: Path) -> Layout:
 
 def test_the_quickstart_folder_loads(quickstart: dict[str, Any]) -> None:
     assert sorted(quickstart) == sorted(
-        [f"RLVRRun/expert-{d}" for d in ("math", "code", "science", "if")]
-        + ["RLVRRun/mixed"]
-        + [f"MergeJob/merge-{m}" for m in ("ta", "ties", "dare-ties", "sce", "avg")]
+        [f"RLVRRun/qs-expert-{d}" for d in ("math", "code", "science", "if")]
+        + ["RLVRRun/qs-mixed"]
+        + [f"MergeJob/qs-merge-{m}" for m in ("ta", "ties", "dare-ties", "sce", "avg")]
         + ["EvalSuite/quickstart"]
     )  # the PersistentVolumeClaim is not run: a claim is a folder under the data root
-    assert quickstart["MergeJob/merge-ta"].references() == [
-        f"RLVRRun/expert-{d}" for d in ("math", "code", "science", "if")
+    assert quickstart["MergeJob/qs-merge-ta"].references() == [
+        f"RLVRRun/qs-expert-{d}" for d in ("math", "code", "science", "if")
     ]
     assert len(quickstart["EvalSuite/quickstart"].references()) == 10  # 5 runs, 5 merges
 
 
 def test_problems_name_the_object_and_field(tmp_path: Path) -> None:
     objects = _objects()
-    (merge,) = [o for o in objects if o["metadata"]["name"] == "merge-ta"]
+    (merge,) = [o for o in objects if o["metadata"]["name"] == "qs-merge-ta"]
     merge["spec"]["experts"][1]["runRef"] = "expert-missing"
-    (run,) = [o for o in objects if o["metadata"]["name"] == "expert-if"]
+    (run,) = [o for o in objects if o["metadata"]["name"] == "qs-expert-if"]
     run["spec"]["algorithm"]["steps"] = 0
-    (twin,) = [copy.deepcopy(o) for o in objects if o["metadata"]["name"] == "expert-math"]
+    (twin,) = [copy.deepcopy(o) for o in objects if o["metadata"]["name"] == "qs-expert-math"]
     with pytest.raises(PlanError) as error:
         load_resources([_write(tmp_path, [*objects, twin])])
     message = str(error.value)
     lines = [line.split("objects.yaml", 1)[1] for line in message.splitlines()]
     assert lines == [
-        "#1: RLVRRun/expert-if: spec.algorithm.steps: Invalid value: 0: must be greater than or equal to 1",
-        "#1: RLVRRun/expert-if: spec.algorithm.schedule.warmupSteps: Invalid value: 0: schedule.warmupSteps "
-        "must be smaller than steps: warm-up would never finish",
-        f"#11: RLVRRun/expert-math: RLVRRun/expert-math is also defined in {tmp_path}/objects.yaml#2",
+        "#1: RLVRRun/qs-expert-if: spec.algorithm.steps: Invalid value: 0: must be greater than or equal "
+        "to 1",
+        "#1: RLVRRun/qs-expert-if: spec.algorithm.schedule.warmupSteps: Invalid value: 0: "
+        "schedule.warmupSteps must be smaller than steps: warm-up would never finish",
+        f"#11: RLVRRun/qs-expert-math: RLVRRun/qs-expert-math is also defined in {tmp_path}/objects.yaml#2",
         # A reference to the invalid run is not reported again; one to nothing is.
-        "#5: MergeJob/merge-ta: references RLVRRun/expert-missing, which is neither in the input nor in the "
-        "workdir",
+        "#5: MergeJob/qs-merge-ta: references RLVRRun/expert-missing, which is neither in the input nor "
+        "in the workdir",
     ]
 
 
@@ -102,15 +103,15 @@ def test_a_reference_cycle_is_refused(tmp_path: Path) -> None:
 
 
 def test_a_run_is_its_pods_as_processes(quickstart: dict[str, Any], layout: Layout) -> None:
-    resource = quickstart["RLVRRun/expert-math"]
+    resource = quickstart["RLVRRun/qs-expert-math"]
     plan = plan_run(resource, layout, verifier_port=4001, rollout_ports=[], master_port=4002)
-    config_path = layout.folder("RLVRRun", "expert-math") / "config" / "trainer.yaml"
+    config_path = layout.folder("RLVRRun", "qs-expert-math") / "config" / "trainer.yaml"
     written = yaml.safe_load(plan.files[config_path])
     expected = build_trainer_config(
         resource.spec,
-        name="expert-math",
+        name="qs-expert-math",
         namespace="default",
-        options=layout.options("RLVRRun", "expert-math"),
+        options=layout.options("RLVRRun", "qs-expert-math"),
     )
     # The operator's config, with the loopback addresses of the local services.
     expected["rewards"]["service_url"] = "http://127.0.0.1:4001"
@@ -118,7 +119,7 @@ def test_a_run_is_its_pods_as_processes(quickstart: dict[str, Any], layout: Layo
     assert written == expected
     data = layout.data_root
     assert written["model"] == str(data / "m2rl-data/quickstart/models/sft")
-    assert written["output_dir"] == str(data / "m2rl-checkpoints/quickstart/runs/expert-math")
+    assert written["output_dir"] == str(data / "quickstart-checkpoints/runs/qs-expert-math")
     assert plan.trainer.argv == (sys.executable, "-m", "m2rl_trainer.cli", "--config", str(config_path))
     (verifier,) = plan.services
     assert verifier.argv[1:] == ("serve", "--host", "127.0.0.1", "--port", "4001",
@@ -128,15 +129,15 @@ def test_a_run_is_its_pods_as_processes(quickstart: dict[str, Any], layout: Layo
 
 
 def test_several_ranks_and_vllm_servers(quickstart: dict[str, Any], layout: Layout) -> None:
-    obj = copy.deepcopy(quickstart["RLVRRun/mixed"].obj)
+    obj = copy.deepcopy(quickstart["RLVRRun/qs-mixed"].obj)
     obj["spec"]["trainer"]["nodes"] = 2
     obj["spec"]["rollout"] = {"mode": "server", "replicas": 2, "gpusPerReplica": 0}
-    resource = type(quickstart["RLVRRun/mixed"])("RLVRRun", "mixed", obj, "test")
+    resource = type(quickstart["RLVRRun/qs-mixed"])("RLVRRun", "qs-mixed", obj, "test")
     plan = plan_run(resource, layout, verifier_port=1, rollout_ports=[5001, 5002], master_port=5003)
     config = yaml.safe_load(next(iter(plan.files.values())))
     assert config["rollout"]["server_urls"] == ["http://127.0.0.1:5001", "http://127.0.0.1:5002"]
     assert Path(plan.trainer.argv[0]).name == "torchrun"
-    config_path = str(layout.folder("RLVRRun", "mixed") / "config" / "trainer.yaml")
+    config_path = str(layout.folder("RLVRRun", "qs-mixed") / "config" / "trainer.yaml")
     assert plan.trainer.argv[1:] == (
         "--nnodes", "1", "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", "5003",
         "-m", "m2rl_trainer.cli", "--config", config_path,
@@ -153,21 +154,21 @@ def test_several_ranks_and_vllm_servers(quickstart: dict[str, Any], layout: Layo
 
 def test_a_merge_is_m2rl_merge_with_the_jobs_arguments(quickstart: dict[str, Any], layout: Layout) -> None:
     resolved = resolve_offline([r.obj for r in quickstart.values()])
-    resource = quickstart["MergeJob/merge-ties"]
+    resource = quickstart["MergeJob/qs-merge-ties"]
     plan = plan_merge(resource, layout, resolved)
-    config_path = layout.folder("MergeJob", "merge-ties") / "config" / "merge.yaml"
-    options = layout.options("MergeJob", "merge-ties")
+    config_path = layout.folder("MergeJob", "qs-merge-ties") / "config" / "merge.yaml"
+    options = layout.options("MergeJob", "qs-merge-ties")
     assert yaml.safe_load(plan.files[config_path]) == build_merge_config(
         resource.spec, resolved=resolved, options=options
     )
     (process,) = plan.processes
     assert Path(process.argv[0]).name == "m2rl-merge"
-    output = layout.data_root / "m2rl-checkpoints/quickstart/merges/merge-ties"
+    output = layout.data_root / "quickstart-checkpoints/merges/qs-merge-ties"
     assert process.argv[1:] == (
         "--config", str(config_path), "--output", str(output),
-        "--expert-names", "expert-math,expert-code,expert-science,expert-if",
+        "--expert-names", "math,code,science,if",
     )  # fmt: skip
-    assert process.result_file == layout.folder("MergeJob", "merge-ties") / "results" / "merge.json"
+    assert process.result_file == layout.folder("MergeJob", "qs-merge-ties") / "results" / "merge.json"
 
 
 def test_an_evaluation_is_one_process_per_model(quickstart: dict[str, Any], layout: Layout) -> None:
@@ -184,18 +185,18 @@ def test_an_evaluation_is_one_process_per_model(quickstart: dict[str, Any], layo
     # Every model with the prompt format its run trained with: raw prompts (issue 12 item 6).
     assert {m["chat_template"] for m in config["models"]} == {False}
     assert config["models"][2]["path"] == str(
-        layout.data_root / "m2rl-checkpoints/quickstart/runs/expert-math/checkpoints/step-000030/model"
+        layout.data_root / "quickstart-checkpoints/runs/qs-expert-math/checkpoints/step-000030/model"
     )
 
 
 def test_inputs_are_what_no_resource_produces(quickstart: dict[str, Any], layout: Layout) -> None:
     resolved = resolve_offline([r.obj for r in quickstart.values()])
     data = layout.data_root / "m2rl-data" / "quickstart"
-    assert input_paths(quickstart["RLVRRun/expert-code"], layout, resolved) == [
+    assert input_paths(quickstart["RLVRRun/qs-expert-code"], layout, resolved) == [
         ("spec.model.uri", data / "models" / "sft"),
         ("spec.domains[0].dataset.uri", data / "train" / "code.jsonl"),
     ]
-    assert input_paths(quickstart["MergeJob/merge-avg"], layout, resolved) == []  # all made by runs
+    assert input_paths(quickstart["MergeJob/qs-merge-avg"], layout, resolved) == []  # all made by runs
     suite = input_paths(quickstart["EvalSuite/quickstart"], layout, resolved)
     assert [name for name, _ in suite] == [
         "spec.models[0].model", "spec.models[1].model",
