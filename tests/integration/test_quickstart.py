@@ -86,8 +86,9 @@ def status(work: Path, plural: str, name: str) -> dict[str, Any]:
     return json.loads(path.read_text()).get("status", {}) if path.is_file() else {}
 
 
-def interrupt_after_checkpoint(process: subprocess.Popen[str], work: Path, runs: list[str]) -> list[str]:
-    """SIGINT once one of `runs` is Running with a checkpoint; returns the runs training then."""
+def interrupt_after_checkpoint(process: subprocess.Popen[str], work: Path, runs: list[str]) -> dict[str, Any]:
+    """SIGINT once one of `runs` is Running with a checkpoint; returns the statuses of the runs that
+    were running then."""
     deadline = time.monotonic() + 600
     while True:
         assert process.poll() is None, process.communicate()[0][-3000:]
@@ -100,7 +101,7 @@ def interrupt_after_checkpoint(process: subprocess.Popen[str], work: Path, runs:
     output = process.communicate(timeout=120)[0]
     assert process.returncode == 130, output[-3000:]
     assert "interrupted: stopping every process" in output
-    return [name for name, s in statuses.items() if s.get("phase") == "Running"]
+    return {name: s for name, s in statuses.items() if s.get("phase") == "Running"}
 
 
 def table(work: Path, suite: str) -> dict[tuple[str, str], dict[str, float]]:
@@ -130,9 +131,10 @@ def test_reduced_quickstart_interrupted_resumed_and_reported(data: Path, tmp_pat
     output = process.communicate(timeout=900)[0]
     assert process.returncode == 0, output[-4000:]
     assert marked_processes(str(work.resolve())) == []
-    for name in training:  # resumed from its checkpoint, not restarted
-        log = (work / "rlvrruns" / name / "logs" / "trainer.log").read_text()
-        assert "[m2rl-train] resumed from" in log
+    for name, before in training.items():  # resumed from its checkpoint, not started again
+        if before.get("latestCheckpoint"):
+            log = (work / "rlvrruns" / name / "logs" / "trainer.log").read_text()
+            assert "[m2rl-train] resumed from" in log
     get = m2rl("get", "-w", str(work))
     assert get.returncode == 0
     assert "rlvrrun/qs-mixed Succeeded 6 6 grpo" in " ".join(get.stdout.split())
@@ -168,7 +170,7 @@ def test_an_interrupted_run_gives_the_same_table(data: Path, tmp_path: Path) -> 
         root, work = data_root(data, tmp_path / attempt), tmp_path / attempt / "work"
         process = start_run(folder, work, root)
         if attempt == "interrupted":
-            assert interrupt_after_checkpoint(process, work, ["qs-expert-math"]) == ["qs-expert-math"]
+            assert list(interrupt_after_checkpoint(process, work, ["qs-expert-math"])) == ["qs-expert-math"]
             assert marked_processes(str(work.resolve())) == []
             process = start_run(folder, work, root)
         output = process.communicate(timeout=900)[0]

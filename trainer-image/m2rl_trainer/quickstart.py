@@ -58,8 +58,14 @@ def prepare(data_root: Path, options: PrepareOptions = PrepareOptions()) -> Path
     Idempotent: the folder's stamp records the options, and matching options skip the work. Other
     options rebuild everything (into a temporary sibling, renamed at the end: never half a folder).
     """
+    import torch
+
     from m2rl_trainer.models.tiny import TinyModelSpec, build_tiny_model, parameter_count
     from m2rl_trainer.train.sft import supervised_warmup
+
+    # A 128-wide model's matmuls are too small to share: on 2 busy cores two threads took 8x the
+    # CPU-seconds of one for the same warm-up steps (measured here).
+    torch.set_num_threads(1)
 
     root = data_root / PREFIX
     wanted = asdict(options)

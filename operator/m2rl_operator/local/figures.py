@@ -83,7 +83,9 @@ def similarity_heatmap(study: Study, path: Path) -> None:
     ax.set_yticks(range(len(names)), names)
     for i in range(len(names)):
         for j in range(len(names)):
-            ax.text(j, i, f"{matrix[i][j]:.2f}", ha="center", va="center", fontsize=9)
+            value = matrix[i][j]
+            color = "white" if abs(value) > 0.6 else "black"  # readable on the dark ends of the scale
+            ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=9, color=color)
     fig.colorbar(image, ax=ax, label="cosine similarity")
     ax.set_title("Task-vector similarity")
     fig.tight_layout()

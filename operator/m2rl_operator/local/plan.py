@@ -318,11 +318,18 @@ def plan_run(
     files[config_path] = yaml.safe_dump(config, sort_keys=False)
 
     verifier = _container(manifests, "Deployment", naming.verifier(name))
+    # In a cluster the verifier pod has CPUs of its own and runs model-written programs at idle
+    # priority; here it shares the machine with its own trainer (and other runs), which starves
+    # idle-priority programs: a code step waited five minutes for its rewards. Same sandbox, normal
+    # priority (the verifier's own `sandbox.low_priority` setting).
+    verifier_config = Path(options.config_dir) / "verifier.yaml"
+    files[verifier_config] = yaml.safe_dump({"sandbox": {"low_priority": False}})
+    verifier_args = set_flag(set_flag(verifier["args"], "--host", "127.0.0.1"), "--port", str(verifier_port))
     services = [
         ProcessPlan(
             "verifier",
-            (program(verifier["command"][0]), *verifier["command"][1:],
-             *set_flag(set_flag(verifier["args"], "--host", "127.0.0.1"), "--port", str(verifier_port))),
+            (program(verifier["command"][0]), *verifier["command"][1:], *verifier_args,
+             "--config", str(verifier_config)),
             _env(verifier),
             health_url=loopback.format(verifier_port) + "/health",
         )

@@ -43,6 +43,7 @@ class Model:
     scores: dict[str, list[float]] = field(default_factory=dict)  # benchmark -> one value per seed
     prompts: dict[str, int] = field(default_factory=dict)  # benchmark -> held-out prompts
     cost: list[float] = field(default_factory=list)  # CPU-seconds per seed (runs, merges + their runs)
+    own_cost: list[float] = field(default_factory=list)  # a merge's own job, per seed
 
     def mean(self, benchmark: str) -> float:
         return statistics.fmean(self.scores[benchmark])
@@ -169,6 +170,8 @@ def collect(workdirs: Sequence[Path]) -> Study:
             cost = _cost(ref, records) if ref else None
             if cost is not None:
                 model.cost.append(cost)
+            if m.merge_ref:
+                model.own_cost.append(records[f"MergeJob/{m.merge_ref}"].usage.total_cpu_seconds)
     study = Study(
         workdirs=list(workdirs),
         suite=key,
@@ -293,7 +296,7 @@ def reading(study: Study) -> list[str]:
         label = "the average" if benchmark is None else benchmark
         best = max(study.models, key=lambda m: score(m, benchmark))
         line = f"**{label}**: best is {best.name} ({score(best, benchmark):.3f})"
-        if sft is not None:
+        if sft is not None and benchmark is not None:
             experts = [m for m in study.models if study.expert_domain.get(m.name) == benchmark]
             for expert in experts:
                 d = compare(study, expert, sft, benchmark)
@@ -324,18 +327,15 @@ def reading(study: Study) -> list[str]:
             + (", ".join(above) if above else "none of the mixed and merged models")
             + "."
         )
-    paid = [m for m in study.models if m.cost]
-    if mixed is not None and mixed.cost and merges:
-        expert_cost = sum(statistics.fmean(m.cost) for m in study.model("expert") if m.cost)
-        lines.append(
-            f"Cost: the mixed run took {statistics.fmean(mixed.cost):.0f} CPU-seconds, the four experts "
-            f"together {expert_cost:.0f} (each merge adds its own few seconds on top of them)."
-            if len(study.model("expert")) == 4
-            else f"Cost: the mixed run took {statistics.fmean(mixed.cost):.0f} CPU-seconds, the experts "
-            f"together {expert_cost:.0f}."
-        )
-    elif paid:
-        lines.append("Cost per model: see the table.")
+    experts = [m for m in study.model("expert") if m.cost]
+    if mixed is not None and mixed.cost and experts:
+        together = sum(statistics.fmean(m.cost) for m in experts)
+        line = (f"Cost: the mixed run took {statistics.fmean(mixed.cost):.0f} CPU-seconds, the "
+                f"{len(experts)} experts together {together:.0f}")  # fmt: skip
+        own = [statistics.fmean(m.own_cost) for m in merges if m.own_cost]
+        if own:
+            line += f"; a merge adds {min(own):.0f}-{max(own):.0f} CPU-seconds of its own to its experts'"
+        lines.append(line + ".")
     if study.seeds == 1:
         lines.append(
             "One workdir (one seed): the noise is the standard error of the held-out scores; give "

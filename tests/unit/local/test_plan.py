@@ -107,6 +107,7 @@ def test_a_run_is_its_pods_as_processes(quickstart: dict[str, Any], layout: Layo
     plan = plan_run(resource, layout, verifier_port=4001, rollout_ports=[], master_port=4002)
     config_path = layout.folder("RLVRRun", "qs-expert-math") / "config" / "trainer.yaml"
     written = yaml.safe_load(plan.files[config_path])
+    assert sorted(p.name for p in plan.files) == ["trainer.yaml", "verifier.yaml"]
     expected = build_trainer_config(
         resource.spec,
         name="qs-expert-math",
@@ -122,8 +123,13 @@ def test_a_run_is_its_pods_as_processes(quickstart: dict[str, Any], layout: Layo
     assert written["output_dir"] == str(data / "quickstart-checkpoints/runs/qs-expert-math")
     assert plan.trainer.argv == (sys.executable, "-m", "m2rl_trainer.cli", "--config", str(config_path))
     (verifier,) = plan.services
-    assert verifier.argv[1:] == ("serve", "--host", "127.0.0.1", "--port", "4001",
-                                 "--python-workers", "2", "--sandbox-workers", "2")  # fmt: skip
+    verifier_config = layout.folder("RLVRRun", "qs-expert-math") / "config" / "verifier.yaml"
+    assert verifier.argv[1:] == (
+        "serve", "--host", "127.0.0.1", "--port", "4001", "--python-workers", "2", "--sandbox-workers", "2",
+        "--config", str(verifier_config),
+    )  # fmt: skip
+    # Programs at normal priority: on one machine, idle priority starves them behind the trainers.
+    assert yaml.safe_load(plan.files[verifier_config]) == {"sandbox": {"low_priority": False}}
     assert Path(verifier.argv[0]).name == "m2rl-verifier"
     assert verifier.health_url == "http://127.0.0.1:4001/health"
 
