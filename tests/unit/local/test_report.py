@@ -133,7 +133,8 @@ def test_one_workdir_table_and_reading(tmp_path: Path) -> None:
     se_average = (0.65 * 0.35 / 200 + 0.55 * 0.45 / 200) ** 0.5  # mixed vs ta over both benchmarks
     assert lines[2] == (
         "**the average**: best is mixed (0.650); mixing wins: mixed 0.650 vs the best merge ta "
-        f"(task_arithmetic) 0.550, +10.0 points, {0.1 / se_average:.1f}x the standard error ({se_average * 100:.1f} points)."
+        f"(task_arithmetic) 0.550, +10.0 points, {0.1 / se_average:.1f}x the standard error "
+        f"({se_average * 100:.1f} points)."
     )
     assert lines[3] == (
         "Above sft on the average by more than the noise: mixed (+30.0 points), ta (+20.0 points), "
