@@ -10,9 +10,10 @@ It is the operator's reconcile on one machine. Every half second it
   3. polls the processes and computes each status with the operator's own functions
      (`status.run_status`, `status.dependent_status`), writing it into the workdir when it changed.
 
-Restarts follow the cluster: a failed trainer is restarted from its latest checkpoint up to
-`spec.maxRestarts` times, a merge retried twice (the Job's backoffLimit), each evaluation index once
-(backoffLimitPerIndex); exit code 2 (invalid input) is never retried. Ctrl-C (or SIGTERM) stops
+Restarts follow the cluster: a failed trainer is restarted from its latest checkpoint, and a dead
+verifier or vLLM server started again (as its Deployment or StatefulSet would), up to
+`spec.maxRestarts` times in all; a merge is retried twice (the Job's backoffLimit), each evaluation
+index once (backoffLimitPerIndex); exit code 2 (invalid input) is never retried. Ctrl-C (or SIGTERM) stops
 every process (process groups, then the marker sweep), marks what was running Suspended with reason
 Interrupted, and exits 130; the same command resumes: succeeded resources are skipped, runs resume
 from their checkpoints, evaluations redo only the models without a result.
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import time
 from collections.abc import Callable, Sequence
@@ -61,6 +63,7 @@ from m2rl_operator.status import (
 )
 
 INVALID_INPUT = 2  # the trainer image's programs exit 2 on bad config or data: a retry cannot help
+CHECKPOINT_DIR = re.compile(r"^step-(\d{6,})$")  # m2rl_trainer.train.checkpoint.STEP_DIR
 DONE = ("Succeeded", "Failed")
 
 
@@ -225,11 +228,19 @@ class RunWorkload(Workload):
         assert self.plan is not None
         for plan in self.plan.services:
             child = self.services[plan.component]
-            if child.poll() is not None:
+            if child.poll() is not None:  # a Deployment or StatefulSet would start the pod again
                 self.reap(child)
-                self.finish("Failed", f"{plan.component} exited with code {child.returncode}:\n"
-                                      f"{self.log_tail(child)}")  # fmt: skip
-                return
+                self.ready.discard(plan.component)
+                why = f"{plan.component} exited with code {child.returncode}"
+                if self.restarts >= self.spec.max_restarts:
+                    self.finish("Failed", f"{why}:\n{self.log_tail(child)}")
+                    return
+                self.restarts += 1
+                self.runner.display.event(
+                    f"{self.resource.key}: {why}; starting it again\n{self.log_tail(child)}"
+                )
+                self.services[plan.component] = self.spawn(plan)
+                continue
             if plan.component not in self.ready and plan.health_url and child.healthy(plan.health_url):
                 self.ready.add(plan.component)
         if self.trainer is None:
@@ -264,14 +275,14 @@ class RunWorkload(Workload):
         assert self.plan is not None
         path = self.plan.output_dir / "metrics.jsonl"
         try:
-            with path.open() as handle:
+            with path.open("rb") as handle:
                 handle.seek(self.metrics_offset)
                 chunk = handle.read()
         except FileNotFoundError:
             return
-        complete = chunk[: chunk.rfind("\n") + 1]  # a line being written is read next time
-        self.metrics_offset += len(complete.encode())
-        for line in complete.splitlines():
+        complete = chunk[: chunk.rfind(b"\n") + 1]  # a line being written is read next time
+        self.metrics_offset += len(complete)
+        for line in complete.decode().splitlines():
             if line.strip():
                 self.last = json.loads(line)
                 self.steps_seen.append((time.monotonic(), int(self.last["step"])))
@@ -292,7 +303,11 @@ class RunWorkload(Workload):
         """The newest complete checkpoint (a step-N folder with its checksums written)."""
         assert self.plan is not None
         root = self.plan.output_dir / "checkpoints"
-        steps = [int(p.name[5:]) for p in root.glob("step-*") if (p / "checksums.json").is_file()]
+        steps = [
+            int(match.group(1))
+            for p in root.glob("step-*")
+            if (match := CHECKPOINT_DIR.match(p.name)) and (p / "checksums.json").is_file()
+        ]  # not step-N.tmp: the trainer writes its checksums there before the rename that completes it
         return max(steps, default=None)
 
     def status(self) -> Status:
