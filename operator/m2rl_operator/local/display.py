@@ -92,12 +92,12 @@ class Display:
 class LiveDisplay(Display):
     """rich's Live table, redrawn in place; events scroll above it."""
 
-    def __init__(self, log_path: Path | None = None) -> None:
+    def __init__(self, log_path: Path | None = None, console: Any = None) -> None:
         super().__init__(log_path)
         from rich.console import Console
         from rich.live import Live
 
-        self.console = Console()
+        self.console = console or Console()
         self.live = Live(console=self.console, refresh_per_second=2, transient=False)
         self.live.start()
 
