@@ -156,10 +156,13 @@ class Workload:
         self.children = []
         self.state = state
         self.message = message
+        self.stop_clock()
+
+    def stop_clock(self) -> None:
+        """Add this attempt's wall-clock time to the record."""
         if self.started_at is not None:
-            self.record.usage.wall_seconds = round(
-                self.record.usage.wall_seconds + time.monotonic() - self.started_at, 3
-            )
+            elapsed = time.monotonic() - self.started_at
+            self.record.usage.wall_seconds = round(self.record.usage.wall_seconds + elapsed, 3)
             self.started_at = None
 
     def log_tail(self, child: processes.Child, lines: int = 15) -> str:
@@ -647,8 +650,10 @@ class LocalRunner:
         if failed:
             workload.state = "Failed"
             workload.message = f"referenced {', '.join(failed)} failed"
-        if failed or waiting:
+        if failed or waiting or workload.resource.references():
+            # A merge or an evaluation whose references succeeded is Pending until it gets a slot.
             self._publish(workload, self._waiting_status(workload, waiting, failed))
+        if failed or waiting:
             return False
         if isinstance(workload, JobWorkload) and workload.plan is None:
             self._plan_job(workload)
@@ -657,7 +662,7 @@ class LocalRunner:
     def _waiting_status(self, workload: Workload, waiting: list[str], failed: list[str]) -> Status:
         old = workload.record.status
         status: Status = {
-            "phase": "Failed" if failed else "Waiting",
+            "phase": "Failed" if failed else "Waiting" if waiting else "Pending",
             "observedGeneration": 1,
             "waitingFor": waiting,
             "startTime": old.get("startTime") or now_iso(),
@@ -700,9 +705,7 @@ class LocalRunner:
                 workload.reap(child)
             if interrupted and not workload.done:
                 workload.interrupted = True
-                if workload.started_at is not None:
-                    workload.record.usage.wall_seconds += time.monotonic() - workload.started_at
-                    workload.started_at = None
+                workload.stop_clock()
                 self._publish(workload, workload.status())
                 self.store.save(workload.record)
         self.display.update([w.row() for w in self.workloads])

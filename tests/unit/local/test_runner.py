@@ -157,7 +157,9 @@ def test_a_pipeline_runs_in_order_and_records_crd_statuses(stand_ins: dict[str, 
     ]
     assert (suite["cellsTotal"], suite["cellsSucceeded"]) == (3, 3)
     log = (options.workdir / "run.log").read_text()
-    assert log.index("MergeJob/avg: Waiting -> Running") > log.index("RLVRRun/b: Running -> Succeeded")
+    assert log.index("MergeJob/avg: - -> Waiting") < log.index("RLVRRun/b: Running -> Succeeded")
+    assert log.index("RLVRRun/b: Running -> Succeeded") < log.index("MergeJob/avg: Waiting -> Pending")
+    assert log.index("MergeJob/avg: Waiting -> Pending") < log.index("MergeJob/avg: Pending -> Running")
     assert "RLVRRun/b: trainer exited with code 1; restart 1/3 from the latest checkpoint" in log
     usage = Store(options.workdir).load("RLVRRun", "a")
     assert usage is not None and set(usage.usage.cpu_seconds) == {"trainer", "verifier"}
