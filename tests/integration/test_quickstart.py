@@ -6,6 +6,8 @@
    resumes and finishes; `m2rl report` then writes a report whose table is the EvalSuite's results.
 2. A run interrupted after its first checkpoint and resumed gives the same evaluation table (and
    the same final weights) as the same run uninterrupted.
+3. A run that asks for two trainer ranks and a vLLM rollout server gets them: torchrun with two
+   DeepSpeed ranks, a real vLLM CPU server, filesystem weight sync after every step.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from tests.support.paths import REPO_ROOT
 
 QUICKSTART = REPO_ROOT / "examples" / "quickstart"
 REDUCED = PrepareOptions(train=48, heldout=24, sft_rows=(48, 12, 48, 12), sft_steps=30)
-pytestmark = pytest.mark.timeout(900)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 
 def reduce(objects: list[dict[str, Any]], steps: int) -> list[dict[str, Any]]:
@@ -184,3 +186,22 @@ def test_an_interrupted_run_gives_the_same_table(data: Path, tmp_path: Path) -> 
     assert tables[0] == tables[1]
     assert weights[0] == weights[1]
     assert os.environ.get("M2RL_LOCAL_WORKDIR") is None  # the marker never leaks into the test itself
+
+
+def test_two_ranks_and_a_vllm_server(data: Path, tmp_path: Path) -> None:
+    (run,) = [o for o in reduce(quickstart_objects(), steps=2) if o["metadata"]["name"] == "qs-expert-math"]
+    run["spec"]["trainer"]["nodes"] = 2  # two CPU ranks: torchrun
+    run["spec"]["rollout"] = {"mode": "server", "replicas": 1, "gpusPerReplica": 0}
+    folder, work = write_folder([run], tmp_path / "yaml"), tmp_path / "work"
+    process = start_run(folder, work, data_root(data, tmp_path))
+    output = process.communicate(timeout=900)[0]
+    assert process.returncode == 0, output[-4000:]
+    logs = work / "rlvrruns" / "qs-expert-math" / "logs"
+    assert (logs / "trainer.log").read_text().count("[m2rl-train] step 2/2") == 1  # rank 0 reports
+    assert "--nproc_per_node 2" in (logs / "trainer.log").read_text().splitlines()[1]
+    assert "Application startup complete" in (logs / "rollout-0.log").read_text()  # vLLM's own server
+    final = status(work, "rlvrruns", "qs-expert-math")
+    assert (final["phase"], final["step"]) == ("Succeeded", 2)
+    conditions = {c["type"]: c for c in final["conditions"]}
+    assert conditions["RolloutReady"]["message"] == "1/1 vLLM servers ready"
+    assert marked_processes(str(work.resolve())) == []

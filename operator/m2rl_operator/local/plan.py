@@ -321,9 +321,11 @@ def plan_run(
     # In a cluster the verifier pod has CPUs of its own and runs model-written programs at idle
     # priority; here it shares the machine with its own trainer (and other runs), which starves
     # idle-priority programs: a code step waited five minutes for its rewards. Same sandbox, normal
-    # priority (the verifier's own `sandbox.low_priority` setting).
+    # priority (the verifier's own `sandbox.low_priority` setting). And only the verifiers the run's
+    # domains use: no worker pool starts for nothing (a math run needs no sandboxes).
     verifier_config = Path(options.config_dir) / "verifier.yaml"
-    files[verifier_config] = yaml.safe_dump({"sandbox": {"low_priority": False}})
+    verifiers = {d.verifier.type: {} for d in spec.domains}
+    files[verifier_config] = yaml.safe_dump({"verifiers": verifiers, "sandbox": {"low_priority": False}})
     verifier_args = set_flag(set_flag(verifier["args"], "--host", "127.0.0.1"), "--port", str(verifier_port))
     services = [
         ProcessPlan(

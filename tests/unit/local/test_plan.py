@@ -129,7 +129,11 @@ def test_a_run_is_its_pods_as_processes(quickstart: dict[str, Any], layout: Layo
         "--config", str(verifier_config),
     )  # fmt: skip
     # Programs at normal priority: on one machine, idle priority starves them behind the trainers.
-    assert yaml.safe_load(plan.files[verifier_config]) == {"sandbox": {"low_priority": False}}
+    # ... and only the run's verifiers (no sandbox pool for a math run).
+    assert yaml.safe_load(plan.files[verifier_config]) == {
+        "verifiers": {"math": {}},
+        "sandbox": {"low_priority": False},
+    }
     assert Path(verifier.argv[0]).name == "m2rl-verifier"
     assert verifier.health_url == "http://127.0.0.1:4001/health"
 
