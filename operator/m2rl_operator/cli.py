@@ -1,14 +1,15 @@
 """The `m2rl` command line: thin subcommands over library functions.
 
 Each subcommand is a `Command` in `COMMANDS`: a name, a one-line help, a function that declares
-its arguments and a function that runs it and returns the exit code. Adding one (e.g. `render`,
-`run`) means writing those two functions and appending a `Command`.
+its arguments and a function that runs it and returns the exit code. Adding one means writing
+those two functions and appending a `Command`.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -239,6 +240,91 @@ def _run_render(args: argparse.Namespace) -> int:
     return 1 if rendered.problems else 0
 
 
+# ---- m2rl run / get / report (the local runner) ------------------------------------------------------
+
+
+def _configure_run(parser: argparse.ArgumentParser) -> None:
+    _add_filename_argument(parser, "; references resolve against all of them and the workdir")
+    parser.add_argument(
+        "-w", "--workdir", type=Path, default=Path("m2rl-work"),
+        help="where statuses, configs and logs go; the same command there resumes (default m2rl-work)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--data-root", type=Path, metavar="R",
+        help="pvc://CLAIM/PATH is the file R/CLAIM/PATH (default WORKDIR/pvc)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--parallel", type=int, default=max(1, os.cpu_count() or 1),
+        help="main processes at once: trainers, merges, evaluated models (default: the CPU count)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--eval-engine", choices=("hf", "vllm"), default="hf",
+        help="how m2rl-eval generates: hf (in-process, fast to start; default) or vllm (a server per model)",
+    )  # fmt: skip
+    parser.add_argument("--plain", action="store_true", help="plain progress lines even on a terminal")
+
+
+def _run_run(args: argparse.Namespace) -> int:
+    from m2rl_operator.local import PlanError, RunnerOptions, run_local
+
+    if args.parallel < 1:
+        print("error: --parallel must be at least 1", file=sys.stderr)
+        return 2
+    options = RunnerOptions(
+        workdir=args.workdir,
+        data_root=args.data_root or args.workdir / "pvc",
+        parallel=args.parallel,
+        eval_engine=args.eval_engine,
+    )
+    try:
+        return run_local(args.paths, options, plain=args.plain)
+    except PlanError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+def _configure_get(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-w", "--workdir", type=Path, default=Path("m2rl-work"), help="a `m2rl run` workdir")
+    parser.add_argument(
+        "-o", "--output", choices=("wide", "yaml", "json"), default="",
+        help="wide: more columns and the evaluation tables; yaml/json: the objects with their status",
+    )  # fmt: skip
+
+
+def _run_get(args: argparse.Namespace) -> int:
+    from m2rl_operator.local.get import render
+    from m2rl_operator.local.store import Store
+
+    if not args.workdir.is_dir():
+        print(f"error: {args.workdir}: no such workdir", file=sys.stderr)
+        return 1
+    print(render(Store(args.workdir).all(), args.output))
+    return 0
+
+
+def _configure_report(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "workdirs", nargs="+", type=Path, metavar="WORKDIR",
+        help="`m2rl run` workdirs; several (the same YAML with different seeds) add the seed-to-seed spread",
+    )  # fmt: skip
+    parser.add_argument(
+        "-o", "--out", type=Path, help="folder for report.md and the figures (default: WORKDIR/report)"
+    )
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    from m2rl_operator.local.report import ReportError, write_report
+
+    out = args.out or args.workdirs[0] / "report"
+    try:
+        path = write_report(args.workdirs, out)
+    except ReportError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(f"wrote {path}")
+    return 0
+
+
 COMMANDS: list[Command] = [
     Command(
         "validate",
@@ -257,6 +343,21 @@ COMMANDS: list[Command] = [
         "print the manifests the operator would create for resources, without a cluster",
         _configure_render,
         _run_render,
+    ),
+    Command(
+        "run",
+        "run resources with local processes instead of pods (resumes in the same workdir)",
+        _configure_run,
+        _run_run,
+    ),
+    Command(
+        "get", "print the resources of an `m2rl run` workdir like `kubectl get`", _configure_get, _run_get
+    ),
+    Command(
+        "report",
+        "write report.md and figures (results table, reward curves, task vectors, costs) from workdirs",
+        _configure_report,
+        _run_report,
     ),
 ]
 

@@ -27,8 +27,11 @@ from m2rl_operator.api.rlvrrun import RLVRRunSpec
 from m2rl_operator.builders import build_evalsuite, build_mergejob, build_rlvrrun, rlvrrun_problems
 from m2rl_operator.builders.references import (
     BASE_SUFFIX,
+    FORMAT_SUFFIX,
     evalsuite_references,
+    merge_prompt_format,
     mergejob_references,
+    run_prompt_format,
 )
 from m2rl_operator.builders.rlvrrun import build_trainer_job, config_hash, trainer_selector
 from m2rl_operator.builders.trainer_config import checkpoint_uri, final_model_uri
@@ -41,11 +44,9 @@ from m2rl_operator.status import (
     RunObservation,
     condition,
     dependency_conditions,
-    eval_analysis,
-    eval_results_table,
-    job_phase_status,
+    dependent_status,
     job_state,
-    merge_analysis,
+    results_needed,
     run_status,
 )
 
@@ -457,6 +458,33 @@ def _job_name(kind: str, name: str) -> str:
     return naming.merge_job(name) if kind == "MergeJob" else naming.eval_job(name)
 
 
+async def prompt_formats(kube: Kube, namespace: str, keys: list[str]) -> dict[str, str]:
+    """The prompt formats (FORMAT_SUFFIX entries) of the runs and merges named by `keys`: a run's
+    from its spec, a merge's from the runs and merges it merged (see merge_prompt_format)."""
+    formats: dict[str, str] = {}
+
+    async def visit(key: str, depth: int) -> None:
+        kind, _, name = key.partition("/")
+        if key + FORMAT_SUFFIX in formats or depth > 16:  # depth: merges of merges, never a cycle
+            return
+        obj = await kube.get_custom(kind, namespace, name)
+        if obj is None:
+            return
+        if kind == "RLVRRun":
+            formats[key + FORMAT_SUFFIX] = run_prompt_format(RLVRRunSpec.model_validate(obj["spec"]))
+            return
+        spec = MergeJobSpec.model_validate(obj["spec"])
+        for ref in mergejob_references(spec):
+            if not ref.endswith(BASE_SUFFIX):
+                await visit(ref, depth + 1)
+        if (fmt := merge_prompt_format(spec, formats)) is not None:
+            formats[key + FORMAT_SUFFIX] = fmt
+
+    for key in keys:
+        await visit(key, 0)
+    return formats
+
+
 async def ensure_dependent(ctx: Context, kind: str, body: dict[str, Any]) -> None:
     """MergeJob/EvalSuite: wait for the references, then create the Job (and its config).
 
@@ -500,6 +528,7 @@ async def ensure_dependent(ctx: Context, kind: str, body: dict[str, Any]) -> Non
             merge_spec, name=name, namespace=namespace, resolved=found.resolved, options=ctx.options
         )
     else:
+        found.resolved.update(await prompt_formats(ctx.kube, namespace, keys))
         children = build_evalsuite(
             eval_spec, name=name, namespace=namespace, resolved=found.resolved, options=ctx.options
         )
@@ -548,41 +577,22 @@ async def _refresh_dependent(ctx: Context, kind: str, obj: dict[str, Any], creat
         and job_state(job) not in ("Succeeded", "Failed")
     ):
         await ctx.kube.patch("Job", namespace, job_name, {"spec": {"suspend": suspend}})
-    output = obj["spec"]["output"]["uri"] if kind == "MergeJob" else None
-    what = "Merge" if kind == "MergeJob" else "Evaluation"
-    status = job_phase_status(
+    spec = (MergeJobSpec if kind == "MergeJob" else EvalSuiteSpec).model_validate(obj["spec"])  # with defaults
+    # Results are read from the cached pods: a merge's once it succeeded, an evaluation's on every
+    # refresh (its table fills as each model's pod finishes).
+    pods = ctx.children.pods(namespace, kind, name)
+    results = results_of_pods(pods, job_name) if results_needed(kind, job) else []
+    status = dependent_status(
+        kind,
+        spec,
         job,
+        results,
         old=old,
         generation=obj["metadata"].get("generation"),
         now=now_iso(),
-        output=output,
-        what=what,
         suspend=suspend,
         create_error=create_error,
         pod_failures=pod_failures(ctx, [job]),
     )
-    pods = ctx.children.pods(namespace, kind, name)
-    # Results are read from the cached pods: a merge's once it succeeded, an evaluation's on every
-    # refresh (its table fills as each model's pod finishes).
-    if kind == "MergeJob" and status["phase"] == "Succeeded":
-        status["outputModel"] = output
-        if (analysis := merge_analysis(results_of_pods(pods, job_name), output or "")) is not None:
-            status["analysis"] = analysis
-    if kind == "EvalSuite":
-        spec = EvalSuiteSpec.model_validate(obj["spec"])  # with defaults (metrics: avg@k)
-        results = results_of_pods(pods, job_name)
-        table = eval_results_table(
-            [m.name for m in spec.models],
-            [(b.name, list(b.metrics)) for b in spec.benchmarks],
-            results,
-            job_phase=status["phase"],
-            old=old,
-            now=now_iso(),
-        )
-        if (analysis := eval_analysis(results, spec.output.uri if spec.output else None)) is not None:
-            status["analysis"] = analysis
-        status["results"] = table
-        status["cellsTotal"] = len(table)
-        status["cellsSucceeded"] = sum(c["phase"] == "Succeeded" for c in table)
     await _publish(ctx, kind, obj, old, status)
     await expire(ctx, kind, obj, status)

@@ -21,10 +21,13 @@ from m2rl_operator.builders import build_children, final_model_uri, rlvrrun_prob
 from m2rl_operator.builders.common import Manifest
 from m2rl_operator.builders.references import (
     BASE_SUFFIX,
+    FORMAT_SUFFIX,
     evalsuite_references,
     merge_key,
+    merge_prompt_format,
     mergejob_references,
     run_key,
+    run_prompt_format,
     unresolved,
 )
 from m2rl_operator.settings import OperatorOptions
@@ -39,16 +42,23 @@ class Rendered:
 
 
 def resolve_offline(objects: list[dict[str, Any]]) -> dict[str, str]:
-    """Reference key -> model URI, from the RLVRRuns and MergeJobs among `objects`."""
+    """Reference key -> model URI (and prompt format), from the RLVRRuns and MergeJobs among `objects`."""
     resolved: dict[str, str] = {}
+    merges: dict[str, MergeJobSpec] = {}
     for obj in objects:
         name = obj["metadata"]["name"]
         if obj.get("kind") == "RLVRRun":
             spec = RLVRRunSpec.model_validate(obj["spec"])
             resolved[run_key(name)] = final_model_uri(name, spec)
             resolved[run_key(name) + BASE_SUFFIX] = spec.model.uri
+            resolved[run_key(name) + FORMAT_SUFFIX] = run_prompt_format(spec)
         elif obj.get("kind") == "MergeJob":
-            resolved[merge_key(name)] = MergeJobSpec.model_validate(obj["spec"]).output.uri
+            merges[name] = MergeJobSpec.model_validate(obj["spec"])
+            resolved[merge_key(name)] = merges[name].output.uri
+    for _ in merges:  # merges of merges: a pass per level of nesting at most
+        for name, merge in merges.items():
+            if (fmt := merge_prompt_format(merge, resolved)) is not None:
+                resolved[merge_key(name) + FORMAT_SUFFIX] = fmt
     return resolved
 
 

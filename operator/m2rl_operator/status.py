@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from m2rl_operator.api.evalsuite import EvalSuiteSpec
+from m2rl_operator.api.mergejob import MergeJobSpec
 from m2rl_operator.api.rlvrrun import RLVRRunSpec
 from m2rl_operator.lifecycle import RunPlan, kueue_managed
 from m2rl_operator.naming import KUEUE_QUEUE_LABEL
@@ -392,3 +394,59 @@ def eval_results_table(
                 }
             )
     return table
+
+
+def results_needed(kind: str, job: Mapping[str, Any] | None) -> bool:
+    """Whether `dependent_status` reads the pods' results: a merge's once its Job succeeded, an
+    evaluation's always (its table fills as each model's pod finishes)."""
+    return kind == "EvalSuite" or job_state(job) == "Succeeded"
+
+
+def dependent_status(
+    kind: str,
+    spec: MergeJobSpec | EvalSuiteSpec,
+    job: Mapping[str, Any] | None,
+    results: list[Status],
+    *,
+    old: Status,
+    generation: int | None,
+    now: str,
+    suspend: bool = False,
+    create_error: str | None = None,
+    pod_failures: tuple[str, ...] = (),
+) -> Status:
+    """The status of a MergeJob or EvalSuite whose references resolved, from its Job and the
+    results its pods reported (termination messages; see `results_needed`). The operator and the
+    local runner (`m2rl run`) both compute it here."""
+    output = spec.output.uri if isinstance(spec, MergeJobSpec) else None
+    what = "Merge" if kind == "MergeJob" else "Evaluation"
+    status = job_phase_status(
+        job,
+        old=old,
+        generation=generation,
+        now=now,
+        output=output,
+        what=what,
+        suspend=suspend,
+        create_error=create_error,
+        pod_failures=pod_failures,
+    )
+    if isinstance(spec, MergeJobSpec) and status["phase"] == "Succeeded":
+        status["outputModel"] = output
+        if (analysis := merge_analysis(results, output or "")) is not None:
+            status["analysis"] = analysis
+    if isinstance(spec, EvalSuiteSpec):
+        table = eval_results_table(
+            [m.name for m in spec.models],
+            [(b.name, list(b.metrics)) for b in spec.benchmarks],
+            results,
+            job_phase=status["phase"],
+            old=old,
+            now=now,
+        )
+        if (analysis := eval_analysis(results, spec.output.uri if spec.output else None)) is not None:
+            status["analysis"] = analysis
+        status["results"] = table
+        status["cellsTotal"] = len(table)
+        status["cellsSucceeded"] = sum(c["phase"] == "Succeeded" for c in table)
+    return status

@@ -1,15 +1,21 @@
-"""The quickstart: a whole GRPO run on one CPU machine, in about two minutes.
+"""The quickstart's data and starting models: `python -m m2rl_trainer.quickstart prepare --data-root R`.
 
-1. builds the project's tiny Qwen2-style model and tokenizer (no download);
-2. a short supervised warm-up on the `max3` toy task ("Q: max 3 8 1= A:" -> " \\boxed{8}") so the
-   model answers in the right format and is sometimes right;
-3. GRPO with the real trainer (`m2rl-train`: DeepSpeed on the CPU, rewards from the math verifier
-   in worker processes, Hugging Face generation in the trainer process), checkpoints included;
-4. held-out accuracy before and after, on questions never seen in training.
+Writes what examples/quickstart/ reads through `pvc://m2rl-data/quickstart/...` (with `m2rl run
+--data-root R`, pvc://CLAIM/PATH is R/CLAIM/PATH; on a cluster, run it in a pod that mounts the
+claim):
 
-With `--server` the rollouts come from a real vLLM OpenAI server instead, with filesystem weight
-sync after every step (slower on a CPU; it is the cluster's path). As the local runner lands this
-becomes `m2rl run -f examples/quickstart/` (experts, a mixed run, merges and evaluation).
+    m2rl-data/quickstart/sft/{math,code,science,if}.jsonl        warm-up prompts and target answers
+    m2rl-data/quickstart/train/{math,code,science,if}.jsonl      RL prompts (other prompts)
+    m2rl-data/quickstart/heldout/{math,code,science,if}.jsonl    evaluation prompts, never trained on
+    m2rl-data/quickstart/models/base    the tiny Qwen2-style model, seeded, tokenizer from the data
+    m2rl-data/quickstart/models/sft     base after a short supervised warm-up on all four domains
+
+The warm-up ("SFT") teaches the answer formats and gets some answers right, so every GRPO group
+has rewards to compare; every RLVRRun of the quickstart starts from it, and the merges take their
+task vectors against it. Its rows per domain differ (`sft_rows`): each domain is left about as far
+from solved as the others, so RL has room on all four. Everything is deterministic: the same
+options give byte-identical files, and a second call with the same options does nothing. The
+four domains are described in m2rl_trainer.data.toy_tasks.
 """
 
 from __future__ import annotations
@@ -18,83 +24,107 @@ import argparse
 import json
 import shutil
 import sys
+import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import yaml
+from m2rl_trainer.data.toy_tasks import DOMAINS, curriculum_corpus, curriculum_splits, write_jsonl
 
-from m2rl_trainer.data.toy_tasks import completion_for, toy_splits, write_jsonl
-from m2rl_trainer.models.tiny import TinyModelSpec, build_tiny_model, parameter_count
-from m2rl_trainer.rollout.vllm_server import VLLMServer, VLLMServerConfig
-from m2rl_trainer.train.sft import greedy_accuracy, supervised_warmup
+PREFIX = Path("m2rl-data") / "quickstart"
+STAMP = "quickstart.json"
+
+
+@dataclass(frozen=True)
+class PrepareOptions:
+    """What `prepare` makes; the defaults are the quickstart's (the test suite uses smaller ones)."""
+
+    seed: int = 0  # data, model initialisation and warm-up order
+    train: int = 600  # RL prompts per domain
+    heldout: int = 256  # evaluation prompts per domain: a standard error of about 3 points
+    # Warm-up rows per domain (math, code, science, if): few, so that the warm-up leaves every
+    # domain partly solved (with hundreds of rows it solves the formats outright).
+    sft_rows: tuple[int, int, int, int] = (40, 24, 50, 60)
+    sft_steps: int = 300  # warm-up steps of 32 examples drawn from all sft rows
+    sft_learning_rate: float = 3e-3
 
 
 def _log(message: str) -> None:
     print(f"[quickstart] {message}", flush=True)
 
 
+def prepare(data_root: Path, options: PrepareOptions = PrepareOptions()) -> Path:
+    """Write the datasets and the two models under DATA_ROOT/m2rl-data/quickstart; returns that folder.
+
+    Idempotent: the folder's stamp records the options, and matching options skip the work. Other
+    options rebuild everything (into a temporary sibling, renamed at the end: never half a folder).
+    """
+    import torch
+
+    from m2rl_trainer.models.tiny import TinyModelSpec, build_tiny_model, parameter_count
+    from m2rl_trainer.train.sft import supervised_warmup
+
+    # A 128-wide model's matmuls are too small to share: on 2 busy cores two threads took 8x the
+    # CPU-seconds of one for the same warm-up steps (measured here).
+    torch.set_num_threads(1)
+
+    root = data_root / PREFIX
+    wanted = asdict(options)
+    stamp = root / STAMP
+    if stamp.is_file() and json.loads(stamp.read_text()).get("options") == wanted:
+        _log(f"{root}: already prepared with these options, nothing to do")
+        return root
+    started = time.process_time()
+    tmp = root.with_name(f".{root.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    splits = {
+        d: curriculum_splits(d, n_sft, options.train, options.heldout, options.seed)
+        for d, n_sft in zip(DOMAINS, options.sft_rows, strict=True)
+    }
+    for domain, (sft, train, heldout) in splits.items():
+        write_jsonl(sft, tmp / "sft" / f"{domain}.jsonl")
+        write_jsonl(train, tmp / "train" / f"{domain}.jsonl")
+        write_jsonl(heldout, tmp / "heldout" / f"{domain}.jsonl")
+    _log(f"datasets: {options.train} RL + {options.heldout} held-out prompts per domain, "
+         f"warm-up rows {dict(zip(DOMAINS, options.sft_rows, strict=True))}")  # fmt: skip
+    rows = [row for sft, _, _ in splits.values() for row in sft]
+    corpus = curriculum_corpus([row for split in splits.values() for row in [*split[0], *split[1]]])
+    base = build_tiny_model(tmp / "models" / "base", TinyModelSpec(seed=options.seed), corpus)
+    _log(f"tiny model: {parameter_count(base):,} parameters (seed {options.seed}, no download)")
+    pairs = [(row["prompt"], row["completion"]) for row in rows]
+    supervised_warmup(base, tmp / "models" / "sft", pairs, steps=options.sft_steps,
+                      learning_rate=options.sft_learning_rate, seed=options.seed)  # fmt: skip
+    cpu = time.process_time() - started
+    _log(f"supervised warm-up: {options.sft_steps} steps of 32 examples ({cpu:.0f} CPU-seconds in all)")
+    (tmp / STAMP).write_text(json.dumps({"options": wanted, "cpu_seconds": round(cpu, 1)}, indent=2) + "\n")
+    shutil.rmtree(root, ignore_errors=True)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp.rename(root)
+    return root
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="quickstart", description=__doc__)
-    parser.add_argument("--workdir", type=Path, default=Path("runs/quickstart"), help="where everything goes")
-    parser.add_argument("--steps", type=int, default=30, help="GRPO steps")
-    parser.add_argument("--server", action="store_true", help="roll out with a real vLLM server")
+    parser = argparse.ArgumentParser(prog="python -m m2rl_trainer.quickstart", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("prepare", help="write the quickstart's datasets and models")
+    p.add_argument("--data-root", type=Path, required=True, help="the folder that stands for the volumes")
+    defaults = PrepareOptions()
+    p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument("--train", type=int, default=defaults.train, help="RL prompts per domain")
+    p.add_argument("--heldout", type=int, default=defaults.heldout, help="evaluation prompts per domain")
+    p.add_argument("--sft-steps", type=int, default=defaults.sft_steps, help="supervised warm-up steps")
+    p.add_argument("--sft-rows", type=lambda text: tuple(int(x) for x in text.split(",")),
+                   default=defaults.sft_rows, help="warm-up rows of math,code,science,if")  # fmt: skip
     args = parser.parse_args(argv)
-    work = args.workdir
-    if (work / "run").exists():
-        shutil.rmtree(work / "run")  # a fresh run each time; models are reused
-
-    train, heldout = toy_splits("max3", 500, 300, seed=0)
-    train_file = write_jsonl(train, work / "data" / "train.jsonl")
-    base, warm = work / "model-base", work / "model-sft"
-    if not base.exists():
-        _log("building the tiny model (seeded, no download)")
-        build_tiny_model(base, TinyModelSpec(seed=0))
-    _log(f"tiny model: {parameter_count(base):,} parameters")
-    if not warm.exists():
-        _log("supervised warm-up: 40 steps on max3 so GRPO groups have something to compare")
-        supervised_warmup(base, warm, [(r["prompt"], completion_for(r)) for r in train], steps=40)
-    before = greedy_accuracy(warm, heldout)
-    _log(f"held-out accuracy before GRPO: {before:.1%} (300 questions never trained on)")
-
-    config = {
-        "model": str(warm),
-        "output_dir": str(work / "run"),
-        "run_name": "quickstart",
-        "data": {"domains": [{"name": "math", "dataset": str(train_file), "verifier": "math"}]},
-        "algorithm": {"name": "grpo", "group_size": 8, "prompts_per_step": 16, "learning_rate": 1e-3,
-                      "max_response_tokens": 8, "steps": args.steps, "micro_batch_size": 64, "seed": 0},
-        "rollout": {"mode": "colocated"},
-        "deepspeed": {"zero_stage": 2},
-        "checkpoint": {"every_steps": 10, "keep": 2},
-    }  # fmt: skip
-    server = None
-    if args.server:
-        _log("starting a vLLM OpenAI server on the CPU (about a minute)")
-        server = VLLMServer(VLLMServerConfig(model=warm, served_model_name="policy"), work / "vllm.log")
-        server.wait_ready()
-        config["rollout"] = {"mode": "server", "server_urls": [server.url], "served_model_name": "policy",
-                             "weight_sync_dir": str(work / "weights")}  # fmt: skip
-    config_file = work / "grpo.yaml"
-    config_file.write_text(yaml.safe_dump(config, sort_keys=False))
-    _log(f"GRPO: {args.steps} steps of 16 prompts x 8 completions (config: {config_file})")
+    if len(args.sft_rows) != len(DOMAINS):
+        parser.error(f"--sft-rows: give {len(DOMAINS)} numbers ({','.join(DOMAINS)})")
+    options = PrepareOptions(seed=args.seed, train=args.train, heldout=args.heldout,
+                             sft_rows=args.sft_rows, sft_steps=args.sft_steps)  # fmt: skip
     try:
-        from m2rl_trainer.config import load_config
-        from m2rl_trainer.train.loop import train as run_grpo
-
-        run_grpo(load_config(config_file))
-    finally:
-        if server is not None:
-            server.stop()
-
-    final = work / "run" / "checkpoints" / f"step-{args.steps:06d}" / "model"
-    after = greedy_accuracy(final, heldout)
-    records = [json.loads(line) for line in (work / "run" / "metrics.jsonl").read_text().splitlines()]
-    first, last = records[: max(len(records) // 4, 1)], records[-max(len(records) // 4, 1) :]
-    _log(
-        f"training reward {sum(r['reward'] for r in first) / len(first):.1%} (first quarter) -> "
-        f"{sum(r['reward'] for r in last) / len(last):.1%} (last quarter)"
-    )
-    _log(f"held-out accuracy: {before:.1%} -> {after:.1%}")
-    _log(f"model: {final} (Hugging Face format); metrics: {work / 'run' / 'metrics.jsonl'}")
+        prepare(args.data_root, options)
+    except ValueError as error:  # e.g. more prompts asked for than a domain has
+        print(f"quickstart: {error}", file=sys.stderr)
+        return 2
     return 0
 
 

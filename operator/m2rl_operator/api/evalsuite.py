@@ -52,7 +52,15 @@ def _unique_names(what: str) -> Rule:
 class EvalModel(ApiModel):
     """One model to evaluate."""
 
-    model_config = model_rules(exactly_one(["runRef", "mergeRef", "model"], "a model"))
+    model_config = model_rules(
+        exactly_one(["runRef", "mergeRef", "model"], "a model"),
+        Rule(
+            rule="!has(self.systemPrompt) || (has(self.chatTemplate) && self.chatTemplate)",
+            message="systemPrompt needs chatTemplate: true (set here, not inherited): the system message is "
+            "part of the chat template",
+            field_path=".systemPrompt",
+        ),
+    )
 
     name: ShortName
     """name labels the model in the results table. Unique within the suite."""
@@ -65,8 +73,14 @@ class EvalModel(ApiModel):
     model: URI | None = None
     """model is a checkpoint's URI (pvc://, hf:// or file://), e.g. the base model as a baseline.
     Exactly one of runRef, mergeRef and model is set."""
-    chat_template: bool = True
-    """chatTemplate wraps prompts in the tokenizer's chat template. Default true."""
+    chat_template: bool | None = None
+    """chatTemplate wraps prompts in the tokenizer's chat template. Unset means the prompt format the
+    model was trained with: a runRef model's run's (spec.model.chatTemplate), a mergeRef model's
+    merged runs' when they all agree; true for a model URI and for merges of runs that disagree."""
+    system_prompt: str | None = Field(None, max_length=16384)
+    """systemPrompt is prepended to every prompt as a system message; needs chatTemplate: true set
+    here. Unset means the one the model was trained with (runRef and mergeRef models, as
+    chatTemplate); none for a model URI."""
 
 
 class BenchmarkSpec(ApiModel):

@@ -27,7 +27,7 @@ from m2rl_operator.builders.common import (
     shm_volume,
 )
 from m2rl_operator.builders.pods import requests_for, sandbox_security, worker_job
-from m2rl_operator.builders.references import Resolved, merge_key, run_key
+from m2rl_operator.builders.references import Resolved, eval_prompt_format, merge_key, run_key
 from m2rl_operator.settings import OperatorOptions
 
 KIND = "EvalSuite"
@@ -40,10 +40,17 @@ def model_uris(spec: EvalSuiteSpec, resolved: Resolved) -> list[str]:
     ]
 
 
+def _model_entry(name: str, path: str, prompt: dict[str, Any]) -> dict[str, Any]:
+    entry = {"name": name, "path": path, "chat_template": prompt["chat_template"]}
+    if prompt["system_prompt"] is not None:
+        entry["system_prompt"] = prompt["system_prompt"]
+    return entry
+
+
 def build_eval_config(spec: EvalSuiteSpec, *, resolved: Resolved, options: OperatorOptions) -> dict[str, Any]:
     return {
         "models": [
-            {"name": m.name, "path": local_path(uri, options), "chat_template": m.chat_template}
+            _model_entry(m.name, local_path(uri, options), eval_prompt_format(m, resolved))
             for m, uri in zip(spec.models, model_uris(spec, resolved), strict=True)
         ],
         "benchmarks": [

@@ -2,19 +2,27 @@
 
 A reference key is "Kind/name" (e.g. "RLVRRun/math-expert"); `Resolved` maps keys to URIs. The
 handler fills it from the referenced objects' status (finalModel, outputModel) and spec (a run's
-base model for MergeJob.base.runRef, key "RLVRRun/NAME#base"); `m2rl render` fills it from the
-other resources of the same files.
+base model for MergeJob.base.runRef, key "RLVRRun/NAME#base"); `m2rl render` and `m2rl run` fill
+it from the other resources of the same files.
+
+Prompt formats travel the same way (key "Kind/name#format", a JSON text {"chatTemplate",
+"systemPrompt"}): an EvalSuite evaluates a run's model with the format the run trained with, and a
+merge's with the format of the runs it merged when they agree.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
+from typing import Any
 
-from m2rl_operator.api.evalsuite import EvalSuiteSpec
+from m2rl_operator.api.evalsuite import EvalModel, EvalSuiteSpec
 from m2rl_operator.api.mergejob import MergeJobSpec
+from m2rl_operator.api.rlvrrun import RLVRRunSpec
 
 Resolved = Mapping[str, str]
 BASE_SUFFIX = "#base"
+FORMAT_SUFFIX = "#format"
 
 
 def run_key(name: str) -> str:
@@ -49,3 +57,38 @@ def evalsuite_references(spec: EvalSuiteSpec) -> list[str]:
 
 def unresolved(keys: list[str], resolved: Resolved) -> list[str]:
     return [k for k in keys if k not in resolved]
+
+
+def run_prompt_format(spec: RLVRRunSpec) -> str:
+    """The prompt format a run trains with, as the FORMAT_SUFFIX entry holds it."""
+    return json.dumps(
+        {"chatTemplate": spec.model.chat_template, "systemPrompt": spec.model.system_prompt}, sort_keys=True
+    )
+
+
+def merge_prompt_format(spec: MergeJobSpec, resolved: Resolved) -> str | None:
+    """The prompt format of a merge: its referenced experts' (runs or merges) when all agree; None
+    when an expert is a model URI (its format is unknown) or two experts differ."""
+    formats = set()
+    for expert in spec.experts:
+        if not (expert.run_ref or expert.merge_ref):
+            return None
+        key = run_key(expert.run_ref) if expert.run_ref else merge_key(expert.merge_ref or "")
+        if key + FORMAT_SUFFIX not in resolved:
+            return None
+        formats.add(resolved[key + FORMAT_SUFFIX])
+    return formats.pop() if len(formats) == 1 else None
+
+
+def eval_prompt_format(model: EvalModel, resolved: Resolved) -> dict[str, Any]:
+    """chat_template and system_prompt of an EvalSuite model: the suite's own values where set,
+    else the format its run or merge trained with, else the API's defaults (chat template, no
+    system prompt)."""
+    inherited: dict[str, Any] = {"chatTemplate": True, "systemPrompt": None}
+    if model.run_ref or model.merge_ref:
+        key = run_key(model.run_ref) if model.run_ref else merge_key(model.merge_ref or "")
+        if key + FORMAT_SUFFIX in resolved:
+            inherited = json.loads(resolved[key + FORMAT_SUFFIX])
+    chat_template = model.chat_template if model.chat_template is not None else inherited["chatTemplate"]
+    system_prompt = model.system_prompt if model.system_prompt is not None else inherited["systemPrompt"]
+    return {"chat_template": chat_template, "system_prompt": system_prompt if chat_template else None}

@@ -47,7 +47,11 @@ class ModelConfig:
 
     name: str  # the row label; also the output subdirectory
     path: str  # a local Hugging Face folder, or a Hub id ORG/NAME (hf:// URIs)
-    chat_template: bool = True  # wrap prompts in the tokenizer's chat template (the API's default)
+    # The prompt format, with the trainer's defaults (m2rl_trainer.config.DataConfig): a model is
+    # evaluated as it was trained. The operator always writes both (EvalSuite models inherit their
+    # run's format).
+    chat_template: bool = False  # wrap prompts in the tokenizer's chat template
+    system_prompt: str | None = None  # prepended as a system message; needs chat_template
 
 
 @dataclass(frozen=True)
@@ -173,6 +177,10 @@ def validate(config: EvalConfig) -> list[str]:
     for i, model in enumerate(config.models):
         if not model.path:
             problems.append(f"models[{i}].path: must not be empty")
+        if model.system_prompt is not None and not model.chat_template:
+            problems.append(
+                f"models[{i}].system_prompt: needs chat_template (raw prompts have no system message)"
+            )
     s = config.sampling
     if s.temperature < 0:
         problems.append(f"sampling.temperature: must be >= 0, got {s.temperature}")

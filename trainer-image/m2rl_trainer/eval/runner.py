@@ -306,9 +306,11 @@ def evaluate_model(config: EvalConfig, model_index: int, options: RunOptions) ->
     prompts = load_benchmarks(config)  # data errors before anything heavy
     tokenizer = load_tokenizer(model)
     texts = {
-        b.name: [render_prompt(p, tokenizer, model.chat_template) for p in prompts[b.name]]
+        b.name: [
+            render_prompt(p, tokenizer, model.chat_template, model.system_prompt) for p in prompts[b.name]
+        ]
         for b in config.benchmarks
-    }
+    }  # the model's prompt format: the one it was trained with (the operator fills it in)
     with ExitStack() as stack:
         writer = None
         if options.output_dir is not None:
