@@ -577,7 +577,7 @@ async def _refresh_dependent(ctx: Context, kind: str, obj: dict[str, Any], creat
         and job_state(job) not in ("Succeeded", "Failed")
     ):
         await ctx.kube.patch("Job", namespace, job_name, {"spec": {"suspend": suspend}})
-    spec = (MergeJobSpec if kind == "MergeJob" else EvalSuiteSpec).model_validate(obj["spec"])  # with defaults
+    spec = (MergeJobSpec if kind == "MergeJob" else EvalSuiteSpec).model_validate(obj["spec"])
     # Results are read from the cached pods: a merge's once it succeeded, an evaluation's on every
     # refresh (its table fills as each model's pod finishes).
     pods = ctx.children.pods(namespace, kind, name)
