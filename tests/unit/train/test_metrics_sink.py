@@ -124,3 +124,36 @@ def test_every_name_is_documented() -> None:
         metrics.CHECKPOINT_STEP,
     }
     assert sorted(n for n in names if f"`{n}" not in doc) == []
+
+
+def test_a_scrape_sees_all_numbers_of_one_step(tmp_path: Path) -> None:
+    """A scrape during `log` must not mix two steps (the run's last scrape would then show the
+    final step count beside the previous step's per-domain numbers)."""
+    import threading
+
+    sink = MetricsSink(tmp_path / "m.jsonl", None, "r")
+    domains = [f"d{i}" for i in range(40)]  # many series: a long window between the first and last
+    steps = 300
+    done = threading.Event()
+
+    def train() -> None:
+        for step in range(1, steps + 1):
+            sink.log({"step": step, "per_domain": {d: {"accuracy": step / steps} for d in domains}})
+        done.set()
+
+    writer = threading.Thread(target=train)
+    writer.start()
+    mixed = scrapes = 0
+    while not done.is_set() or scrapes == 0:
+        samples = {
+            (s.name, s.labels.get("domain")): s.value for m in sink.registry.collect() for s in m.samples
+        }
+        if (metrics.STEP, None) not in samples:
+            continue
+        scrapes += 1
+        step = samples[(metrics.STEP, None)]
+        accuracies = {samples[(metrics.DOMAIN_ACCURACY, d)] for d in domains}
+        mixed += accuracies != {step / steps}
+    writer.join()
+    assert scrapes > 0
+    assert mixed == 0, f"{mixed} of {scrapes} scrapes mixed two steps"

@@ -17,7 +17,9 @@ from __future__ import annotations
 import json
 import math
 import re
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -202,13 +204,28 @@ def _units(key: str) -> str:
     return key
 
 
+class _SnapshotRegistry(prometheus_client.CollectorRegistry):
+    """A registry whose scrape never sees half a step: `collect` and `MetricsSink.log` hold the
+    same lock, so every scrape shows all the numbers of one record (a scrape between the step
+    gauge and the per-domain gauges of the last step would otherwise be the run's final view)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.update_lock = threading.Lock()
+
+    def collect(self) -> Iterator[Any]:
+        with self.update_lock:
+            metrics = list(super().collect())
+        yield from metrics
+
+
 class MetricsSink:
     """Writes step records to JSONL and mirrors numbers to Prometheus gauges and counters."""
 
     def __init__(self, jsonl_path: Path, prometheus_port: int | None, run_name: str) -> None:
         self.jsonl_path = jsonl_path
         jsonl_path.parent.mkdir(parents=True, exist_ok=True)
-        self.registry = prometheus_client.CollectorRegistry()
+        self.registry = _SnapshotRegistry()
         self.run_name = run_name
         self._metrics: dict[str, Any] = {}
         self._running: dict[str, float] = {}  # running totals already counted, by JSONL key
@@ -245,19 +262,21 @@ class MetricsSink:
         """Append `record` (flat numbers, plus `per_domain: {domain: {metric: value}}`)."""
         with open(self.jsonl_path, "a") as handle:
             handle.write(json.dumps(record, sort_keys=True) + "\n")
-        for key, value in record.items():
-            if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
-                self._export(key, float(value))
-        for domain, values in record.get("per_domain", {}).items():
-            for key, value in values.items():
-                if isinstance(value, int | float) and math.isfinite(value):
-                    self._export(key, float(value), domain=domain)
-        self._child(_STEPS).inc()
-        self._child(_LAST_STEP).set(time.time())  # the chart's M2RLStepStalled alert
+        with self.registry.update_lock:
+            for key, value in record.items():
+                if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+                    self._export(key, float(value))
+            for domain, values in record.get("per_domain", {}).items():
+                for key, value in values.items():
+                    if isinstance(value, int | float) and math.isfinite(value):
+                        self._export(key, float(value), domain=domain)
+            self._child(_STEPS).inc()
+            self._child(_LAST_STEP).set(time.time())  # the chart's M2RLStepStalled alert
 
     def checkpoint_written(self, step: int) -> None:
         """`m2rl_train_checkpoint_step`: the newest complete checkpoint (the operator's latestCheckpoint)."""
-        self._child(_CHECKPOINT).set(step)
+        with self.registry.update_lock:
+            self._child(_CHECKPOINT).set(step)
 
     def close(self) -> None:
         if self._server is not None:
