@@ -321,21 +321,21 @@ def plan_run(
     # In a cluster the verifier pod has CPUs of its own and runs model-written programs at idle
     # priority; here it shares the machine with its own trainer (and other runs), which starves
     # idle-priority programs: a code step waited five minutes for its rewards. Same sandbox, normal
-    # priority (the verifier's own `sandbox.low_priority` setting). And only the verifiers the run's
-    # domains use: no worker pool starts for nothing (a math run needs no sandboxes).
-    verifier_config = Path(options.config_dir) / "verifier.yaml"
-    verifiers = {d.verifier.type: {} for d in spec.domains}
-    files[verifier_config] = yaml.safe_dump({"verifiers": verifiers, "sandbox": {"low_priority": False}})
+    # priority (the verifier's own `sandbox.low_priority` setting). The operator's config already
+    # enables only the verifiers the run's domains use (no worker pool starts for nothing).
+    verifier_config = Path(options.config_dir) / naming.VERIFIER_CONFIG_FILE
+    verifier_settings = yaml.safe_load(files[verifier_config])
+    verifier_settings.setdefault("sandbox", {})["low_priority"] = False
+    files[verifier_config] = yaml.safe_dump(verifier_settings, sort_keys=False)
     verifier_args = set_flag(set_flag(verifier["args"], "--host", "127.0.0.1"), "--port", str(verifier_port))
     services = [
         ProcessPlan(
             "verifier",
-            (program(verifier["command"][0]), *verifier["command"][1:], *verifier_args,
-             "--config", str(verifier_config)),
+            (program(verifier["command"][0]), *verifier["command"][1:], *verifier_args),
             _env(verifier),
             health_url=loopback.format(verifier_port) + "/health",
         )
-    ]  # fmt: skip
+    ]
     if spec.rollout.mode == "server":
         rollout = _container(manifests, "StatefulSet", naming.rollout(name))
         env = {"VLLM_CPU_KVCACHE_SPACE": "1", **_env(rollout)}  # GiB of KV cache on CPU

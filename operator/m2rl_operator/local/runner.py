@@ -37,6 +37,7 @@ from m2rl_operator.api.evalsuite import EvalSuiteSpec
 from m2rl_operator.api.mergejob import MergeJobSpec
 from m2rl_operator.api.rlvrrun import RLVRRunSpec
 from m2rl_operator.builders.trainer_config import checkpoint_uri, final_model_uri
+from m2rl_operator.lifecycle import RunPlan as RefreshPlan
 from m2rl_operator.local import processes
 from m2rl_operator.local.display import Display, Row
 from m2rl_operator.local.plan import (
@@ -330,11 +331,26 @@ class RunWorkload(Workload):
             old=self.record.status,
             generation=1,
             now=now_iso(),
-            restarts=self.restarts,
+            plan=self.plan_of(state),
             final_model=final_model_uri(name, spec),
             checkpoint_uri=lambda step: checkpoint_uri(name, spec, step),
         )
         return interrupted(status) if self.interrupted else status
+
+    def plan_of(self, state: str) -> RefreshPlan:
+        """The refresh decision `status.run_status` reads, as the operator's `plan_run` would make it
+        for a local trainer in `state` (the runner itself does the restarting)."""
+        terminal = state if state in ("Succeeded", "Failed") else None
+        return RefreshPlan(
+            action="keep",
+            attempt=self.restarts + 1,
+            restarts=self.restarts,
+            rollout_replicas=self.spec.rollout.replicas if self.spec.rollout.mode == "server" else 0,
+            verifier_replicas=self.spec.verifier.replicas,
+            terminal=terminal,
+            reason="TrainerFailed" if terminal == "Failed" else "",
+            message=self.message if terminal == "Failed" else "",
+        )
 
     def row(self) -> Row:
         step, total = self.step(), self.spec.algorithm.steps

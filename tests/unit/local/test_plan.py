@@ -125,9 +125,9 @@ def test_a_run_is_its_pods_as_processes(quickstart: dict[str, Any], layout: Layo
     (verifier,) = plan.services
     verifier_config = layout.folder("RLVRRun", "qs-expert-math") / "config" / "verifier.yaml"
     assert verifier.argv[1:] == (
-        "serve", "--host", "127.0.0.1", "--port", "4001", "--python-workers", "2", "--sandbox-workers", "2",
-        "--config", str(verifier_config),
-    )  # fmt: skip
+        "serve", "--host", "127.0.0.1", "--port", "4001", "--config", str(verifier_config),
+        "--python-workers", "2",
+    )  # fmt: skip (the operator's arguments: no sandbox workers for a math run)
     # Programs at normal priority: on one machine, idle priority starves them behind the trainers.
     # ... and only the run's verifiers (no sandbox pool for a math run).
     assert yaml.safe_load(plan.files[verifier_config]) == {
@@ -176,7 +176,7 @@ def test_a_merge_is_m2rl_merge_with_the_jobs_arguments(quickstart: dict[str, Any
     output = layout.data_root / "quickstart-checkpoints/merges/qs-merge-ties"
     assert process.argv[1:] == (
         "--config", str(config_path), "--output", str(output),
-        "--expert-names", "math,code,science,if",
+        "--expert-names", "math,code,science,if", "--eta", "0.001", "--projection-dims", "256",
     )  # fmt: skip
     assert process.result_file == layout.folder("MergeJob", "qs-merge-ties") / "results" / "merge.json"
 

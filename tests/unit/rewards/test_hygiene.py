@@ -66,7 +66,7 @@ def test_the_trainer_logs_and_exports_the_shares(one_rank, tmp_path):
     from m2rl_trainer.train.rollouts import ScoredGroup
 
     def completion(tokens: list[int]) -> SimpleNamespace:
-        return SimpleNamespace(token_ids=tokens, finish_reason="stop")
+        return SimpleNamespace(token_ids=tokens, finish_reason="stop", loss_mask=None)
 
     code = ScoredGroup(
         SimpleNamespace(domain="code"),
