@@ -125,8 +125,15 @@ def test_a_run_is_its_pods_as_processes(quickstart: dict[str, Any], layout: Layo
     (verifier,) = plan.services
     verifier_config = layout.folder("RLVRRun", "qs-expert-math") / "config" / "verifier.yaml"
     assert verifier.argv[1:] == (
-        "serve", "--host", "127.0.0.1", "--port", "4001", "--config", str(verifier_config),
-        "--python-workers", "2",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "4001",
+        "--config",
+        str(verifier_config),
+        "--python-workers",
+        "2",
     )  # fmt: skip (the operator's arguments: no sandbox workers for a math run)
     # Programs at normal priority: on one machine, idle priority starves them behind the trainers.
     # ... and only the run's verifiers (no sandbox pool for a math run).
