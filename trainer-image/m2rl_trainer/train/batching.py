@@ -110,8 +110,34 @@ def shared_prefix_batch(
     return {name: tensor.to(device) for name, tensor in tensors.items()}
 
 
+def _checkpointing_layers(model: Any) -> tuple[Any, list[Any], bool]:
+    """(the Hugging Face model, its modules flagged for gradient checkpointing, whether the
+    forward will checkpoint)."""
+    base = getattr(model, "module", model)  # the Hugging Face model inside a DeepSpeed engine
+    # the layers and the decoder (which otherwise turns `use_cache` off) carry the flag
+    flagged = [m for m in base.modules() if getattr(m, "gradient_checkpointing", False)]
+    return base, flagged, base.training and bool(flagged)
+
+
+def shares_prompts(model: Any, batch: dict[str, torch.Tensor]) -> bool:
+    """Whether `shared_prefix_logprobs` runs the batch as two forwards (prompts once, then the
+    completions on their cache) rather than one over whole sequences: prompts are shared, some
+    response has more than one token, and this transformers keeps a cache under checkpointing."""
+    _, _, checkpointing = _checkpointing_layers(model)
+    return (
+        len(batch["owner"]) != batch["prompt_ids"].shape[0]
+        and batch["ids"].shape[1] > 1
+        and not (checkpointing and not CACHE_UNDER_CHECKPOINTING)
+    )
+
+
 def shared_prefix_logprobs(
-    model: Any, batch: dict[str, torch.Tensor], temperature: float, *, chunk_mib: float = DEFAULT_CHUNK_MIB
+    model: Any,
+    batch: dict[str, torch.Tensor],
+    temperature: float,
+    *,
+    chunk_mib: float = DEFAULT_CHUNK_MIB,
+    share: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(log pi(response token), entropy of the next-token distribution), both [B, R] fp32 and zero
     at padding, under `model` (a causal LM, or a DeepSpeed engine wrapping one): the prompts run
@@ -126,13 +152,14 @@ def shared_prefix_logprobs(
     completions' pass reads the prompts' keys/values from a read-only cache (`update` returns the
     concatenation and stores nothing), so the recompute sees the same states and the layers may
     keep it (`_can_checkpoint_with_cache`, the flag transformers provides for readers).
+
+    `share`: the path, decided by the caller (None: `shares_prompts`). Ranks of a ZeRO-3 model
+    must make the same forwards, so they agree on it first (`PolicyUpdate._forward`); False is
+    always valid, True only where `shares_prompts` holds.
     """
-    base = getattr(model, "module", model)  # the Hugging Face model inside a DeepSpeed engine
+    base, flagged, checkpointing = _checkpointing_layers(model)
     add_chunked_head(base)
     layers = [m for m in base.modules() if isinstance(m, GradientCheckpointingLayer)]
-    # the layers and the decoder (which otherwise turns `use_cache` off) carry the flag
-    flagged = [m for m in base.modules() if getattr(m, "gradient_checkpointing", False)]
-    checkpointing = base.training and bool(flagged)
     owner, ids, follow = batch["owner"], batch["ids"], batch["mask"][:, 1:].bool()
 
     def head(select: Any, targets: torch.Tensor) -> HeadRequest:
@@ -140,7 +167,7 @@ def shared_prefix_logprobs(
 
     # Whole sequences when nothing is shared, or when this transformers cannot keep a cache under
     # checkpointing (`_can_checkpoint_with_cache` is recent): then each prompt runs once per completion.
-    if len(owner) == batch["prompt_ids"].shape[0] or (checkpointing and not CACHE_UNDER_CHECKPOINTING):
+    if not (shares_prompts(model, batch) if share is None else share):
         return _whole_sequences(model, batch, head)
     with _layer_flags(flagged, "gradient_checkpointing", False, checkpointing):
         prefix = model(

@@ -48,7 +48,12 @@ from m2rl_trainer.grpo import (
     policy_loss,
 )
 from m2rl_trainer.grpo.opd import opd_advantages
-from m2rl_trainer.train.batching import micro_batches, shared_prefix_batch, shared_prefix_logprobs
+from m2rl_trainer.train.batching import (
+    micro_batches,
+    shared_prefix_batch,
+    shared_prefix_logprobs,
+    shares_prompts,
+)
 from m2rl_trainer.train.collectives import all_reduce
 
 Group = dict[str, Any]
@@ -277,8 +282,16 @@ class PolicyUpdate:
     def _forward(self, model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """(log-probs [B, R], entropy [B, R]) of the batch's responses under `model`; the LM head
         runs in chunks (`memory.logits_chunk_mib`), never building [B, R, V] logits."""
+        share = None
+        if self.zero_stage == 3 and self.world > 1:
+            # ZeRO-3 gathers each module's parameters in its forward, collectively: every rank must
+            # run the same forwards (DeepSpeed asserts it in `PartitionedParameterCoordinator.
+            # reset_step` and hangs in the broadcast when they differ), while one or two forwards
+            # per micro-batch depend on the batch (`shares_prompts`; a rank's zero-weight dummy
+            # group never shares). So the ranks agree: two forwards only where every rank can.
+            share = all_reduce([float(shares_prompts(model, batch))], dist.ReduceOp.MIN)[0] == 1.0
         return shared_prefix_logprobs(
-            model, batch, self.algo.temperature, chunk_mib=self.memory.logits_chunk_mib
+            model, batch, self.algo.temperature, chunk_mib=self.memory.logits_chunk_mib, share=share
         )
 
     def _dummy_group(self) -> Group:
