@@ -31,10 +31,6 @@ def rlvrrun_problems(spec: RLVRRunSpec) -> list[str]:
                 f"training reads {' or '.join(TRAINING_FORMATS)}"
             )
     a = spec.algorithm
-    if a.weight_decay != 0.0:
-        problems.append("spec.algorithm.weightDecay: the trainer image does not support weight decay yet")
-    if a.schedule.min_ratio != 0.0:
-        problems.append("spec.algorithm.schedule.minRatio: the trainer image decays to 0 only")
     preset_std = PRESETS[a.type].normalize_advantage_std
     if a.normalize_advantage_std is not None and a.normalize_advantage_std != preset_std:
         problems.append(
