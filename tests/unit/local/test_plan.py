@@ -319,3 +319,37 @@ def test_an_agent_domain_starts_its_environment_beside_the_verifier(
     )  # fmt: skip
     assert environment.health_url == "http://127.0.0.1:7001/health"
     assert [name for name, _ in input_paths(resource, layout, {})][-1] == "spec.agent.data"
+
+
+def test_the_environment_process_of_the_plan_serves_the_workplace(
+    quickstart: dict[str, Any], layout: Layout, tmp_path: Path
+) -> None:
+    """The environment's command line, as the plan writes it, starts the real service (built-in
+    tiny workplace: no spec.agent.data), which answers /health and lists NeMo Gym's 27 tools."""
+    import json
+    import os
+    import time
+    import urllib.request
+
+    from m2rl_operator.local import processes
+
+    obj = copy.deepcopy(quickstart["RLVRRun/qs-expert-math"].obj)
+    obj["spec"]["domains"][0] = {
+        "name": "agent", "dataset": {"uri": "pvc://m2rl-data/agent.jsonl", "format": "nemotron"},
+        "verifier": {"type": "agent"},
+    }  # fmt: skip
+    resource = type(quickstart["RLVRRun/qs-expert-math"])("RLVRRun", "qs-agent", obj, "test")
+    port = processes.free_port()
+    plan = plan_run(resource, layout, verifier_port=1, rollout_ports=[], master_port=2, environment_port=port)
+    (service,) = [s for s in plan.services if s.component == "environment"]
+    assert "--data" not in service.argv
+    child = processes.start("environment", service.argv, log=tmp_path / "env.log", env=dict(os.environ))
+    try:
+        deadline = time.monotonic() + 60
+        while not child.healthy(service.health_url or ""):
+            assert child.poll() is None and time.monotonic() < deadline, (tmp_path / "env.log").read_text()
+            time.sleep(0.1)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/tools", timeout=10) as reply:
+            assert len(json.load(reply)["tools"]) == 27
+    finally:
+        processes.stop([child], grace_s=5)
