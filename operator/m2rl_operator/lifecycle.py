@@ -18,8 +18,9 @@ The rules, and where they come from:
   RestartJobSetAndIgnoreMaxRestarts); DeadlineExceeded is final.
 - The trainer reads its config once: a Job started with another config (a mutable field changed,
   e.g. rollout.replicas) is restarted, not counted.
-- With Kueue, rollout servers and the verifier start only once the trainer is admitted, so a queued
-  run holds no GPUs; a finished, failed or suspended run keeps none either.
+- With Kueue, rollout servers, teacher servers, the verifier and the agent environment start only
+  once the trainer is admitted, so a queued run holds no GPUs; a finished, failed or suspended run
+  keeps none either.
 """
 
 from __future__ import annotations
@@ -53,6 +54,10 @@ class RunPlan:
     """Restarts counted against maxRestarts."""
     rollout_replicas: int
     verifier_replicas: int
+    teacher_replicas: int = 0
+    """Replicas of each MT-OPD teacher's vLLM StatefulSet (server mode)."""
+    environment_replicas: int = 0
+    """Replicas of the agent environment Deployment."""
     terminal: str | None = None
     """Succeeded or Failed once the run is over (the trainer Job completed or failed for good)."""
     reason: str = ""
@@ -97,9 +102,12 @@ def plan_run(
     verifier_replicas: int,
     config_hash: str,
     old: Mapping[str, Any],
+    teacher_replicas: int = 0,
+    environment_replicas: int = 0,
 ) -> RunPlan:
     """The decision for one refresh. `queued`: the run uses Kueue (spec.queueName); `old`: the
-    last published status (phase, attempt, restarts)."""
+    last published status (phase, attempt, restarts). The servers beside the trainer (rollout,
+    teachers, verifier, environment) follow the same rule: on while the trainer may run, else 0."""
     attempt = int(old.get("attempt") or 0)
     restarts = int(old.get("restarts") or 0)
     job = trainer.job
@@ -113,6 +121,8 @@ def plan_run(
             restarts=kw.pop("restarts", restarts),
             rollout_replicas=rollout_replicas if on else 0,
             verifier_replicas=verifier_replicas if on else 0,
+            teacher_replicas=teacher_replicas if on else 0,
+            environment_replicas=environment_replicas if on else 0,
             **kw,
         )
 

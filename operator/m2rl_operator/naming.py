@@ -34,6 +34,11 @@ CONFIG: Final = "config"
 CHECKPOINTS: Final = "checkpoints"
 MERGE: Final = "merge"
 EVAL: Final = "eval"
+TEACHER: Final = "teacher"
+ENVIRONMENT: Final = "environment"
+TEACHER_INDEX: Final = f"{GROUP}/teacher"
+"""Label of an MT-OPD teacher's StatefulSet pods: the teacher's index in spec.algorithm.teachers
+(every teacher's pods share the component label; their selectors must not overlap)."""
 
 
 def owner_label(kind: str) -> str:
@@ -65,6 +70,30 @@ def rollout(run: str) -> str:
 
 def rollout_host(run: str, namespace: str, index: int) -> str:
     return f"{rollout(run)}-{index}.{rollout(run)}.{namespace}.svc"
+
+
+def teacher(run: str, index: int) -> str:
+    """MT-OPD teacher `index`'s vLLM StatefulSet, its headless Service and its served model name
+    (at most 51 characters: its pods' controller-revision-hash label stays under 63)."""
+    return f"{run}-teacher-{index}"
+
+
+def teacher_host(run: str, namespace: str, index: int, replica: int) -> str:
+    return f"{teacher(run, index)}-{replica}.{teacher(run, index)}.{namespace}.svc"
+
+
+def teachers_policy(run: str) -> str:
+    """The NetworkPolicy admitting the run's trainer to every teacher server."""
+    return f"{run}-teachers"
+
+
+def environment(run: str) -> str:
+    """The agent environment's Deployment, Service and NetworkPolicy."""
+    return f"{run}-environment"
+
+
+def environment_url(run: str, namespace: str, port: int) -> str:
+    return f"http://{environment(run)}.{namespace}.svc:{port}"
 
 
 def verifier(owner: str) -> str:

@@ -23,18 +23,27 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from m2rl_operator import metrics, naming
 from m2rl_operator.api.evalsuite import EvalSuiteSpec
 from m2rl_operator.api.mergejob import MergeJobSpec
-from m2rl_operator.api.rlvrrun import RLVRRunSpec
+from m2rl_operator.api.rlvrrun import AgentSpec, RLVRRunSpec, TeacherServerSpec
 from m2rl_operator.builders import build_evalsuite, build_mergejob, build_rlvrrun, rlvrrun_problems
 from m2rl_operator.builders.references import (
     BASE_SUFFIX,
     FORMAT_SUFFIX,
+    Resolved,
     evalsuite_references,
     merge_prompt_format,
     mergejob_references,
+    resolved_teachers,
+    rlvrrun_references,
     run_prompt_format,
+    teacher_models,
 )
 from m2rl_operator.builders.rlvrrun import build_trainer_job, config_hash, trainer_selector
-from m2rl_operator.builders.trainer_config import checkpoint_uri, final_model_uri
+from m2rl_operator.builders.trainer_config import (
+    checkpoint_uri,
+    final_model_uri,
+    has_agent_domain,
+    serves_teachers,
+)
 from m2rl_operator.cache import Children
 from m2rl_operator.kube import Kube, api_message, is_refusal, results_of_pods
 from m2rl_operator.lifecycle import Trainer, kueue_managed, plan_run, scale_step
@@ -43,11 +52,11 @@ from m2rl_operator.settings import OperatorOptions
 from m2rl_operator.status import (
     RunObservation,
     condition,
-    dependency_conditions,
     dependent_status,
     job_state,
     results_needed,
     run_status,
+    waiting_status,
 )
 
 MetricsURL = Callable[[str, str], str]
@@ -102,24 +111,26 @@ class Context:
             self.desired.pop((namespace, name), None)
 
     def run_children(
-        self, run: dict[str, Any], spec: RLVRRunSpec, attempt: int
+        self, run: dict[str, Any], spec: RLVRRunSpec, attempt: int, resolved: Resolved
     ) -> tuple[list[dict[str, Any]], str]:
         """The run's children for `attempt` and its trainer config hash, rendered once per spec
-        generation and attempt (callers copy what they change)."""
+        generation and attempt (callers copy what they change). `resolved`: its teachers' models,
+        fixed once the run started (status.teacherModels)."""
         meta = run["metadata"]
         key = (meta.get("uid"), meta.get("generation"), attempt)
         cached = self.desired.get((meta["namespace"], meta["name"]))
         if cached is None or cached[0] != key:
             name, namespace = meta["name"], meta["namespace"]
             children = build_rlvrrun(
-                spec, name=name, namespace=namespace, options=self.options, attempt=attempt
-            )
+                spec, name=name, namespace=namespace, options=self.options, attempt=attempt,
+                resolved=resolved,
+            )  # fmt: skip
             config = next(c for c in children if c["kind"] == "ConfigMap")
             if not any(c["kind"] == "Job" for c in children):  # a suspended run's build has none
                 children.append(
                     build_trainer_job(
                         spec, name=name, namespace=namespace, options=self.options, attempt=attempt,
-                        config_map=config,
+                        config_map=config, resolved=resolved,
                     )
                 )  # fmt: skip
             digest = config_hash(config)
@@ -165,8 +176,8 @@ async def create_missing(
     replicas: dict[str, int] | None = None,
 ) -> tuple[list[str], str | None]:
     """Create the children the cache does not hold (owned by `owner`, except those annotated
-    naming.KEEP, which outlive it), `replicas` by kind overriding the manifests' (a run gated by
-    Kueue or finished starts its servers at zero). Returns the children created now and, when the
+    naming.KEEP, which outlive it), `replicas` by child name overriding the manifests' (a run gated
+    by Kueue or finished starts its servers at zero). Returns the children created now and, when the
     API server refused one (admission, quota, validation), which one and its message."""
     created: list[str] = []
     refused: str | None = None
@@ -178,8 +189,8 @@ async def create_missing(
             continue
         child = copy.deepcopy(child)  # manifests may be shared (Context.run_children)
         meta = child["metadata"]
-        if replicas and kind in replicas:
-            child["spec"]["replicas"] = replicas[kind]
+        if replicas and meta["name"] in replicas:
+            child["spec"]["replicas"] = replicas[meta["name"]]
         if (meta.get("annotations") or {}).get(naming.KEEP) != "true":
             kopf.adopt(child, owner=as_body(owner))
         try:
@@ -253,9 +264,11 @@ async def ensure_run(ctx: Context, body: dict[str, Any], *, sync: bool = True) -
     the run until the spec is fixed."""
     meta = body["metadata"]
     spec = RLVRRunSpec.model_validate(body["spec"])
-    if sync and not rlvrrun_problems(spec):
-        attempt = int((body.get("status") or {}).get("attempt") or 0)
-        desired, _ = ctx.run_children(body, spec, attempt)
+    status = body.get("status") or {}
+    resolved = resolved_teachers(spec, status.get("teacherModels"))
+    if sync and not rlvrrun_problems(spec) and resolved is not None:  # nothing exists while it waits
+        attempt = int(status.get("attempt") or 0)
+        desired, _ = ctx.run_children(body, spec, attempt, resolved)
         await sync_config(ctx, desired)
     await refresh_run(ctx, meta["namespace"], meta["name"])
 
@@ -288,13 +301,19 @@ async def _refresh_run(ctx: Context, run: dict[str, Any], scrape_progress: bool)
         return
     if any(c.get("reason") == "InvalidSpec" for c in old.get("conditions") or []):
         old = {}  # the spec was fixed: start over (the InvalidSpec status is not an outcome)
+    resolved = await _run_references(ctx, run, spec, old)
+    if resolved is None:
+        return
+    models = teacher_models(spec, resolved) if spec.algorithm.teachers else None
 
     children, kube = ctx.children, ctx.kube
     trainer = naming.trainer(name)
     job = children.get("Job", namespace, trainer)
     pods_left = len(children.pods(namespace, "RLVRRun", name, naming.TRAINER))
     attempt_now = int(old.get("attempt") or 0)
-    _, wanted_hash = ctx.run_children(run, spec, attempt_now)
+    _, wanted_hash = ctx.run_children(run, spec, attempt_now, resolved)
+    served = serves_teachers(spec)
+    teacher_sets = [naming.teacher(name, i) for i in range(len(models or []))] if served else []
     plan = plan_run(
         trainer=Trainer(job=job, pods_left=pods_left),
         suspend=spec.suspend,
@@ -304,6 +323,8 @@ async def _refresh_run(ctx: Context, run: dict[str, Any], scrape_progress: bool)
         verifier_replicas=spec.verifier.replicas,
         config_hash=wanted_hash,
         old=old,
+        teacher_replicas=(spec.teacher_servers or TeacherServerSpec()).replicas,
+        environment_replicas=(spec.agent or AgentSpec()).replicas,
     )
     if (plan.attempt, plan.restarts) != (int(old.get("attempt") or 0), int(old.get("restarts") or 0)):
         # Persist the decision before acting on it: a refresh that stops half-way resumes from here.
@@ -316,11 +337,16 @@ async def _refresh_run(ctx: Context, run: dict[str, Any], scrape_progress: bool)
 
     refused = None
     if not plan.terminal:
-        desired, _ = ctx.run_children(run, spec, plan.attempt)
+        desired, _ = ctx.run_children(run, spec, plan.attempt, resolved)
         wanted = [c for c in desired if not (c["kind"] == "Job" and c["metadata"]["name"] == trainer)]
         if plan.action == "create":
             wanted += [c for c in desired if c["kind"] == "Job" and c["metadata"]["name"] == trainer]
-        replicas = {"StatefulSet": plan.rollout_replicas, "Deployment": plan.verifier_replicas}
+        replicas = {
+            naming.rollout(name): plan.rollout_replicas,
+            naming.verifier(name): plan.verifier_replicas,
+            naming.environment(name): plan.environment_replicas,
+            **{teacher: plan.teacher_replicas for teacher in teacher_sets},
+        }
         created, refused = await create_missing(ctx, run, wanted, replicas)
         if plan.action == "delete" or (plan.action == "create" and plan.attempt > 0):
             # A restart: the Service selects the new attempt's pods only, from now on.
@@ -339,8 +365,15 @@ async def _refresh_run(ctx: Context, run: dict[str, Any], scrape_progress: bool)
         else None
     )
     deployment = children.get("Deployment", namespace, naming.verifier(name))
+    teachers = [children.get("StatefulSet", namespace, t) for t in teacher_sets]
+    environment = (
+        children.get("Deployment", namespace, naming.environment(name)) if has_agent_domain(spec) else None
+    )
     await _scale(ctx, sts, plan.rollout_replicas, kueue=bool(spec.queue_name))
     await _scale(ctx, deployment, plan.verifier_replicas, kueue=False)
+    for teacher_set in teachers:
+        await _scale(ctx, teacher_set, plan.teacher_replicas, kueue=bool(spec.queue_name))
+    await _scale(ctx, environment, plan.environment_replicas, kueue=False)
 
     progress = None
     if scrape_progress and job_state(job) == "Running":
@@ -350,10 +383,12 @@ async def _refresh_run(ctx: Context, run: dict[str, Any], scrape_progress: bool)
         rollout_ready=int(((sts or {}).get("status") or {}).get("readyReplicas") or 0)
         if spec.rollout.mode == "server"
         else None,
-        verifier_ready=int(((deployment or {}).get("status") or {}).get("readyReplicas") or 0),
+        verifier_ready=_ready(deployment),
         progress=progress,
         create_error=refused,
-        pod_failures=pod_failures(ctx, [job, sts, deployment]),
+        pod_failures=pod_failures(ctx, [job, sts, deployment, *teachers, environment]),
+        teachers_ready=tuple(_ready(t) for t in teachers) if teacher_sets else None,
+        environment_ready=_ready(environment) if has_agent_domain(spec) else None,
     )
     status = run_status(
         spec,
@@ -364,9 +399,35 @@ async def _refresh_run(ctx: Context, run: dict[str, Any], scrape_progress: bool)
         plan=plan,
         final_model=final_model_uri(name, spec),
         checkpoint_uri=lambda step: checkpoint_uri(name, spec, step),
+        teacher_models=models,
     )
     await _publish(ctx, "RLVRRun", run, old, status)
     await expire(ctx, "RLVRRun", run, status)
+
+
+def _ready(child: dict[str, Any] | None) -> int:
+    return int(((child or {}).get("status") or {}).get("readyReplicas") or 0)
+
+
+async def _run_references(
+    ctx: Context, run: dict[str, Any], spec: RLVRRunSpec, old: dict[str, Any]
+) -> Resolved | None:
+    """The models of an MT-OPD run's teacher references, or None when the run waits for them (its
+    status then says Waiting, or Failed with DependencyFailed when one failed; the status timer
+    checks again). Resolved once, as a MergeJob's: a run that started keeps status.teacherModels
+    whatever later happens to the referenced resources (a TTL deleting an expert run)."""
+    known = resolved_teachers(spec, old.get("teacherModels"))
+    if known is not None:
+        return known
+    if old.get("phase") in ("Succeeded", "Failed") and old.get("completionTime"):
+        await expire(ctx, "RLVRRun", run, old)  # it failed waiting (DependencyFailed): only the TTL is left
+        return None
+    found = await resolve(ctx.kube, run["metadata"]["namespace"], rlvrrun_references(spec))
+    if not found.failed and not found.waiting:
+        return found.resolved
+    status = waiting_status(old, found.waiting, found.failed, run["metadata"].get("generation"), now_iso())
+    await _publish(ctx, "RLVRRun", run, old, status)
+    return None
 
 
 async def _scale(ctx: Context, child: dict[str, Any] | None, desired: int, *, kueue: bool) -> None:
@@ -508,15 +569,7 @@ async def ensure_dependent(ctx: Context, kind: str, body: dict[str, Any]) -> Non
     found = await resolve(ctx.kube, namespace, keys)
     if found.failed or found.waiting:
         failed = bool(found.failed)
-        status: dict[str, Any] = {
-            "phase": "Failed" if failed else "Waiting",
-            "observedGeneration": generation,
-            "waitingFor": found.waiting,
-            "startTime": old.get("startTime") or now_iso(),
-            "conditions": dependency_conditions(old, found.waiting, found.failed, generation, now_iso()),
-        }
-        if failed:
-            status["completionTime"] = now_iso()
+        status = waiting_status(old, found.waiting, found.failed, generation, now_iso())
         await _publish(ctx, kind, body, old, status)
         if failed:
             raise kopf.PermanentError(f"referenced {', '.join(found.failed)} failed (DependencyFailed)")

@@ -26,6 +26,7 @@ from m2rl_operator.builders.references import (
     merge_key,
     merge_prompt_format,
     mergejob_references,
+    rlvrrun_references,
     run_key,
     run_prompt_format,
     unresolved,
@@ -82,7 +83,10 @@ def render_objects(objects: list[Any], options: OperatorOptions, namespace: str 
         kind, name = obj["kind"], obj["metadata"]["name"]
         identity = f"{kind}/{name}"
         if kind == "RLVRRun":
-            problems = rlvrrun_problems(RLVRRunSpec.model_validate(obj["spec"]))
+            spec = RLVRRunSpec.model_validate(obj["spec"])
+            missing = unresolved(rlvrrun_references(spec), resolved)
+            problems = rlvrrun_problems(spec)
+            problems += [f"references {k}, which is not in the input" for k in missing]
         elif kind == "MergeJob":
             missing = unresolved(mergejob_references(MergeJobSpec.model_validate(obj["spec"])), resolved)
             keys = dict.fromkeys(k.removesuffix(BASE_SUFFIX) for k in missing)

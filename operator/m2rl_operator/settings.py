@@ -36,6 +36,7 @@ class Ports:
     trainer_metrics: int = 9400  # m2rl_train_* gauges (metrics.prometheus_port)
     rollout: int = 8000  # vLLM OpenAI server
     verifier: int = 8080  # m2rl-verifier serve
+    environment: int = 8090  # python -m m2rl_trainer.agent serve (agent domains' tool environment)
 
 
 @dataclass(frozen=True)

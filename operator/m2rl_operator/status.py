@@ -13,7 +13,8 @@ from typing import Any
 
 from m2rl_operator.api.evalsuite import EvalSuiteSpec
 from m2rl_operator.api.mergejob import MergeJobSpec
-from m2rl_operator.api.rlvrrun import RLVRRunSpec
+from m2rl_operator.api.rlvrrun import AgentSpec, RLVRRunSpec, TeacherServerSpec
+from m2rl_operator.builders.references import rlvrrun_references
 from m2rl_operator.lifecycle import RunPlan, kueue_managed
 from m2rl_operator.naming import KUEUE_QUEUE_LABEL
 
@@ -41,6 +42,10 @@ class RunObservation:
     """The API server refused to create a child: which one, and its message."""
     pod_failures: tuple[str, ...] = ()
     """Children that cannot create their pods (FailedCreate): "Kind/name: the API server's message"."""
+    teachers_ready: tuple[int, ...] | None = None
+    """readyReplicas of each MT-OPD teacher's StatefulSet; None when no teacher is served."""
+    environment_ready: int | None = None
+    """readyReplicas of the agent environment Deployment; None without agent domains."""
 
 
 def job_state(job: Mapping[str, Any] | None) -> str:
@@ -128,9 +133,12 @@ def run_status(
     plan: RunPlan,
     final_model: str,
     checkpoint_uri: Any,
+    teacher_models: list[str] | None = None,
 ) -> Status:
     """The whole status of an RLVRRun. `checkpoint_uri(step)` gives a checkpoint's model URI; `plan`
-    is the refresh's decision (lifecycle.plan_run: terminal outcome, attempt, restarts, why)."""
+    is the refresh's decision (lifecycle.plan_run: terminal outcome, attempt, restarts, why);
+    `teacher_models` the MT-OPD teachers' models as they resolved (their references have succeeded:
+    a run waiting for them has `waiting_status` instead)."""
     state = job_state(observed.job)
     kueue = bool(spec.queue_name) or kueue_managed(observed.job)  # a default LocalQueue labels it too
     queued = kueue and state == "Suspended"
@@ -168,6 +176,18 @@ def run_status(
                 f"{ready}/{spec.rollout.replicas} vLLM servers ready",
             )
         )
+    if observed.teachers_ready is not None:
+        per_teacher = (spec.teacher_servers or TeacherServerSpec()).replicas
+        teachers_ok = all(r >= per_teacher for r in observed.teachers_ready)
+        rows.append(
+            (
+                "TeachersReady",
+                teachers_ok,
+                "ReplicasReady" if teachers_ok else "ReplicasNotReady",
+                f"{sum(observed.teachers_ready)}/{per_teacher * len(observed.teachers_ready)} "
+                "teacher vLLM servers ready",
+            )
+        )
     rows.append(
         (
             "VerifierReady",
@@ -176,6 +196,17 @@ def run_status(
             f"{observed.verifier_ready}/{spec.verifier.replicas} verifier pods ready",
         )
     )
+    if observed.environment_ready is not None:
+        wanted = (spec.agent or AgentSpec()).replicas
+        environment_ok = observed.environment_ready >= wanted
+        rows.append(
+            (
+                "EnvironmentReady",
+                environment_ok,
+                "ReplicasReady" if environment_ok else "ReplicasNotReady",
+                f"{observed.environment_ready}/{wanted} agent environment pods ready",
+            )
+        )
     if kueue:
         rows.append(
             (
@@ -215,6 +246,8 @@ def run_status(
         ),
     ]
     c += [condition(old, type_, ok, reason, message, generation, now) for type_, ok, reason, message in rows]
+    if rlvrrun_references(spec):  # the teachers' runs and merges succeeded: the run started
+        c = [*dependency_conditions(old, [], [], generation, now), *c]
     status: Status = {
         "phase": phase,
         "conditions": c,
@@ -237,13 +270,35 @@ def run_status(
         status["completionTime"] = old.get("completionTime") or now
     if phase == "Succeeded":
         status["finalModel"] = final_model
+    if teacher_models is not None:
+        status["teacherModels"] = list(teacher_models)
+    if rlvrrun_references(spec):
+        status["waitingFor"] = []
+    return status
+
+
+def waiting_status(
+    old: Status, waiting: list[str], failed: list[str], generation: int | None, now: str
+) -> Status:
+    """The status of a resource whose references have not all succeeded (an MT-OPD run, a MergeJob,
+    an EvalSuite): Waiting, or Failed (DependencyFailed) once one failed; Pending when none is
+    missing (a local runner's job waiting for a slot)."""
+    status: Status = {
+        "phase": "Failed" if failed else "Waiting" if waiting else "Pending",
+        "observedGeneration": generation,
+        "waitingFor": waiting,
+        "startTime": old.get("startTime") or now,
+        "conditions": dependency_conditions(old, waiting, failed, generation, now),
+    }
+    if failed:
+        status["completionTime"] = old.get("completionTime") or now
     return status
 
 
 def dependency_conditions(
     old: Status, waiting_for: list[str], failed: list[str], generation: int | None, now: str
 ) -> list[dict[str, Any]]:
-    """The WaitingForDependencies condition of a MergeJob or EvalSuite."""
+    """The WaitingForDependencies condition of a MergeJob, an EvalSuite or an MT-OPD run."""
     if failed:
         return [condition(old, "WaitingForDependencies", False, "DependencyFailed",
                           f"referenced {', '.join(failed)} failed", generation, now)]  # fmt: skip

@@ -33,9 +33,10 @@ def _objects(folder: Path) -> list[dict[str, Any]]:
 def test_examples_cover_the_issue():
     names = {p.relative_to(EXAMPLES).as_posix() for p in EXAMPLE_FILES}
     assert {"expert-run.yaml", "mixed-run.yaml", "merge.yaml", "eval-suite.yaml"} <= names
-    for folder in ("mix-vs-merge", "m2rl-qwen3-4b"):
+    for folder, runs in (("mix-vs-merge", 5), ("m2rl-qwen3-4b", 7)):
         kinds = [o["kind"] for o in _objects(EXAMPLES / folder)]
-        assert kinds.count("RLVRRun") == 5, folder  # four experts + one mixed run
+        # four experts + one mixed run; the study's protocol adds the agent expert and MT-OPD
+        assert kinds.count("RLVRRun") == runs, folder
         assert kinds.count("MergeJob") >= 4 and kinds.count("EvalSuite") == 1, folder
         assert (EXAMPLES / folder / "README.md").exists()
 
@@ -64,7 +65,8 @@ def test_pipeline_references_resolve_within_the_folder(folder: str):
     refs: list[tuple[str, str]] = []
     for o in objects:
         spec = o.get("spec", {})
-        for item in spec.get("experts", []) + spec.get("models", []) + [spec.get("base") or {}]:
+        teachers = (spec.get("algorithm") or {}).get("teachers", [])
+        for item in spec.get("experts", []) + spec.get("models", []) + teachers + [spec.get("base") or {}]:
             if "runRef" in item:
                 refs.append(("RLVRRun", item["runRef"]))
             if "mergeRef" in item:
@@ -96,12 +98,15 @@ def test_study_protocol_numbers():
         if o["kind"] == "RLVRRun"
     }
     assert sorted(runs) == [
+        "qwen3-4b-agent",
         "qwen3-4b-code",
         "qwen3-4b-if",
         "qwen3-4b-math",
         "qwen3-4b-mixed",
+        "qwen3-4b-mt-opd",
         "qwen3-4b-science",
     ]
+    opd = runs.pop("qwen3-4b-mt-opd")
     for name, spec in runs.items():
         algo = resolve_algorithm(AlgorithmSpec.model_validate(spec["algorithm"]))
         assert (algo.spec.prompts_per_step, algo.spec.group_size) == (128, 16)
@@ -112,6 +117,24 @@ def test_study_protocol_numbers():
         assert algo.spec.steps == (400 if name.endswith("mixed") else 200)
         assert spec["model"]["uri"] == "pvc://m2rl-data/models/qwen3-4b-sft"
     assert len(runs["qwen3-4b-mixed"]["domains"]) == 4
+    assert runs["qwen3-4b-agent"]["agent"]["maxTurns"] == 6  # study: max_num_steps 6
+
+    # MT-OPD (docs/mt-opd.md): lr 1e-6 constant, 256 prompts x 4 samples, 16K tokens, 400 steps,
+    # clip 0.2/0.2, no KL or entropy, weight decay 0.1; each domain taught by its own expert.
+    algo = resolve_algorithm(AlgorithmSpec.model_validate(opd["algorithm"]))
+    assert algo.spec.type == "mt_opd"
+    assert (algo.spec.prompts_per_step, algo.spec.group_size, algo.spec.max_response_tokens) == (
+        256,
+        4,
+        16384,
+    )
+    assert algo.spec.learning_rate == 1e-6 and algo.spec.schedule.type == "constant"
+    assert (algo.clip_low, algo.clip_high, algo.kl_coef, algo.spec.entropy_coef) == (0.2, 0.2, 0.0, 0.0)
+    assert (algo.spec.weight_decay, algo.spec.steps, algo.dynamic_sampling) == (0.1, 400, False)
+    assert {t["domains"][0]: t["runRef"] for t in opd["algorithm"]["teachers"]} == {
+        d: f"qwen3-4b-{d}" for d in ("math", "code", "science", "if", "agent")
+    }
+    assert opd["model"]["uri"] == "pvc://m2rl-data/models/qwen3-4b-sft"
 
     merges = {o["metadata"]["name"]: o["spec"] for o in objects if o["kind"] == "MergeJob"}
     assert {n: m["method"] for n, m in merges.items()} == {
@@ -139,7 +162,7 @@ def test_study_protocol_numbers():
         "mmlu-redux",
     ]
     assert all(b["metrics"] == ["avg@k"] for b in suite["benchmarks"])
-    assert len(suite["models"]) == 12
+    assert len(suite["models"]) == 13  # sft, 4 experts, mixed, MT-OPD, 6 merges
     assert suite["analysis"]["merged"] == ["ties", "dare-ties", "dare", "ta", "sce", "avg"]
 
 

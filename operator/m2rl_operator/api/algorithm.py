@@ -1,4 +1,4 @@
-"""The RL algorithm of an RLVRRun: GRPO and its DAPO and Dr. GRPO variants.
+"""The RL algorithm of an RLVRRun: GRPO, its DAPO and Dr. GRPO variants, and MT-OPD.
 
 `type` picks a preset; any field left unset takes the preset's value (`PRESETS`), and
 `resolve_algorithm` returns the fully resolved settings that the trainer config is built from.
@@ -7,7 +7,9 @@ API server checks the values the trainer will actually use.
 
 References: GRPO, Shao et al. 2024 (arXiv:2402.03300); DAPO, Yu et al. 2025 (arXiv:2503.14476:
 clip-higher, dynamic sampling, token-level loss, overlong reward shaping); Dr. GRPO, Liu et al.
-2025 (arXiv:2503.20783: no length or std normalisation).
+2025 (arXiv:2503.20783: no length or std normalisation). MT-OPD, multi-teacher on-policy
+distillation as the M2RL study runs it (slime's `on_policy_distillation` advantage estimator): each
+domain's expert scores the student's samples token by token (docs/mt-opd.md).
 """
 
 from __future__ import annotations
@@ -17,9 +19,14 @@ from typing import Literal
 
 from pydantic import Field
 
-from m2rl_operator.api.base import ApiModel, Rule, field_rules, model_rules
+from m2rl_operator.api.base import ApiModel, Rule, exactly_one, field_rules, model_rules
+from m2rl_operator.api.common import URI, ObjectName, ShortName
 
-AlgorithmType = Literal["grpo", "dapo", "dr_grpo"]
+AlgorithmType = Literal["grpo", "dapo", "dr_grpo", "mt_opd"]
+TRAINER_ALGORITHM_NAMES = {"grpo": "grpo", "dapo": "dapo", "dr_grpo": "dr_grpo", "mt_opd": "mt-opd"}
+"""The trainer config's `algorithm.name` of each API type (m2rl_trainer.config.Algorithm)."""
+MAX_TEACHERS = 16  # one per domain at most (RLVRRun's MAX_DOMAINS)
+MAX_TEACHER_DOMAINS = 16
 LossAggregation = Literal[
     "token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"
 ]
@@ -48,6 +55,10 @@ PRESETS: dict[str, Preset] = {
     "dapo": Preset(0.2, 0.28, 0.0, "token-mean", True, 4096, True),
     # Dr. GRPO: constant normaliser instead of response length, no std scaling of advantages.
     "dr_grpo": Preset(0.2, 0.2, 0.0, "seq-mean-token-sum-norm", False, 0, False),
+    # MT-OPD as the study ran it: slime's defaults (clip 0.2/0.2, no KL, its loss reduction); no
+    # rewards, so nothing to filter (dynamic sampling) or shape (overlong buffer). The std flag is
+    # the trainer's own (true for every type but dr_grpo) and has no effect without rewards.
+    "mt_opd": Preset(0.2, 0.2, 0.0, "seq-mean-token-mean", False, 0, True),
 }
 
 
@@ -62,7 +73,7 @@ def _preset_expr(field: str, attr: str, *, integer: bool = False) -> str:
 
     fallback = getattr(PRESETS["grpo"], attr)
     expr = literal(fallback)
-    for name in ("dr_grpo", "dapo"):
+    for name in (n for n in PRESETS if n != "grpo"):
         value = getattr(PRESETS[name], attr)
         if value != fallback:
             expr = f"(self.type == '{name}' ? {literal(value)} : {expr})"
@@ -120,8 +131,36 @@ class RolloutCorrectionSpec(ApiModel):
     """floor is the lower bound of the importance weight (slime's --tis-clip-low). Default 0."""
 
 
+class TeacherSpec(ApiModel):
+    """One MT-OPD teacher: the domains whose samples it scores, and the model it is."""
+
+    model_config = model_rules(exactly_one(["runRef", "mergeRef", "model"], "a teacher"))
+
+    domains: list[ShortName] = Field(
+        min_length=1,
+        max_length=MAX_TEACHER_DOMAINS,
+        json_schema_extra=field_rules(
+            Rule(
+                rule="self.all(d, self.exists_one(e, e == d))",
+                message="a teacher names each of its domains once",
+            )
+        ),
+    )
+    """domains are the run's domains (spec.domains[].name) this teacher teaches: every sample of
+    them is scored by this teacher. Each domain of the run has exactly one teacher. Required."""
+    run_ref: ObjectName | None = None
+    """runRef names an RLVRRun in the same namespace (an expert); its final model teaches, and the
+    run waits until that RLVRRun has succeeded. Exactly one of runRef, mergeRef and model is set."""
+    merge_ref: ObjectName | None = None
+    """mergeRef names a MergeJob in the same namespace; its merged model teaches, once it has
+    succeeded. Exactly one of runRef, mergeRef and model is set."""
+    model: URI | None = None
+    """model is a checkpoint's URI (pvc://, hf:// or file://). Exactly one of runRef, mergeRef and
+    model is set."""
+
+
 class AlgorithmSpec(ApiModel):
-    """GRPO-family settings: sampling, loss, regularisation and optimisation."""
+    """GRPO-family and MT-OPD settings: sampling, loss, regularisation and optimisation."""
 
     model_config = model_rules(
         Rule(
@@ -151,12 +190,41 @@ class AlgorithmSpec(ApiModel):
             "smaller than maxResponseTokens: the penalty ramps up over the last overlongBufferTokens",
             field_path=".overlongBufferTokens",
         ),
+        # MT-OPD, as the trainer checks it (m2rl_trainer.config._mt_opd_problems); the rules that
+        # relate teachers to the run's domains are on the RLVRRun spec.
+        Rule(
+            rule="self.type != 'mt_opd' || has(self.teachers)",
+            message="type mt_opd needs teachers: each domain's samples are scored by its teacher",
+            field_path=".teachers",
+        ),
+        Rule(
+            rule="self.type == 'mt_opd' || !has(self.teachers)",
+            message="teachers apply only to type mt_opd (the other types learn from rewards)",
+            field_path=".teachers",
+        ),
+        Rule(
+            rule="self.type != 'mt_opd' || !has(self.dynamicSampling) || !self.dynamicSampling",
+            message="dynamicSampling does not apply to type mt_opd: it has no rewards to filter groups by",
+            field_path=".dynamicSampling",
+        ),
+        Rule(
+            rule="self.type != 'mt_opd' || !has(self.overlongBufferTokens) || self.overlongBufferTokens == 0",
+            message="overlongBufferTokens does not apply to type mt_opd: it has no rewards to shape",
+            field_path=".overlongBufferTokens",
+        ),
     )
 
     type: AlgorithmType = "grpo"
-    """type is the algorithm: grpo, dapo or dr_grpo. It sets the defaults of clipLow, clipHigh,
-    klCoef, lossAggregation, dynamicSampling, overlongBufferTokens and normalizeAdvantageStd (see
-    the presets table in docs/api.md). Default grpo."""
+    """type is the algorithm: grpo, dapo, dr_grpo, or mt_opd (multi-teacher on-policy distillation:
+    each sample is scored token by token by its domain's teacher, and the advantage of a token is
+    the teacher's log-probability minus the student's; docs/mt-opd.md). It sets the defaults of
+    clipLow, clipHigh, klCoef, lossAggregation, dynamicSampling, overlongBufferTokens and
+    normalizeAdvantageStd (see the presets table in docs/api.md). Default grpo."""
+    teachers: list[TeacherSpec] | None = Field(None, min_length=1, max_length=MAX_TEACHERS)
+    """teachers are MT-OPD's experts, each teaching some of the run's domains; every domain of the
+    run is taught by exactly one. Required by type mt_opd, refused by the others. With rollout mode
+    server each teacher is served by its own vLLM servers (spec.teacherServers); colocated, the
+    trainer loads each teacher and scores with a forward pass."""
     group_size: int = Field(
         16,
         le=1024,

@@ -45,8 +45,9 @@ Path segments may use letters, digits and `_ . + = @ , ~ -`; `.` and `..` are re
 (merged models, checkpoint directories) accept only `pvc://` and `file://`.
 The full patterns: `{URI_PATTERN}` (any) and `{WRITABLE_URI_PATTERN}` (outputs).
 
-References between resources (`runRef`, `mergeRef`) name objects in the same namespace; a MergeJob
-or EvalSuite waits until every referenced RLVRRun or MergeJob has succeeded.
+References between resources (`runRef`, `mergeRef`) name objects in the same namespace; a MergeJob,
+an EvalSuite or an MT-OPD RLVRRun (its `algorithm.teachers`) waits until every referenced RLVRRun or
+MergeJob has succeeded.
 
 ## Updating a resource
 
@@ -108,7 +109,7 @@ m2rl CRDs, for the most expensive release:
 """
 
 _KIND_USE = {
-    "RLVRRun": "a GRPO run over one domain (expert) or several (mixed)",
+    "RLVRRun": "a GRPO run over one domain (expert) or several (mixed), or an MT-OPD run distilling experts",
     "MergeJob": "a mergekit merge of experts, with weight-space analysis",
     "EvalSuite": "models x benchmarks, with a results table in its status",
 }

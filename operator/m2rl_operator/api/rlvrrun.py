@@ -1,4 +1,5 @@
-"""RLVRRun: one GRPO run of a model over one domain (an expert) or several (a mixed run)."""
+"""RLVRRun: one GRPO run of a model over one domain (an expert) or several (a mixed run), or an
+MT-OPD run that distills experts into one student."""
 
 from __future__ import annotations
 
@@ -30,6 +31,12 @@ from m2rl_operator.api.common import (
 
 DType = Literal["bfloat16", "float16", "float32"]
 MAX_DOMAINS = 16
+DomainVerifierType = Literal["math", "code", "multiple_choice", "ifeval", "agent"]
+"""A training domain's verifier: the verifiers of the trainer image, or `agent` (multi-turn tool
+use in an environment, which verifies the episode)."""
+EnvironmentName = Literal["workplace_assistant"]
+"""The tool environments of the trainer image (m2rl_trainer.agent.environment.ENVIRONMENTS)."""
+DEFAULT_ENVIRONMENT: EnvironmentName = "workplace_assistant"
 
 MUTABLE_SPEC_FIELDS = ("suspend", "rollout.replicas", "verifier.replicas", "ttlSecondsAfterFinished")
 """The spec fields that may change on an existing RLVRRun (the operator applies each to the live
@@ -63,6 +70,41 @@ class ModelSpec(ApiModel):
     """tokenizer loads the tokenizer from another URI. Unset means the model's own."""
 
 
+class DomainVerifierRef(VerifierRef):
+    """How a training domain's responses are verified: a verifier, or an agent environment."""
+
+    model_config = model_rules(
+        Rule(
+            rule="self.type == 'agent' || !has(self.environment)",
+            message="environment applies only to verifier type agent",
+            field_path=".environment",
+        ),
+        Rule(
+            rule="self.type != 'agent' || !has(self.options)",
+            message="options do not apply to verifier type agent: its environment verifies an episode by "
+            "replaying the episode's tool calls and the task's reference calls (configure it in spec.agent)",
+            field_path=".options",
+        ),
+    )
+
+    type: DomainVerifierType
+    """type is the verifier: math (final-answer equivalence with math-verify, e.g. \\boxed{}), code
+    (runs the tests in the sandbox), multiple_choice (the chosen letter), ifeval (IFEval instruction
+    checkers), or agent: multi-turn tool use (Qwen-style <tool_call> blocks) against a tool
+    environment served beside the verifier, rewarded 1 when the environment's final state equals the
+    state the task's reference calls leave (NeMo Gym's workplace assistant; docs/agent.md). An agent
+    domain's rows are tasks with chat messages and {"ground_truth", "tools"} references (the
+    Nemotron blend's workbench rows: dataset format nemotron)."""
+    environment: EnvironmentName | None = None
+    """environment is the tool environment of an agent domain: workplace_assistant (email,
+    calendar, analytics, project and customer tools over CSV tables). Unset means
+    workplace_assistant. Only for type agent."""
+
+    def trainer_name(self) -> str:
+        """The trainer config's `verifier` of the domain: the environment's name for agent domains."""
+        return (self.environment or DEFAULT_ENVIRONMENT) if self.type == "agent" else self.type
+
+
 class DomainSpec(ApiModel):
     """One domain of the run: its prompts, how responses are verified, and its share of each step."""
 
@@ -71,9 +113,9 @@ class DomainSpec(ApiModel):
     Lowercase letters, digits and '-'; unique within the run."""
     dataset: DatasetSpec
     """dataset holds the domain's prompts and reference answers."""
-    verifier: VerifierRef
+    verifier: DomainVerifierRef
     """verifier scores the domain's responses (reward 1 for a verified response, else 0, unless the
-    verifier documents partial credit)."""
+    verifier documents partial credit); type agent runs multi-turn episodes in a tool environment."""
     weight: float = Field(
         1.0,
         json_schema_extra=field_rules(
@@ -129,50 +171,85 @@ class TrainerSpec(PodOptions):
     accumulated up to the mini-batch. Default 1."""
 
 
-class RolloutSpec(PodOptions):
-    """The rollout servers: vLLM replicas that generate responses and receive new weights."""
+_TP_WITHIN_GPUS = Rule(
+    rule="self.gpusPerReplica == 0 || self.tensorParallelSize <= self.gpusPerReplica",
+    message="tensorParallelSize must not exceed gpusPerReplica: each tensor-parallel shard needs its own GPU",
+    field_path=".tensorParallelSize",
+)
+_GPUS_MULTIPLE_OF_TP = Rule(
+    rule="self.gpusPerReplica == 0 || self.gpusPerReplica % self.tensorParallelSize == 0",
+    message="gpusPerReplica must be a multiple of tensorParallelSize: vLLM runs "
+    "gpusPerReplica / tensorParallelSize data-parallel engines per replica",
+    field_path=".gpusPerReplica",
+)
 
-    model_config = model_rules(
-        Rule(
-            rule="self.gpusPerReplica == 0 || self.tensorParallelSize <= self.gpusPerReplica",
-            message="tensorParallelSize must not exceed gpusPerReplica: each tensor-parallel shard "
-            "needs its own GPU",
-            field_path=".tensorParallelSize",
-        ),
-        Rule(
-            rule="self.weightSync != 'nccl' || self.replicas == 1",
-            message="weightSync nccl serves one replica (vLLM 0.32's trainer-side NCCL engine connects to "
-            "one server): use replicas 1 or weightSync filesystem",
-            field_path=".weightSync",
-        ),
-        Rule(
-            rule="self.gpusPerReplica == 0 || self.gpusPerReplica % self.tensorParallelSize == 0",
-            message="gpusPerReplica must be a multiple of tensorParallelSize: vLLM runs "
-            "gpusPerReplica / tensorParallelSize data-parallel engines per replica",
-            field_path=".gpusPerReplica",
-        ),
-    )
 
-    mode: Literal["server", "colocated"] = "server"
-    """mode is server (vLLM servers in their own pods, the default) or colocated (generation inside
-    the trainer process with Hugging Face generate: no rollout pods, for tiny models and CPU runs;
-    the other rollout fields are then ignored)."""
+class VLLMServerSpec(PodOptions):
+    """The shape of a set of vLLM servers (replicas, GPUs, parallelism)."""
+
+    model_config = model_rules(_TP_WITHIN_GPUS, _GPUS_MULTIPLE_OF_TP)
+
     replicas: int = Field(1, ge=1, le=1024)
     """replicas is the number of vLLM servers. Default 1."""
     gpus_per_replica: int = Field(1, ge=0, le=16)
     """gpusPerReplica is the number of GPUs per server. Default 1; 0 runs vLLM on CPU."""
     tensor_parallel_size: int = Field(1, ge=1, le=16)
     """tensorParallelSize shards the model over this many GPUs of a replica. Default 1."""
-    weight_sync: Literal["nccl", "filesystem"] = "filesystem"
-    """weightSync is how new weights reach the servers after each step: filesystem (safetensors on
-    the checkpoint volume, then an in-place reload on every replica; works everywhere) or nccl
-    (broadcast from trainer rank 0 over GPUs; one replica only, as vLLM 0.32's trainer-side
-    engine connects to one server). Default filesystem."""
     gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0)
     """gpuMemoryUtilization is the fraction of GPU memory vLLM may use. Default 0.9."""
     extra_args: list[Annotated[str, StringConstraints(max_length=1024)]] | None = Field(None, max_length=64)
     """extraArgs are appended to the vLLM server's command line (e.g. ["--enable-prefix-caching"]).
     Unset means none."""
+
+
+class RolloutSpec(VLLMServerSpec):
+    """The rollout servers: vLLM replicas that generate responses and receive new weights."""
+
+    model_config = model_rules(
+        _TP_WITHIN_GPUS,
+        Rule(
+            rule="self.weightSync != 'nccl' || self.replicas == 1",
+            message="weightSync nccl serves one replica (vLLM 0.32's trainer-side NCCL engine connects to "
+            "one server): use replicas 1 or weightSync filesystem",
+            field_path=".weightSync",
+        ),
+        _GPUS_MULTIPLE_OF_TP,
+    )
+
+    mode: Literal["server", "colocated"] = "server"
+    """mode is server (vLLM servers in their own pods, the default) or colocated (generation inside
+    the trainer process with Hugging Face generate: no rollout pods, for tiny models and CPU runs;
+    the other rollout fields are then ignored). It also decides how MT-OPD teachers score: served
+    by their own vLLM servers (server), or loaded by the trainer (colocated)."""
+    weight_sync: Literal["nccl", "filesystem"] = "filesystem"
+    """weightSync is how new weights reach the servers after each step: filesystem (safetensors on
+    the checkpoint volume, then an in-place reload on every replica; works everywhere) or nccl
+    (broadcast from trainer rank 0 over GPUs; one replica only, as vLLM 0.32's trainer-side
+    engine connects to one server). Default filesystem."""
+
+
+class TeacherServerSpec(VLLMServerSpec):
+    """The vLLM servers of each MT-OPD teacher (rollout mode server): every teacher gets its own
+    StatefulSet of this shape. Teachers never change, so they receive no weights; they only score
+    (one forward pass per sample, prompt log-probabilities)."""
+
+
+class AgentSpec(PodOptions):
+    """Agent domains: their episodes, and the tool environment service beside the verifier."""
+
+    max_turns: int = Field(6, ge=1, le=64)
+    """maxTurns is the number of model turns per episode; a call in the last turn still counts.
+    Default 6 (the M2RL study's max_num_steps, NeMo Gym's max_steps)."""
+    parallel_episodes: int = Field(16, ge=1, le=1024)
+    """parallelEpisodes is the number of episodes per trainer rank whose tool calls run at once.
+    Default 16."""
+    data: URI | None = None
+    """data is the environment's data folder (pvc:// or file://) in NeMo Gym's csv_data layout (its
+    resources_servers/workplace_assistant/csv_data, which the Nemotron blend's workbench rows refer
+    to). Unset means the tiny built-in workplace (docs/agent.md)."""
+    replicas: int = Field(1, ge=1, le=64)
+    """replicas is the number of environment pods. Default 1. An episode's session lives in one
+    pod: the Service keeps each trainer pod on one replica (session affinity by client IP)."""
 
 
 class CheckpointSpec(ApiModel):
@@ -218,6 +295,33 @@ class RLVRRunSpec(SchedulingOptions):
             "in proportion to its number of rows (leave weight unset, or use maxSamples)",
             field_path=".mixing",
         ),
+        # MT-OPD teachers against the run's domains (m2rl_trainer.config._mt_opd_problems); bounded
+        # by maxItems: 16 domains x 16 teachers x 16 domains per teacher.
+        Rule(
+            rule="!has(self.algorithm.teachers) || "
+            "self.domains.all(d, self.algorithm.teachers.exists_one(t, d.name in t.domains))",
+            message="every domain must have exactly one teacher: name each of spec.domains in the "
+            "domains of one of spec.algorithm.teachers",
+            field_path=".algorithm.teachers",
+        ),
+        Rule(
+            rule="!has(self.algorithm.teachers) || "
+            "self.algorithm.teachers.all(t, t.domains.all(n, self.domains.exists(d, d.name == n)))",
+            message="teachers may teach only the run's domains (spec.domains[].name)",
+            field_path=".algorithm.teachers",
+        ),
+        Rule(
+            rule="!has(self.teacherServers) "
+            "|| (self.algorithm.type == 'mt_opd' && self.rollout.mode == 'server')",
+            message="teacherServers applies only to type mt_opd with rollout mode server (colocated, the "
+            "trainer loads the teachers itself)",
+            field_path=".teacherServers",
+        ),
+        Rule(
+            rule="!has(self.agent) || self.domains.exists(d, d.verifier.type == 'agent')",
+            message="agent applies only to runs with an agent domain (a domain with verifier type agent)",
+            field_path=".agent",
+        ),
     )
 
     model: ModelSpec
@@ -247,6 +351,13 @@ class RLVRRunSpec(SchedulingOptions):
     """rollout sizes and places the vLLM servers. Default: 1 replica x 1 GPU, NCCL weight sync."""
     verifier: VerifierServiceSpec = Field(default_factory=VerifierServiceSpec)
     """verifier sizes and isolates the sandboxed verifier service. Default: 1 replica, 10 s per check."""
+    teacher_servers: TeacherServerSpec | None = None
+    """teacherServers sizes and places each MT-OPD teacher's vLLM servers (type mt_opd, rollout
+    mode server). Unset means 1 replica x 1 GPU per teacher."""
+    agent: AgentSpec | None = None
+    """agent configures the episodes of agent domains and their environment service (a Deployment
+    beside the verifier, as sandboxed). Only for runs with an agent domain; unset means 6 turns,
+    16 parallel episodes, the tiny built-in workplace, 1 replica."""
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
     """checkpoint says where and how often to save. Default: every 50 steps, keep 3, on a new
     200Gi claim."""
@@ -300,6 +411,16 @@ class RLVRRunStatus(StatusBase):
     final_model: str | None = Field(None, max_length=URI_MAX_LENGTH)
     """finalModel is the URI of the trained model once the run succeeded; MergeJobs and EvalSuites
     that reference the run read it."""
+    teacher_models: list[Annotated[str, StringConstraints(max_length=URI_MAX_LENGTH)]] | None = Field(
+        None, max_length=MAX_DOMAINS
+    )
+    """teacherModels are the model URIs of spec.algorithm.teachers, in order, as resolved when the
+    run started (a runRef's final model, a mergeRef's output); an MT-OPD run uses them until it
+    ends, whatever happens to the referenced resources."""
+    waiting_for: list[Annotated[str, StringConstraints(max_length=128)]] | None = Field(
+        None, max_length=MAX_DOMAINS
+    )
+    """waitingFor lists the teachers' RLVRRuns/MergeJobs (as Kind/name) that have not succeeded yet."""
     domains: list[DomainStatus] | None = Field(
         None,
         max_length=MAX_DOMAINS,

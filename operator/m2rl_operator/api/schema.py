@@ -86,6 +86,8 @@ def model_schema(model: type[BaseModel]) -> dict[str, Any]:
 def to_structural(node: dict[str, Any], defs: dict[str, Any], *, path: str) -> dict[str, Any]:
     """Convert one JSON Schema node (recursively) to a structural schema node."""
     node = _resolve(node, defs, path)
+    if "const" in node:  # a one-value Literal: OpenAPI 3.0 has no `const`, an enum of one says it
+        node["enum"] = [node.pop("const")]
     out: dict[str, Any] = {}
     for key, value in node.items():
         if key in _DROPPED:

@@ -46,7 +46,11 @@ def build_children(
     spec = obj.get("spec") or {}
     if kind == "RLVRRun":
         return build_rlvrrun(
-            RLVRRunSpec.model_validate(spec), name=name, namespace=namespace, options=options
+            RLVRRunSpec.model_validate(spec),
+            name=name,
+            namespace=namespace,
+            options=options,
+            resolved=resolved or {},
         )
     if kind == "MergeJob":
         return build_mergejob(

@@ -1,5 +1,8 @@
 """References between resources (runRef, mergeRef) and the model URIs they resolve to.
 
+MergeJob experts and base, EvalSuite models and MT-OPD teachers (RLVRRun spec.algorithm.teachers)
+reference runs and merges; each waits until what it references has succeeded.
+
 A reference key is "Kind/name" (e.g. "RLVRRun/math-expert"); `Resolved` maps keys to URIs. The
 handler fills it from the referenced objects' status (finalModel, outputModel) and spec (a run's
 base model for MergeJob.base.runRef, key "RLVRRun/NAME#base"); `m2rl render` and `m2rl run` fill
@@ -44,6 +47,47 @@ def mergejob_references(spec: MergeJobSpec) -> list[str]:
         elif expert.merge_ref:
             keys.append(merge_key(expert.merge_ref))
     return list(dict.fromkeys(keys))
+
+
+def rlvrrun_references(spec: RLVRRunSpec) -> list[str]:
+    """Keys an MT-OPD run's teachers need (their runs and merges), in spec order, without duplicates."""
+    keys = [
+        run_key(t.run_ref) if t.run_ref else merge_key(t.merge_ref or "")
+        for t in spec.algorithm.teachers or []
+        if t.run_ref or t.merge_ref
+    ]
+    return list(dict.fromkeys(keys))
+
+
+def teacher_models(spec: RLVRRunSpec, resolved: Resolved) -> list[str]:
+    """The model URI of each teacher, in order: its own `model`, else what its reference resolved
+    to. ValueError names a teacher whose reference is not resolved."""
+    uris = []
+    for i, t in enumerate(spec.algorithm.teachers or []):
+        if t.model:
+            uris.append(t.model)
+            continue
+        key = run_key(t.run_ref) if t.run_ref else merge_key(t.merge_ref or "")
+        if key not in resolved:
+            raise ValueError(f"spec.algorithm.teachers[{i}]: {key} has not been resolved to a model")
+        uris.append(resolved[key])
+    return uris
+
+
+def resolved_teachers(spec: RLVRRunSpec, models: list[str] | None) -> dict[str, str] | None:
+    """The references of a run's teachers as they resolved when it started (status.teacherModels,
+    in teacher order), or None when they have not all resolved yet. A run without references needs
+    nothing: {}."""
+    if not rlvrrun_references(spec):
+        return {}
+    teachers = spec.algorithm.teachers or []
+    if models is None or len(models) != len(teachers):
+        return None
+    resolved: dict[str, str] = {}
+    for t, uri in zip(teachers, models, strict=True):
+        if t.run_ref or t.merge_ref:
+            resolved[run_key(t.run_ref) if t.run_ref else merge_key(t.merge_ref or "")] = uri
+    return resolved
 
 
 def evalsuite_references(spec: EvalSuiteSpec) -> list[str]:

@@ -1,6 +1,8 @@
 """RLVRRun -> ConfigMap, checkpoint PVC, trainer (headless Service + Indexed Job), rollout (headless
 Service + StatefulSet of vLLM servers + NetworkPolicy), verifier (Deployment + Service +
-NetworkPolicy).
+NetworkPolicy); for MT-OPD in server mode one vLLM StatefulSet + headless Service per teacher (and
+one NetworkPolicy for all); for agent domains the tool environment (Deployment + Service +
+NetworkPolicy, sandboxed like the verifier).
 
 Pure functions: no client, no environment, no logging. The handler adopts (owner references) and
 applies what these return, and decides what runs when (Kueue admission, suspension, completion).
@@ -13,7 +15,13 @@ from typing import Any
 
 from m2rl_operator import naming
 from m2rl_operator.api.common import VerifierServiceSpec
-from m2rl_operator.api.rlvrrun import RLVRRunSpec
+from m2rl_operator.api.rlvrrun import (
+    DEFAULT_ENVIRONMENT,
+    AgentSpec,
+    RLVRRunSpec,
+    TeacherServerSpec,
+    VLLMServerSpec,
+)
 from m2rl_operator.builders.common import (
     Manifest,
     claim_volumes,
@@ -34,7 +42,13 @@ from m2rl_operator.builders.pods import (
     restricted_pod_security,
     sandbox_security,
 )
-from m2rl_operator.builders.trainer_config import build_trainer_config, run_output_uri
+from m2rl_operator.builders.references import Resolved, teacher_models
+from m2rl_operator.builders.trainer_config import (
+    build_trainer_config,
+    has_agent_domain,
+    run_output_uri,
+    serves_teachers,
+)
 from m2rl_operator.settings import OperatorOptions
 
 KIND = "RLVRRun"
@@ -53,15 +67,23 @@ def uses_sandbox(spec: RLVRRunSpec) -> bool:
     return any(d.verifier.type == "code" for d in spec.domains)
 
 
-def build_config_map(spec: RLVRRunSpec, *, name: str, namespace: str, options: OperatorOptions) -> Manifest:
+def build_config_map(
+    spec: RLVRRunSpec,
+    *,
+    name: str,
+    namespace: str,
+    options: OperatorOptions,
+    resolved: Resolved | None = None,
+) -> Manifest:
     """trainer.yaml, and verifier.yaml: the verifier service enables only the run's verifiers, so
-    a run without code domains never starts a sandbox."""
-    verifiers = sorted({d.verifier.type for d in spec.domains})
+    a run without code domains never starts a sandbox (agent domains are verified by their
+    environment, not the verifier)."""
+    verifiers = sorted({d.verifier.type for d in spec.domains if d.verifier.type != "agent"})
     return config_map(
         KIND,
         name,
         namespace,
-        build_trainer_config(spec, name=name, namespace=namespace, options=options),
+        build_trainer_config(spec, name=name, namespace=namespace, options=options, resolved=resolved),
         {naming.VERIFIER_CONFIG_FILE: {"verifiers": {v: {} for v in verifiers}}},
     )
 
@@ -120,16 +142,20 @@ def build_trainer_job(
     options: OperatorOptions,
     attempt: int = 0,
     config_map: Manifest | None = None,
+    resolved: Resolved | None = None,
 ) -> Manifest:
     """Indexed Job, one pod per node; torchrun inside. `attempt` counts restarts (the trainer
     resumes from the latest checkpoint by itself); it is a label and an annotation of the Job and
     a label of its pods. With Kueue (spec.queueName) the Job is created suspended and Kueue alone
-    changes `suspend` from then on."""
+    changes `suspend` from then on. MT-OPD colocated: the teachers' models are mounted (read-only
+    unless on the run's own output claim) and loaded by the trainer."""
     t = spec.trainer
     nproc = max(t.gpus_per_node, 1)
     config_vol, config_mount = config_volume(naming.config_map(name), options)
     shm_vol, shm_mount = shm_volume(options)
     uris = [spec.model.uri, *(d.dataset.uri for d in spec.domains), run_output_uri(name, spec)]
+    if spec.algorithm.type == "mt_opd" and not serves_teachers(spec):
+        uris += teacher_models(spec, resolved or {})
     claim_vols, claim_mounts = claim_volumes(uris, _output_claim(name, spec), options)
     env = [
         {"name": "MASTER_ADDR", "value": naming.trainer_host(name, namespace)},
@@ -180,7 +206,8 @@ def build_trainer_job(
     meta["annotations"] = {
         naming.ATTEMPT: str(attempt),
         CONFIG_HASH_ANNOTATION: config_hash(
-            config_map or build_config_map(spec, name=name, namespace=namespace, options=options)
+            config_map
+            or build_config_map(spec, name=name, namespace=namespace, options=options, resolved=resolved)
         ),
     }
     job: dict[str, Any] = {
@@ -237,39 +264,47 @@ def build_rollout_service(
     )
 
 
-def build_rollout_statefulset(
-    spec: RLVRRunSpec, *, name: str, namespace: str, options: OperatorOptions
+def _vllm_statefulset(
+    spec: RLVRRunSpec,
+    servers: VLLMServerSpec,
+    *,
+    name: str,
+    owner: str,
+    namespace: str,
+    component: str,
+    served_name: str,
+    model_uri: str,
+    claim_uris: list[str],
+    max_model_len: int,
+    options: OperatorOptions,
+    env: list[dict[str, Any]],
+    extra_labels: dict[str, str] | None = None,
 ) -> Manifest:
-    """The vLLM servers. With spec.queueName the StatefulSet carries Kueue's queue label, so Kueue's
-    StatefulSet integration admits its pods as one group against the same quota as the trainer."""
-    r = spec.rollout
+    """A StatefulSet `name` of vLLM OpenAI servers serving `model_uri` as `served_name`. With
+    spec.queueName it carries Kueue's queue label, so Kueue's StatefulSet integration admits its
+    pods as one group against the same quota as the trainer."""
     port = options.ports.rollout
     args = [
-        "--model", local_path(spec.model.uri, options),
-        "--served-model-name", name,
+        "--model", local_path(model_uri, options),
+        "--served-model-name", served_name,
         "--host", "0.0.0.0",
         "--port", str(port),
         "--dtype", spec.model.dtype,
-        "--max-model-len", str(spec.algorithm.max_prompt_tokens + spec.algorithm.max_response_tokens),
+        "--max-model-len", str(max_model_len),
         "--seed", str(spec.algorithm.seed),
     ]  # fmt: skip
-    if r.gpus_per_replica > 0:
-        args += ["--tensor-parallel-size", str(r.tensor_parallel_size)]
-        args += ["--gpu-memory-utilization", str(r.gpu_memory_utilization)]
-        if r.gpus_per_replica // r.tensor_parallel_size > 1:
-            args += ["--data-parallel-size", str(r.gpus_per_replica // r.tensor_parallel_size)]
-    args += list(r.extra_args or [])
-    env: list[dict[str, Any]] = []
-    if r.weight_sync == "filesystem":
-        # reload_weights over /collective_rpc is a dev-mode endpoint of vLLM's OpenAI server; the
-        # rollout NetworkPolicy admits only the run's trainer pods (and metrics scrapers) to it.
-        env.append({"name": "VLLM_SERVER_DEV_MODE", "value": "1"})
-    env += [dump(e) for e in r.env or []]
+    if servers.gpus_per_replica > 0:
+        args += ["--tensor-parallel-size", str(servers.tensor_parallel_size)]
+        args += ["--gpu-memory-utilization", str(servers.gpu_memory_utilization)]
+        if servers.gpus_per_replica // servers.tensor_parallel_size > 1:
+            args += ["--data-parallel-size", str(servers.gpus_per_replica // servers.tensor_parallel_size)]
+    args += list(servers.extra_args or [])
+    env = [*env, *(dump(e) for e in servers.env or [])]
     shm_vol, shm_mount = shm_volume(options)
-    claim_vols, claim_mounts = claim_volumes([spec.model.uri, run_output_uri(name, spec)], [], options)
+    claim_vols, claim_mounts = claim_volumes([model_uri, *claim_uris], [], options)
     container: dict[str, Any] = {
         "name": "vllm",
-        "image": r.image or options.images.rollout,
+        "image": servers.image or options.images.rollout,
         "command": ["python", "-m", "vllm.entrypoints.openai.api_server"],
         "args": args,
         "ports": [{"name": "http", "containerPort": port}],
@@ -278,33 +313,86 @@ def build_rollout_statefulset(
         "readinessProbe": _probe("/health", port, 10, 3),
         "livenessProbe": _probe("/health", port, 30, 3),
         "resources": requests_for(
-            r, options.default_requests.for_gpus(r.gpus_per_replica), r.gpus_per_replica
+            servers, options.default_requests.for_gpus(servers.gpus_per_replica), servers.gpus_per_replica
         ),
         "securityContext": restricted_container_security(),
         "volumeMounts": [shm_mount, *claim_mounts],
     }
     if env:
         container["env"] = env
+    selector = {**naming.selector(KIND, owner, component), **(extra_labels or {})}
     return {
         "apiVersion": "apps/v1",
         "kind": "StatefulSet",
-        "metadata": metadata(naming.rollout(name), namespace, KIND, name, naming.ROLLOUT, spec.queue_name),
+        "metadata": metadata(name, namespace, KIND, owner, component, spec.queue_name),
         "spec": {
-            "serviceName": naming.rollout(name),
-            "replicas": 0 if spec.suspend else r.replicas,
+            "serviceName": name,
+            "replicas": 0 if spec.suspend else servers.replicas,
             "podManagementPolicy": "Parallel",
-            "selector": {"matchLabels": naming.selector(KIND, name, naming.ROLLOUT)},
+            "selector": {"matchLabels": selector},
             "template": {
-                "metadata": pod_metadata(naming.labels(KIND, name, naming.ROLLOUT), spec.pod),
+                "metadata": pod_metadata(
+                    {**naming.labels(KIND, owner, component), **(extra_labels or {})}, spec.pod
+                ),
                 "spec": {
                     "securityContext": restricted_pod_security(),
                     "containers": [container],
                     "volumes": [shm_vol, *claim_vols],
-                    **pod_options(r, spec.pod, spec.priority_class_name),
+                    **pod_options(servers, spec.pod, spec.priority_class_name),
                 },
             },
         },
     }
+
+
+def build_rollout_statefulset(
+    spec: RLVRRunSpec, *, name: str, namespace: str, options: OperatorOptions
+) -> Manifest:
+    """The rollout's vLLM servers: the run's model, reloaded from the run's output after each step."""
+    env: list[dict[str, Any]] = []
+    if spec.rollout.weight_sync == "filesystem":
+        # reload_weights over /collective_rpc is a dev-mode endpoint of vLLM's OpenAI server; the
+        # rollout NetworkPolicy admits only the run's trainer pods (and metrics scrapers) to it.
+        env.append({"name": "VLLM_SERVER_DEV_MODE", "value": "1"})
+    return _vllm_statefulset(
+        spec, spec.rollout, name=naming.rollout(name), owner=name, namespace=namespace,
+        component=naming.ROLLOUT, served_name=name, model_uri=spec.model.uri,
+        claim_uris=[run_output_uri(name, spec)],
+        max_model_len=spec.algorithm.max_prompt_tokens + spec.algorithm.max_response_tokens,
+        options=options, env=env,
+    )  # fmt: skip
+
+
+def teacher_labels(index: int) -> dict[str, str]:
+    """What tells one teacher's pods from another's (naming.TEACHER_INDEX)."""
+    return {naming.TEACHER_INDEX: str(index)}
+
+
+def build_teacher_service(
+    spec: RLVRRunSpec, *, name: str, namespace: str, options: OperatorOptions, index: int
+) -> Manifest:
+    """Teacher `index`'s headless Service: a stable DNS name per replica, as the rollout servers'."""
+    selector = {**naming.selector(KIND, name, naming.TEACHER), **teacher_labels(index)}
+    return headless_service(
+        naming.teacher(name, index), namespace, KIND, name, naming.TEACHER,
+        {"http": options.ports.rollout}, selector,
+    )  # fmt: skip
+
+
+def build_teacher_statefulset(
+    spec: RLVRRunSpec, *, name: str, namespace: str, options: OperatorOptions, index: int, model_uri: str
+) -> Manifest:
+    """Teacher `index`'s vLLM servers: its model (mounted read-only), served as <run>-teacher-<i>, no
+    weight sync (no dev mode: teachers never change). The context holds prompt + response + 1: the
+    trainer asks for the prompt log-probs of prompt + response and one generated token."""
+    servers = spec.teacher_servers or TeacherServerSpec()
+    return _vllm_statefulset(
+        spec, servers, name=naming.teacher(name, index), owner=name, namespace=namespace,
+        component=naming.TEACHER, served_name=naming.teacher(name, index), model_uri=model_uri,
+        claim_uris=[],
+        max_model_len=spec.algorithm.max_prompt_tokens + spec.algorithm.max_response_tokens + 1,
+        options=options, env=[], extra_labels=teacher_labels(index),
+    )  # fmt: skip
 
 
 def ingress_policy(
@@ -403,6 +491,80 @@ def build_verifier_deployment(
     }
 
 
+def build_environment_deployment(
+    spec: RLVRRunSpec, *, name: str, namespace: str, options: OperatorOptions
+) -> Manifest:
+    """The agent domains' tool environment (`python -m m2rl_trainer.agent serve`, NeMo Gym's
+    resource-server routes): it runs only the image's tool code over tables it reads once, so it is
+    sandboxed as the verifier without a code domain is: non-root (the verifier's user), read-only
+    root filesystem, no service-account token, no Service links, no egress (its NetworkPolicy), the
+    verifier's runtimeClassName when one is set. Its data folder (spec.agent.data) is mounted
+    read-only."""
+    agent = spec.agent or AgentSpec()
+    port = options.ports.environment
+    environment = next(d.verifier.environment for d in spec.domains if d.verifier.type == "agent")
+    args = ["--environment", environment or DEFAULT_ENVIRONMENT, "--host", "0.0.0.0", "--port", str(port)]
+    claim_vols, claim_mounts = claim_volumes([agent.data] if agent.data else [], [], options)
+    if agent.data:
+        args += ["--data", local_path(agent.data, options)]
+    container: dict[str, Any] = {
+        "name": "environment",
+        "image": agent.image or options.images.verifier,
+        "command": ["python", "-m", "m2rl_trainer.agent", "serve"],
+        "args": args,
+        "ports": [{"name": "http", "containerPort": port}],
+        "readinessProbe": _probe("/health", port, 10, 3),
+        "livenessProbe": _probe("/health", port, 30, 3),
+        "resources": requests_for(agent, options.default_requests.verifier, 0),
+        "securityContext": {**restricted_container_security(), "readOnlyRootFilesystem": True},
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}, *claim_mounts],
+    }
+    if agent.env:
+        container["env"] = [dump(e) for e in agent.env]
+    security = restricted_pod_security()
+    security.update(runAsUser=VERIFIER_UID, runAsGroup=VERIFIER_UID)
+    pod: dict[str, Any] = {
+        "enableServiceLinks": False,
+        "securityContext": security,
+        "containers": [container],
+        "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}}, *claim_vols],
+        **pod_options(agent, spec.pod, spec.priority_class_name, service_account=False),
+    }
+    if spec.verifier.runtime_class_name:
+        pod["runtimeClassName"] = spec.verifier.runtime_class_name
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": metadata(
+            naming.environment(name), namespace, KIND, name, naming.ENVIRONMENT, spec.queue_name
+        ),
+        "spec": {
+            "replicas": 0 if spec.suspend else agent.replicas,
+            "selector": {"matchLabels": naming.selector(KIND, name, naming.ENVIRONMENT)},
+            "template": {
+                "metadata": pod_metadata(naming.labels(KIND, name, naming.ENVIRONMENT), spec.pod),
+                "spec": pod,
+            },
+        },
+    }
+
+
+def build_environment_service(name: str, namespace: str, options: OperatorOptions) -> Manifest:
+    """A ClusterIP Service with client-IP session affinity: an episode's session lives in the
+    replica that seeded it, and every call of an episode comes from the same trainer pod."""
+    port = options.ports.environment
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": metadata(naming.environment(name), namespace, KIND, name, naming.ENVIRONMENT),
+        "spec": {
+            "selector": naming.selector(KIND, name, naming.ENVIRONMENT),
+            "sessionAffinity": "ClientIP",
+            "ports": [{"name": "http", "port": port, "targetPort": port}],
+        },
+    }
+
+
 def verifier_service(kind: str, owner: str, namespace: str, options: OperatorOptions) -> Manifest:
     return {
         "apiVersion": "v1",
@@ -416,14 +578,21 @@ def verifier_service(kind: str, owner: str, namespace: str, options: OperatorOpt
 
 
 def build_rlvrrun(
-    spec: RLVRRunSpec, *, name: str, namespace: str, options: OperatorOptions, attempt: int = 0
+    spec: RLVRRunSpec,
+    *,
+    name: str,
+    namespace: str,
+    options: OperatorOptions,
+    attempt: int = 0,
+    resolved: Resolved | None = None,
 ) -> list[Manifest]:
     """Every child of an RLVRRun, in creation order (config and storage before the pods using them).
 
     A suspended run has no trainer Job (its pods are deleted; resuming creates it again, and the
-    trainer continues from its latest checkpoint) and zero rollout and verifier replicas.
+    trainer continues from its latest checkpoint) and zero rollout, teacher, environment and
+    verifier replicas. `resolved` holds the model URIs of the MT-OPD teachers' references.
     """
-    config = build_config_map(spec, name=name, namespace=namespace, options=options)
+    config = build_config_map(spec, name=name, namespace=namespace, options=options, resolved=resolved)
     children: list[Manifest] = [config]
     if claim := build_checkpoint_claim(spec, name=name, namespace=namespace):
         children.append(claim)
@@ -435,6 +604,31 @@ def build_rlvrrun(
         )
     )  # fmt: skip
     children.append(build_verifier_deployment(spec, name=name, namespace=namespace, options=options))
+    if has_agent_domain(spec):
+        children.append(build_environment_service(name, namespace, options))
+        children.append(
+            ingress_policy(
+                KIND, name, namespace, name=naming.environment(name), component=naming.ENVIRONMENT,
+                port=options.ports.environment, options=options, deny_egress=True,
+            )
+        )  # fmt: skip
+        children.append(build_environment_deployment(spec, name=name, namespace=namespace, options=options))
+    if serves_teachers(spec):
+        children.append(
+            ingress_policy(
+                KIND, name, namespace, name=naming.teachers_policy(name), component=naming.TEACHER,
+                port=options.ports.rollout, options=options,
+            )
+        )  # fmt: skip
+        for index, uri in enumerate(teacher_models(spec, resolved or {})):
+            children.append(
+                build_teacher_service(spec, name=name, namespace=namespace, options=options, index=index)
+            )
+            children.append(
+                build_teacher_statefulset(
+                    spec, name=name, namespace=namespace, options=options, index=index, model_uri=uri
+                )
+            )
     if spec.rollout.mode == "server":
         children.append(build_rollout_service(spec, name=name, namespace=namespace, options=options))
         children.append(
@@ -450,7 +644,13 @@ def build_rlvrrun(
     if not spec.suspend:
         children.append(
             build_trainer_job(
-                spec, name=name, namespace=namespace, options=options, attempt=attempt, config_map=config
+                spec,
+                name=name,
+                namespace=namespace,
+                options=options,
+                attempt=attempt,
+                config_map=config,
+                resolved=resolved,
             )
         )
     return children

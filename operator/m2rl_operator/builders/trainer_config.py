@@ -10,9 +10,10 @@ from __future__ import annotations
 from typing import Any
 
 from m2rl_operator import naming
-from m2rl_operator.api.algorithm import resolve_algorithm
-from m2rl_operator.api.rlvrrun import RLVRRunSpec
+from m2rl_operator.api.algorithm import TRAINER_ALGORITHM_NAMES, resolve_algorithm
+from m2rl_operator.api.rlvrrun import AgentSpec, RLVRRunSpec
 from m2rl_operator.builders.common import local_path
+from m2rl_operator.builders.references import Resolved, teacher_models
 from m2rl_operator.settings import OperatorOptions
 
 
@@ -42,10 +43,53 @@ def rollout_urls(name: str, namespace: str, spec: RLVRRunSpec, options: Operator
     ]
 
 
+def teacher_urls(
+    name: str, namespace: str, spec: RLVRRunSpec, options: OperatorOptions, index: int
+) -> list[str]:
+    """The replicas of MT-OPD teacher `index` (server mode), as the trainer reaches them."""
+    replicas = spec.teacher_servers.replicas if spec.teacher_servers else 1
+    port = options.ports.rollout
+    return [f"http://{naming.teacher_host(name, namespace, index, r)}:{port}" for r in range(replicas)]
+
+
+def has_agent_domain(spec: RLVRRunSpec) -> bool:
+    return any(d.verifier.type == "agent" for d in spec.domains)
+
+
+def serves_teachers(spec: RLVRRunSpec) -> bool:
+    """MT-OPD in rollout mode server: each teacher has its own vLLM servers (colocated: the trainer
+    loads the teachers)."""
+    return spec.algorithm.type == "mt_opd" and spec.rollout.mode == "server"
+
+
+def _teachers(
+    spec: RLVRRunSpec, name: str, namespace: str, options: OperatorOptions, resolved: Resolved
+) -> list[dict[str, Any]]:
+    """algorithm.teachers of the trainer config: served (server_urls + served_model_name) or loaded
+    by the trainer (model: the path where the pod mounts it)."""
+    out = []
+    uris = teacher_models(spec, resolved)
+    for i, (teacher, uri) in enumerate(zip(spec.algorithm.teachers or [], uris, strict=True)):
+        entry: dict[str, Any] = {"domains": list(teacher.domains)}
+        if serves_teachers(spec):
+            entry["server_urls"] = teacher_urls(name, namespace, spec, options, i)
+            entry["served_model_name"] = naming.teacher(name, i)
+        else:
+            entry["model"] = local_path(uri, options)
+        out.append(entry)
+    return out
+
+
 def build_trainer_config(
-    spec: RLVRRunSpec, *, name: str, namespace: str, options: OperatorOptions
+    spec: RLVRRunSpec,
+    *,
+    name: str,
+    namespace: str,
+    options: OperatorOptions,
+    resolved: Resolved | None = None,
 ) -> dict[str, Any]:
-    """The dict written as trainer.yaml into the run's ConfigMap."""
+    """The dict written as trainer.yaml into the run's ConfigMap. `resolved` holds the model URIs of
+    the MT-OPD teachers' references (builders.references)."""
     out = local_path(run_output_uri(name, spec), options)
     algo = resolve_algorithm(spec.algorithm)
     a = spec.algorithm
@@ -60,7 +104,7 @@ def build_trainer_config(
         "nccl_master_address": naming.trainer_host(name, namespace) if weight_sync == "nccl" else None,
         "nccl_port": options.ports.nccl_weight_sync,
     }
-    return {
+    config: dict[str, Any] = {
         "model": local_path(spec.model.uri, options),
         "output_dir": out,
         "run_name": name,
@@ -69,7 +113,7 @@ def build_trainer_config(
                 {
                     "name": d.name,
                     "dataset": local_path(d.dataset.uri, options),
-                    "verifier": d.verifier.type,
+                    "verifier": d.verifier.trainer_name(),
                     "fields": {
                         "prompt": d.dataset.fields.prompt,
                         "reference": d.dataset.fields.answer,
@@ -88,7 +132,7 @@ def build_trainer_config(
             "system_prompt": spec.model.system_prompt,
         },
         "algorithm": {
-            "name": a.type,
+            "name": TRAINER_ALGORITHM_NAMES[a.type],
             "group_size": a.group_size,
             "prompts_per_step": a.prompts_per_step,
             "learning_rate": a.learning_rate,
@@ -142,3 +186,14 @@ def build_trainer_config(
         },
         "metrics": {"jsonl": "metrics.jsonl", "prometheus_port": options.ports.trainer_metrics},
     }
+    if a.type == "mt_opd":
+        config["algorithm"]["teachers"] = _teachers(spec, name, namespace, options, resolved or {})
+    if has_agent_domain(spec):
+        agent = spec.agent or AgentSpec()
+        # Episodes run against the run's sandboxed environment Deployment, beside the verifier.
+        config["agent"] = {
+            "environment_url": naming.environment_url(name, namespace, options.ports.environment),
+            "max_turns": agent.max_turns,
+            "parallel_episodes": agent.parallel_episodes,
+        }
+    return config

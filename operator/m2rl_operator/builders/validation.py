@@ -31,10 +31,6 @@ def rlvrrun_problems(spec: RLVRRunSpec) -> list[str]:
                 f"training reads {' or '.join(TRAINING_FORMATS)}"
             )
     a = spec.algorithm
-    if a.weight_decay != 0.0:
-        problems.append("spec.algorithm.weightDecay: the trainer image does not support weight decay yet")
-    if a.schedule.min_ratio != 0.0:
-        problems.append("spec.algorithm.schedule.minRatio: the trainer image decays to 0 only")
     preset_std = PRESETS[a.type].normalize_advantage_std
     if a.normalize_advantage_std is not None and a.normalize_advantage_std != preset_std:
         problems.append(
@@ -51,4 +47,23 @@ def rlvrrun_problems(spec: RLVRRunSpec) -> list[str]:
         and spec.rollout.gpus_per_replica == 0
     ):
         problems.append("spec.rollout.weightSync: nccl needs GPUs; use filesystem with gpusPerReplica 0")
+    if spec.agent is not None and spec.agent.data and parse_uri(spec.agent.data).scheme == "hf":
+        problems.append(
+            f"spec.agent.data: {spec.agent.data}: the environment reads a folder of CSV files from a volume; "
+            "copy it to a pvc:// path"
+        )
+    ranks = spec.trainer.nodes * max(spec.trainer.gpus_per_node, 1)
+    if (
+        any(d.verifier.type == "agent" for d in spec.domains)
+        and spec.rollout.mode == "colocated"
+        and spec.trainer.deepspeed.zero_stage == 3
+        and a.off_policy_steps == 0
+        and ranks > 1
+    ):
+        # m2rl_trainer.config._agent_problems refuses it at start; say so before any pod runs.
+        problems.append(
+            "spec.domains: agent episodes take a different number of turns on each rank, which colocated "
+            "generation on a ZeRO-3 policy over several ranks cannot follow (its ranks generate in "
+            "lockstep); use trainer.deepspeed.zeroStage 2, algorithm.offPolicySteps 1 or rollout.mode server"
+        )
     return problems

@@ -10,15 +10,20 @@ would mount. Each pod's container becomes a local process:
 |---|---|
 | trainer Job (torchrun) | `torchrun --nproc_per_node RANKS -m m2rl_trainer.cli` (one rank: python -m) |
 | rollout StatefulSet (vLLM) | one `vllm.entrypoints.openai.api_server` per replica on a free loopback port |
+| MT-OPD teacher StatefulSets (server mode) | likewise, one vLLM server per teacher replica |
 | verifier Deployment + Service | `m2rl-verifier serve` on a free loopback port |
+| agent environment Deployment + Service | `python -m m2rl_trainer.agent serve` on a free loopback port |
 | merge Job | `m2rl-merge` with the Job's arguments |
 | eval Indexed Job | `m2rl-eval --model-index I` per model, `--engine hf` on CPU by default |
 | ConfigMap | the file it holds, under the resource's folder in the workdir |
 | termination message | the file `$M2RL_RESULT_PATH` (m2rl_trainer.utils.results) |
 
-Only addresses differ from the pods' configs: the trainer reaches its vLLM servers and its
-verifier at 127.0.0.1 ports instead of Service DNS names, and exposes no metrics port (progress is
-read from its metrics.jsonl). The functions here are pure; the runner owns ports and processes.
+Only addresses differ from the pods' configs: the trainer reaches its vLLM servers (rollout and
+teachers), its verifier and its agent environment at 127.0.0.1 ports instead of Service DNS names,
+and exposes no metrics port (progress is read from its metrics.jsonl). An MT-OPD run waits for the
+runs and merges its teachers reference, like a MergeJob; colocated (the quickstart's mode), the
+trainer loads the teachers' final model folders itself. The functions here are pure; the runner
+owns ports and processes.
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ from m2rl_operator import naming
 from m2rl_operator.api.evalsuite import EvalSuiteSpec
 from m2rl_operator.api.mergejob import MergeJobSpec
 from m2rl_operator.api.offline import validate_object
-from m2rl_operator.api.rlvrrun import RLVRRunSpec
+from m2rl_operator.api.rlvrrun import RLVRRunSpec, TeacherServerSpec
 from m2rl_operator.api.uri import parse_uri
 from m2rl_operator.api.yaml_io import iter_documents
 from m2rl_operator.builders import build_evalsuite, build_mergejob, build_rlvrrun, rlvrrun_problems
@@ -48,9 +53,10 @@ from m2rl_operator.builders.references import (
     Resolved,
     evalsuite_references,
     mergejob_references,
+    rlvrrun_references,
     unresolved,
 )
-from m2rl_operator.builders.trainer_config import run_output_uri
+from m2rl_operator.builders.trainer_config import has_agent_domain, run_output_uri, serves_teachers
 from m2rl_operator.render import resolve_offline
 from m2rl_operator.settings import OperatorOptions
 
@@ -97,7 +103,7 @@ class Resource:
         elif self.kind == "EvalSuite":
             keys = evalsuite_references(self.spec)
         else:
-            keys = []
+            keys = rlvrrun_references(self.spec)  # MT-OPD teachers
         return [k for k in keys if not k.endswith(BASE_SUFFIX)]
 
 
@@ -294,6 +300,14 @@ def trainer_ranks(spec: RLVRRunSpec) -> int:
     return spec.trainer.nodes * max(spec.trainer.gpus_per_node, 1)
 
 
+def teacher_replicas(spec: RLVRRunSpec) -> list[int]:
+    """vLLM servers per MT-OPD teacher that the run starts (server mode; colocated: none)."""
+    if not serves_teachers(spec):
+        return []
+    per_teacher = (spec.teacher_servers or TeacherServerSpec()).replicas
+    return [per_teacher] * len(spec.algorithm.teachers or [])
+
+
 def plan_run(
     resource: Resource,
     layout: Layout,
@@ -301,18 +315,32 @@ def plan_run(
     verifier_port: int,
     rollout_ports: Sequence[int],
     master_port: int,
+    resolved: Resolved | None = None,
+    teacher_ports: Sequence[Sequence[int]] = (),
+    environment_port: int | None = None,
 ) -> RunPlan:
-    """The RLVRRun's children as local processes (ports chosen by the caller)."""
+    """The RLVRRun's children as local processes (ports chosen by the caller: `teacher_ports` one
+    list per teacher, as `teacher_replicas` counts them; `environment_port` with agent domains).
+    `resolved`: the model URIs of the MT-OPD teachers' references."""
     spec: RLVRRunSpec = resource.spec
     name = resource.name
     options = layout.options("RLVRRun", name)
-    manifests = build_rlvrrun(spec, name=name, namespace="default", options=options)
+    manifests = build_rlvrrun(spec, name=name, namespace="default", options=options, resolved=resolved)
     files = _config_files(manifests, options)
     config_path = Path(options.config_dir) / naming.CONFIG_FILE["RLVRRun"]
     config = yaml.safe_load(files[config_path])
     loopback = "http://127.0.0.1:{}"
     if spec.rollout.mode == "server":
         config["rollout"]["server_urls"] = [loopback.format(p) for p in rollout_ports]
+    if serves_teachers(spec):
+        if [len(p) for p in teacher_ports] != teacher_replicas(spec):
+            raise ValueError(f"teacher_ports: {teacher_replicas(spec)} ports per teacher expected")
+        for teacher, ports in zip(config["algorithm"]["teachers"], teacher_ports, strict=True):
+            teacher["server_urls"] = [loopback.format(p) for p in ports]
+    if has_agent_domain(spec):
+        if environment_port is None:
+            raise ValueError("environment_port: a run with an agent domain needs its environment's port")
+        config["agent"]["environment_url"] = loopback.format(environment_port)
     config["rewards"]["service_url"] = loopback.format(verifier_port)
     config["metrics"]["prometheus_port"] = None
     files[config_path] = yaml.safe_dump(config, sort_keys=False)
@@ -336,15 +364,29 @@ def plan_run(
             health_url=loopback.format(verifier_port) + "/health",
         )
     ]
-    if spec.rollout.mode == "server":
-        rollout = _container(manifests, "StatefulSet", naming.rollout(name))
-        env = {"VLLM_CPU_KVCACHE_SPACE": "1", **_env(rollout)}  # GiB of KV cache on CPU
-        for index, port in enumerate(rollout_ports):
-            args = set_flag(set_flag(rollout["args"], "--host", "127.0.0.1"), "--port", str(port))
+    if has_agent_domain(spec):
+        assert environment_port is not None
+        environment = _container(manifests, "Deployment", naming.environment(name))
+        args = set_flag(set_flag(environment["args"], "--host", "127.0.0.1"), "--port", str(environment_port))
+        services.append(
+            ProcessPlan(
+                "environment",
+                (sys.executable, *environment["command"][1:], *args),
+                _env(environment),
+                health_url=loopback.format(environment_port) + "/health",
+            )
+        )
+    servers = [(naming.rollout(name), "rollout", rollout_ports)] if spec.rollout.mode == "server" else []
+    servers += [(naming.teacher(name, i), f"teacher-{i}", ports) for i, ports in enumerate(teacher_ports)]
+    for statefulset, component, ports in servers:
+        server = _container(manifests, "StatefulSet", statefulset)
+        env = {"VLLM_CPU_KVCACHE_SPACE": "1", **_env(server)}  # GiB of KV cache on CPU
+        for index, port in enumerate(ports):
+            args = set_flag(set_flag(server["args"], "--host", "127.0.0.1"), "--port", str(port))
             services.append(
                 ProcessPlan(
-                    f"rollout-{index}",
-                    (sys.executable, *rollout["command"][1:], *args),
+                    f"{component}-{index}",
+                    (sys.executable, *server["command"][1:], *args),
                     env,
                     health_url=loopback.format(port) + "/health",
                 )
@@ -425,6 +467,10 @@ def input_paths(resource: Resource, layout: Layout, resolved: Resolved) -> list[
     if resource.kind == "RLVRRun":
         fields.append(("spec.model.uri", spec.model.uri))
         fields += [(f"spec.domains[{i}].dataset.uri", d.dataset.uri) for i, d in enumerate(spec.domains)]
+        teachers = enumerate(spec.algorithm.teachers or [])
+        fields += [(f"spec.algorithm.teachers[{i}].model", t.model) for i, t in teachers if t.model]
+        if spec.agent is not None and spec.agent.data:
+            fields.append(("spec.agent.data", spec.agent.data))
     elif resource.kind == "MergeJob":
         if spec.base is not None and spec.base.model:
             fields.append(("spec.base.model", spec.base.model))

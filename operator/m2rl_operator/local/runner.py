@@ -36,7 +36,13 @@ from typing import Any
 from m2rl_operator.api.evalsuite import EvalSuiteSpec
 from m2rl_operator.api.mergejob import MergeJobSpec
 from m2rl_operator.api.rlvrrun import RLVRRunSpec
-from m2rl_operator.builders.trainer_config import checkpoint_uri, final_model_uri
+from m2rl_operator.builders.references import teacher_models
+from m2rl_operator.builders.trainer_config import (
+    checkpoint_uri,
+    final_model_uri,
+    has_agent_domain,
+    serves_teachers,
+)
 from m2rl_operator.lifecycle import RunPlan as RefreshPlan
 from m2rl_operator.local import processes
 from m2rl_operator.local.display import Display, Row
@@ -51,6 +57,7 @@ from m2rl_operator.local.plan import (
     plan_eval,
     plan_merge,
     plan_run,
+    teacher_replicas,
 )
 from m2rl_operator.local.store import Record, Store
 from m2rl_operator.render import resolve_offline
@@ -58,9 +65,9 @@ from m2rl_operator.status import (
     Progress,
     RunObservation,
     Status,
-    dependency_conditions,
     dependent_status,
     run_status,
+    waiting_status,
 )
 
 INVALID_INPUT = 2  # the trainer image's programs exit 2 on bad config or data: a retry cannot help
@@ -188,7 +195,8 @@ class Workload:
 
 
 class RunWorkload(Workload):
-    """Verifier service and vLLM servers first; the trainer once they answer /health."""
+    """Verifier service, agent environment and vLLM servers (rollout, MT-OPD teachers) first; the
+    trainer once they answer /health. An MT-OPD run starts once its teachers' runs succeeded."""
 
     def __init__(self, runner: LocalRunner, resource: Resource, record: Record) -> None:
         super().__init__(runner, resource, record)
@@ -217,6 +225,9 @@ class RunWorkload(Workload):
             verifier_port=free(),
             rollout_ports=[free() for _ in range(replicas)],
             master_port=free(),
+            resolved=self.runner.resolved,
+            teacher_ports=[[free() for _ in range(n)] for n in teacher_replicas(self.spec)],
+            environment_port=free() if has_agent_domain(self.spec) else None,
         )
         write_files(self.plan.files)
         self.plan.output_dir.mkdir(parents=True, exist_ok=True)
@@ -327,6 +338,13 @@ class RunWorkload(Workload):
                 else None,
                 verifier_ready=int("verifier" in self.ready),
                 progress=self.progress() if self.plan is not None else None,
+                teachers_ready=tuple(
+                    sum(c.startswith(f"teacher-{i}-") for c in self.ready)
+                    for i in range(len(teacher_replicas(self.spec)))
+                )
+                if serves_teachers(self.spec)
+                else None,
+                environment_ready=int("environment" in self.ready) if has_agent_domain(self.spec) else None,
             ),
             old=self.record.status,
             generation=1,
@@ -334,6 +352,7 @@ class RunWorkload(Workload):
             plan=self.plan_of(state),
             final_model=final_model_uri(name, spec),
             checkpoint_uri=lambda step: checkpoint_uri(name, spec, step),
+            teacher_models=teacher_models(spec, self.runner.resolved) if spec.algorithm.teachers else None,
         )
         return interrupted(status) if self.interrupted else status
 
@@ -347,6 +366,8 @@ class RunWorkload(Workload):
             restarts=self.restarts,
             rollout_replicas=self.spec.rollout.replicas if self.spec.rollout.mode == "server" else 0,
             verifier_replicas=self.spec.verifier.replicas,
+            teacher_replicas=max(teacher_replicas(self.spec), default=0),
+            environment_replicas=int(has_agent_domain(self.spec)),
             terminal=terminal,
             reason="TrainerFailed" if terminal == "Failed" else "",
             message=self.message if terminal == "Failed" else "",
@@ -676,17 +697,7 @@ class LocalRunner:
         return True
 
     def _waiting_status(self, workload: Workload, waiting: list[str], failed: list[str]) -> Status:
-        old = workload.record.status
-        status: Status = {
-            "phase": "Failed" if failed else "Waiting" if waiting else "Pending",
-            "observedGeneration": 1,
-            "waitingFor": waiting,
-            "startTime": old.get("startTime") or now_iso(),
-            "conditions": dependency_conditions(old, waiting, failed, 1, now_iso()),
-        }
-        if failed:
-            status["completionTime"] = now_iso()
-        return status
+        return waiting_status(workload.record.status, waiting, failed, 1, now_iso())
 
     def _publish(self, workload: Workload, status: Status) -> None:
         """Save the status when it changed; say so when the phase changed."""

@@ -802,3 +802,129 @@ async def test_failed_dependency_fails_the_merge(kmock: Any, api: Any) -> None:
         status = await phase_is(kmock, "mergejobs", "avg", "Failed")
         assert conditions(status) == {"WaitingForDependencies": ("False", "DependencyFailed")}
         assert not exists(kmock, JOBS, "avg-merge")
+
+
+# ---- MT-OPD and agent domains ----------------------------------------------------------------------
+
+
+def student_run() -> dict[str, Any]:
+    """An MT-OPD run whose arith teacher is the RLVRRun "tiny" (server mode: its own vLLM
+    StatefulSet) and whose agent domain is taught by a model on a volume."""
+    run = tiny_run("student", rollout=server_mode(1), teacherServers={"gpusPerReplica": 0})
+    spec = run["spec"]
+    spec["domains"].append(
+        {
+            "name": "agent",
+            "dataset": {"uri": "pvc://datasets/blend/train.jsonl", "format": "nemotron"},
+            "verifier": {"type": "agent"},
+        }
+    )
+    spec["algorithm"].update(
+        type="mt_opd",
+        teachers=[
+            {"domains": ["arith"], "runRef": "tiny"},
+            {"domains": ["agent"], "model": "pvc://models/agent-expert"},
+        ],
+    )
+    spec["agent"] = {"maxTurns": 4}
+    spec["checkpoint"]["uri"] = "pvc://checkpoints/runs/student"
+    return run
+
+
+async def test_mt_opd_run_waits_for_its_teachers_then_serves_them(kmock: Any, api: Any) -> None:
+    teacher_sets = ("student-teacher-0", "student-teacher-1")
+    async with running_operator(kmock, HANDLERS, memo()):
+        await create(api, "rlvrruns", student_run())
+        status = await phase_is(kmock, "rlvrruns", "student", "Waiting")
+        assert status["waitingFor"] == ["RLVRRun/tiny"]
+        assert conditions(status) == {"WaitingForDependencies": ("True", "Waiting")}
+        assert not exists(kmock, "v1/configmaps", "student-config")  # nothing is created while it waits
+        assert not exists(kmock, JOBS, "student-trainer")
+
+        await create(api, "rlvrruns", tiny_run())
+        await eventually(lambda: exists(kmock, JOBS, "tiny-trainer"))
+        await set_job_status(api, "tiny-trainer", COMPLETE)
+        await phase_is(kmock, "rlvrruns", "tiny", "Succeeded")
+
+        # The expert succeeded: the student starts, each teacher behind its own vLLM servers.
+        job = await eventually(lambda: exists(kmock, JOBS, "student-trainer"), timeout_s=15)
+        status = await eventually(
+            lambda: (s := status_of(kmock, "rlvrruns", "student")).get("teacherModels") and s
+        )
+        assert status["teacherModels"] == [
+            "pvc://checkpoints/runs/tiny/checkpoints/step-000020/model",
+            "pvc://models/agent-expert",
+        ]
+        assert status["waitingFor"] == []
+        assert conditions(status)["WaitingForDependencies"] == ("False", "DependenciesReady")
+        for index, name in enumerate(teacher_sets):
+            sts = obj(kmock, "apps/v1/statefulsets", name)
+            assert sts["metadata"]["ownerReferences"][0]["name"] == "student"
+            assert sts["spec"]["replicas"] == 1
+            assert sts["spec"]["selector"]["matchLabels"]["m2rl.io/teacher"] == str(index)
+            (container,) = sts["spec"]["template"]["spec"]["containers"]
+            args = container["args"]
+            assert args[args.index("--served-model-name") + 1] == name
+            assert exists(kmock, "v1/services", name)
+        (container,) = obj(kmock, "apps/v1/statefulsets", teacher_sets[0])["spec"]["template"]["spec"][
+            "containers"
+        ]
+        assert container["args"][1] == "/mnt/pvc/checkpoints/runs/tiny/checkpoints/step-000020/model"
+        environment = obj(kmock, "apps/v1/deployments", "student-environment")
+        assert environment["spec"]["replicas"] == 1
+        config = yaml.safe_load(obj(kmock, "v1/configmaps", "student-config")["data"]["trainer.yaml"])
+        assert config["algorithm"]["name"] == "mt-opd"
+        assert config["algorithm"]["teachers"] == [
+            {
+                "domains": ["arith"],
+                "server_urls": ["http://student-teacher-0-0.student-teacher-0.default.svc:8000"],
+                "served_model_name": "student-teacher-0",
+            },
+            {
+                "domains": ["agent"],
+                "server_urls": ["http://student-teacher-1-0.student-teacher-1.default.svc:8000"],
+                "served_model_name": "student-teacher-1",
+            },
+        ]
+        assert config["agent"]["environment_url"] == "http://student-environment.default.svc:8090"
+
+        # Readiness reaches the status; the end of the run scales teachers and environment to zero.
+        for name in teacher_sets:
+            await client.AppsV1Api(api).patch_namespaced_stateful_set_status(
+                name, NS, {"status": {"replicas": 1, "readyReplicas": 1}}
+            )
+        await client.AppsV1Api(api).patch_namespaced_deployment_status(
+            "student-environment", NS, {"status": {"readyReplicas": 1}}
+        )
+        status = await eventually(
+            lambda: (
+                conditions(s := status_of(kmock, "rlvrruns", "student")).get("TeachersReady", ("",))[0]
+                == "True"
+                and conditions(s).get("EnvironmentReady", ("",))[0] == "True"
+                and s
+            )
+        )
+        assert condition_message(status, "TeachersReady") == "2/2 teacher vLLM servers ready"
+        await set_job_status(api, "student-trainer", COMPLETE)
+        await phase_is(kmock, "rlvrruns", "student", "Succeeded")
+        for name in teacher_sets:
+            await eventually(lambda n=name: obj(kmock, "apps/v1/statefulsets", n)["spec"]["replicas"] == 0)
+        await eventually(
+            lambda: obj(kmock, "apps/v1/deployments", "student-environment")["spec"]["replicas"] == 0
+        )
+        assert job
+
+
+async def test_mt_opd_run_fails_when_a_teacher_run_failed(kmock: Any, api: Any) -> None:
+    async with running_operator(kmock, HANDLERS, memo()):
+        await create(api, "rlvrruns", tiny_run(maxRestarts=0))
+        await eventually(lambda: exists(kmock, JOBS, "tiny-trainer"))
+        await set_job_status(api, "tiny-trainer", FAILED)
+        await phase_is(kmock, "rlvrruns", "tiny", "Failed")
+        await create(api, "rlvrruns", student_run())
+        status = await phase_is(kmock, "rlvrruns", "student", "Failed")
+        assert conditions(status) == {"WaitingForDependencies": ("False", "DependencyFailed")}
+        assert "completionTime" in status
+        await asyncio.sleep(1.0)  # two status timers later: still nothing created, still Failed
+        assert not exists(kmock, "v1/configmaps", "student-config")
+        assert status_of(kmock, "rlvrruns", "student")["phase"] == "Failed"

@@ -48,11 +48,12 @@ def test_the_study_settings_reach_the_programs() -> None:
     }
     assert all(b.verifier_options["require_think_close"] for b in evaluation.benchmarks)  # the </think> gate
     runs = {key: load_config(value) for key, value in configs.items() if key.endswith("trainer.yaml")}
-    assert len(runs) == 5
+    assert len(runs) == 7
     for run in runs.values():
         for domain in run.data.domains:
             assert domain.format == "nemotron"
-            assert domain.verifier_options["require_think_close"] is True
+            if domain.verifier != "workplace_assistant":  # an agent domain's environment verifies
+                assert domain.verifier_options["require_think_close"] is True
     mixed = next(r for k, r in runs.items() if "mixed" in k)
     assert [(d.name, d.verifier) for d in mixed.data.domains] == [
         ("math", "math"),
@@ -68,6 +69,27 @@ def test_the_study_settings_reach_the_programs() -> None:
         "memory_mb": 4096,
         "output_match": "strip",
     }
+
+
+def test_the_mt_opd_run_reaches_the_trainer() -> None:
+    """The MT-OPD run's teachers are the experts' final models, each behind its own vLLM servers;
+    its agent domain runs against the run's environment service."""
+    run = load_config(_configs()["qwen3-4b-mt-opd-config/trainer.yaml"])
+    a = run.algorithm
+    assert (a.name, a.learning_rate, a.prompts_per_step, a.group_size) == ("mt-opd", 1e-6, 256, 4)
+    assert (a.max_response_tokens, a.weight_decay, a.recomputes_old_logprobs()) == (16384, 0.1, True)
+    assert [(t.domains, t.served_model_name) for t in a.teachers] == [
+        ([d], f"qwen3-4b-mt-opd-teacher-{i}")
+        for i, d in enumerate(("math", "code", "science", "if", "agent"))
+    ]
+    assert a.teachers[0].server_urls == [
+        "http://qwen3-4b-mt-opd-teacher-0-0.qwen3-4b-mt-opd-teacher-0.default.svc:8000"
+    ]
+    assert [(d.name, d.verifier) for d in run.data.domains][-1] == ("agent", "workplace_assistant")
+    assert (run.agent.environment_url, run.agent.max_turns) == (
+        "http://qwen3-4b-mt-opd-environment.default.svc:8090",
+        6,
+    )
 
 
 def test_the_study_merges() -> None:

@@ -227,3 +227,129 @@ def test_argument_helpers() -> None:
     ]  # fmt: skip
     assert set_flag(["--port", "8080", "--x"], "--port", "1") == ["--port", "1", "--x"]
     assert set_flag(["--x"], "--port", "1") == ["--x", "--port", "1"]
+
+
+def _mt_opd(quickstart: dict[str, Any], *, server: bool = False) -> Any:
+    """The quickstart's mixed run as MT-OPD: each domain taught by its expert run."""
+    obj = copy.deepcopy(quickstart["RLVRRun/qs-mixed"].obj)
+    obj["metadata"]["name"] = "qs-opd"
+    obj["spec"]["algorithm"]["type"] = "mt_opd"
+    obj["spec"]["algorithm"]["teachers"] = [
+        {"domains": [d], "runRef": f"qs-expert-{d}"} for d in ("math", "code", "science")
+    ] + [{"domains": ["if"], "model": "pvc://m2rl-data/experts/if"}]
+    obj["spec"]["checkpoint"]["uri"] = "pvc://quickstart-checkpoints/runs/qs-opd"
+    if server:
+        obj["spec"]["rollout"] = {"mode": "server", "replicas": 1, "gpusPerReplica": 0}
+        obj["spec"]["teacherServers"] = {"gpusPerReplica": 0}
+    return type(quickstart["RLVRRun/qs-mixed"])("RLVRRun", "qs-opd", obj, "test")
+
+
+def test_an_mt_opd_run_waits_for_its_experts_and_loads_their_final_models(
+    quickstart: dict[str, Any], layout: Layout
+) -> None:
+    resource = _mt_opd(quickstart)
+    assert resource.references() == [f"RLVRRun/qs-expert-{d}" for d in ("math", "code", "science")]
+    resolved = resolve_offline([*(r.obj for r in quickstart.values()), resource.obj])
+    plan = plan_run(resource, layout, verifier_port=1, rollout_ports=[], master_port=2, resolved=resolved)
+    config = yaml.safe_load(plan.files[layout.folder("RLVRRun", "qs-opd") / "config" / "trainer.yaml"])
+    runs = layout.data_root / "quickstart-checkpoints" / "runs"
+    # Colocated: the trainer loads each expert's final model folder (the step after its last).
+    assert config["algorithm"]["teachers"] == [
+        {"domains": [d], "model": str(runs / f"qs-expert-{d}" / "checkpoints" / "step-000030" / "model")}
+        for d in ("math", "code", "science")
+    ] + [{"domains": ["if"], "model": str(layout.data_root / "m2rl-data/experts/if")}]
+    assert [s.component for s in plan.services] == ["verifier"]  # no teacher servers colocated
+    # The expert's model is made by a run of the input; the URI teacher must exist beforehand.
+    inputs = [name for name, _ in input_paths(resource, layout, resolved)]
+    assert inputs[-1] == "spec.algorithm.teachers[3].model"
+    assert not any(name.startswith("spec.algorithm.teachers[0]") for name in inputs)
+
+
+def test_an_mt_opd_run_in_server_mode_starts_a_vllm_server_per_teacher(
+    quickstart: dict[str, Any], layout: Layout
+) -> None:
+    resource = _mt_opd(quickstart, server=True)
+    resolved = resolve_offline([*(r.obj for r in quickstart.values()), resource.obj])
+    ports = [[6001], [6002], [6003], [6004]]
+    plan = plan_run(
+        resource, layout, verifier_port=1, rollout_ports=[5001], master_port=2, resolved=resolved,
+        teacher_ports=ports,
+    )  # fmt: skip
+    config = yaml.safe_load(plan.files[layout.folder("RLVRRun", "qs-opd") / "config" / "trainer.yaml"])
+    assert [(t["server_urls"], t["served_model_name"]) for t in config["algorithm"]["teachers"]] == [
+        ([f"http://127.0.0.1:{6001 + i}"], f"qs-opd-teacher-{i}") for i in range(4)
+    ]
+    teachers = {s.component: s for s in plan.services if s.component.startswith("teacher-")}
+    assert sorted(teachers) == ["teacher-0-0", "teacher-1-0", "teacher-2-0", "teacher-3-0"]
+    argv = teachers["teacher-1-0"].argv
+    assert argv[:3] == (sys.executable, "-m", "vllm.entrypoints.openai.api_server")
+    assert argv[argv.index("--model") + 1] == str(
+        layout.data_root / "quickstart-checkpoints/runs/qs-expert-code/checkpoints/step-000030/model"
+    )
+    assert (argv[argv.index("--port") + 1], argv[argv.index("--served-model-name") + 1]) == (
+        "6002",
+        "qs-opd-teacher-1",
+    )
+    assert "VLLM_SERVER_DEV_MODE" not in teachers["teacher-1-0"].env  # teachers receive no weights
+    with pytest.raises(ValueError, match="teacher_ports"):
+        plan_run(resource, layout, verifier_port=1, rollout_ports=[5001], master_port=2, resolved=resolved)
+
+
+def test_an_agent_domain_starts_its_environment_beside_the_verifier(
+    quickstart: dict[str, Any], layout: Layout
+) -> None:
+    obj = copy.deepcopy(quickstart["RLVRRun/qs-expert-math"].obj)
+    obj["spec"]["domains"].append(
+        {"name": "agent", "dataset": {"uri": "pvc://m2rl-data/agent.jsonl", "format": "nemotron"},
+         "verifier": {"type": "agent"}}
+    )  # fmt: skip
+    obj["spec"]["agent"] = {"maxTurns": 3, "data": "pvc://m2rl-data/workplace"}
+    resource = type(quickstart["RLVRRun/qs-expert-math"])("RLVRRun", "qs-agent", obj, "test")
+    plan = plan_run(resource, layout, verifier_port=1, rollout_ports=[], master_port=2, environment_port=7001)
+    config = yaml.safe_load(plan.files[layout.folder("RLVRRun", "qs-agent") / "config" / "trainer.yaml"])
+    assert config["agent"] == {
+        "environment_url": "http://127.0.0.1:7001",
+        "max_turns": 3,
+        "parallel_episodes": 16,
+    }
+    (environment,) = [s for s in plan.services if s.component == "environment"]
+    assert environment.argv == (
+        sys.executable, "-m", "m2rl_trainer.agent", "serve", "--environment", "workplace_assistant",
+        "--host", "127.0.0.1", "--port", "7001", "--data", str(layout.data_root / "m2rl-data/workplace"),
+    )  # fmt: skip
+    assert environment.health_url == "http://127.0.0.1:7001/health"
+    assert [name for name, _ in input_paths(resource, layout, {})][-1] == "spec.agent.data"
+
+
+def test_the_environment_process_of_the_plan_serves_the_workplace(
+    quickstart: dict[str, Any], layout: Layout, tmp_path: Path
+) -> None:
+    """The environment's command line, as the plan writes it, starts the real service (built-in
+    tiny workplace: no spec.agent.data), which answers /health and lists NeMo Gym's 27 tools."""
+    import json
+    import os
+    import time
+    import urllib.request
+
+    from m2rl_operator.local import processes
+
+    obj = copy.deepcopy(quickstart["RLVRRun/qs-expert-math"].obj)
+    obj["spec"]["domains"][0] = {
+        "name": "agent", "dataset": {"uri": "pvc://m2rl-data/agent.jsonl", "format": "nemotron"},
+        "verifier": {"type": "agent"},
+    }  # fmt: skip
+    resource = type(quickstart["RLVRRun/qs-expert-math"])("RLVRRun", "qs-agent", obj, "test")
+    port = processes.free_port()
+    plan = plan_run(resource, layout, verifier_port=1, rollout_ports=[], master_port=2, environment_port=port)
+    (service,) = [s for s in plan.services if s.component == "environment"]
+    assert "--data" not in service.argv
+    child = processes.start("environment", service.argv, log=tmp_path / "env.log", env=dict(os.environ))
+    try:
+        deadline = time.monotonic() + 60
+        while not child.healthy(service.health_url or ""):
+            assert child.poll() is None and time.monotonic() < deadline, (tmp_path / "env.log").read_text()
+            time.sleep(0.1)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/tools", timeout=10) as reply:
+            assert len(json.load(reply)["tools"]) == 27
+    finally:
+        processes.stop([child], grace_s=5)

@@ -198,3 +198,26 @@ def test_missing_inputs_are_named_before_anything_starts(stand_ins: dict[str, An
     ):
         run_local([folder], options)
     assert not (options.workdir / "rlvrruns").exists()
+
+
+def test_an_mt_opd_run_starts_once_its_teacher_run_succeeded(
+    stand_ins: dict[str, Any], tmp_path: Path
+) -> None:
+    student = _run("student")
+    student["spec"]["algorithm"].update(type="mt_opd", teachers=[{"domains": ["math"], "runRef": "a"}])
+    folder, options = _setup(tmp_path, [student, _run("a")])
+    assert run_local([folder], options) == 0
+    status = _status(options, "RLVRRun", "student")
+    assert (status["phase"], status["waitingFor"]) == ("Succeeded", [])
+    assert status["teacherModels"] == ["pvc://ckpt/a/checkpoints/step-000002/model"]
+    log = (options.workdir / "run.log").read_text()
+    assert log.index("RLVRRun/student: - -> Waiting") < log.index("RLVRRun/a: Running -> Succeeded")
+    assert log.index("RLVRRun/a: Running -> Succeeded") < log.index("RLVRRun/student: Waiting -> Pending")
+    config = yaml.safe_load((options.workdir / "rlvrruns/student/config/trainer.yaml").read_text())
+    # Colocated, the trainer loads the teacher's final model folder under the data root.
+    assert config["algorithm"]["teachers"] == [
+        {
+            "domains": ["math"],
+            "model": str((options.data_root / "ckpt/a/checkpoints/step-000002/model").resolve()),
+        }
+    ]

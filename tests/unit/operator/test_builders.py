@@ -39,8 +39,10 @@ def _suspended() -> list[dict[str, Any]]:
     return [run]
 
 
-# case id -> (input objects, label that selects the manifests the golden file holds)
+# case id -> (input objects, label (or label=value) that selects the manifests the golden file holds)
 CASES: dict[str, tuple[list[dict[str, Any]], str]] = {
+    "mt-opd-server": (_load(HERE / "cases" / "mt-opd.yaml"), "m2rl.io/rlvrrun=opd"),
+    "agent-domain": (_load(HERE / "cases" / "agent.yaml"), "m2rl.io/rlvrrun"),
     "single-node-expert": (_load(EXAMPLES / "expert-run.yaml"), "m2rl.io/rlvrrun"),
     "multi-node-mixed": (_load(EXAMPLES / "mixed-run.yaml"), "m2rl.io/rlvrrun"),
     "suspended": (_suspended(), "m2rl.io/rlvrrun"),
@@ -51,10 +53,16 @@ CASES: dict[str, tuple[list[dict[str, Any]], str]] = {
 
 
 def _render(case: str) -> list[dict[str, Any]]:
-    objects, label = CASES[case]
+    objects, selector = CASES[case]
     rendered = render_objects(objects, OPTIONS)
     assert rendered.problems == []
-    return [m for m in rendered.manifests if label in m["metadata"]["labels"]]
+    label, _, value = selector.partition("=")
+    labels = [m["metadata"]["labels"] for m in rendered.manifests]
+    return [
+        m
+        for m, ls in zip(rendered.manifests, labels, strict=True)
+        if label in ls and ls[label] in (value or ls[label])
+    ]
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -97,6 +105,8 @@ def test_every_manifest_is_valid_kubernetes() -> None:
         "multi-node-mixed",
         "suspended",
         "cpu-colocated",
+        "mt-opd-server",
+        "agent-domain",
     ],
 )
 def test_trainer_config_loads_in_the_trainer(case: str) -> None:
@@ -254,14 +264,13 @@ def test_validation_problems_name_the_fields() -> None:
     bad = copy.deepcopy(run["spec"])
     bad["domains"][0]["dataset"]["uri"] = "hf://org/data"
     bad["domains"][0]["dataset"]["format"] = "gpqa"
-    bad["algorithm"].update(weightDecay=0.1, normalizeAdvantageStd=True)
+    bad["algorithm"].update(normalizeAdvantageStd=True)
     bad["model"]["dtype"] = "float16"
     bad["rollout"] = {"mode": "server", "gpusPerReplica": 0, "weightSync": "nccl"}
     assert rlvrrun_problems(RLVRRunSpec.model_validate(bad)) == [
         "spec.domains[0].dataset.uri: hf://org/data: the trainer reads dataset files "
         "(.jsonl, .json, .parquet) from a volume; copy the Hub dataset to a pvc:// path",
         "spec.domains[0].dataset.format: gpqa is a benchmark format; training reads jsonl or nemotron",
-        "spec.algorithm.weightDecay: the trainer image does not support weight decay yet",
         "spec.algorithm.normalizeAdvantageStd: the trainer ties it to the algorithm type (dr_grpo: false); "
         "choose the type instead",
         "spec.model.dtype: float16 is not supported by the trainer (use bfloat16 or float32)",
@@ -296,18 +305,24 @@ def test_every_program_the_pods_run_is_installed_by_the_trainer_image() -> None:
             assert shutil.which(command, path=str(Path(sys.executable).parent)), command
 
 
-@pytest.mark.parametrize("case", ["single-node-expert", "multi-node-mixed", "cpu-colocated"])
+@pytest.mark.parametrize(
+    "case", ["single-node-expert", "multi-node-mixed", "cpu-colocated", "mt-opd-server", "agent-domain"]
+)
 def test_verifier_config_loads_in_the_verifier(case: str) -> None:
     """verifier.yaml enables exactly the run's verifiers (the scorer starts a sandbox pool only for
-    code), and the verifier's own loader accepts it."""
+    code; agent domains are verified by their environment), and the verifier's own loader accepts it."""
     from m2rl_trainer.rewards.scorer import ScorerConfig
 
     manifests = _render(case)
     (config_map,) = [m for m in manifests if m["kind"] == "ConfigMap"]
-    (deployment,) = [m for m in manifests if m["kind"] == "Deployment"]
+    (deployment,) = [
+        m for m in manifests if m["kind"] == "Deployment" and m["metadata"]["name"].endswith("-verifier")
+    ]
     raw = yaml.safe_load(config_map["data"]["verifier.yaml"])
-    run = next(o for o in CASES[case][0] if o["kind"] == "RLVRRun")
-    assert sorted(raw["verifiers"]) == sorted({d["verifier"]["type"] for d in run["spec"]["domains"]})
+    owner = config_map["metadata"]["labels"]["m2rl.io/rlvrrun"]
+    run = next(o for o in CASES[case][0] if o["kind"] == "RLVRRun" and o["metadata"]["name"] == owner)
+    types = {d["verifier"]["type"] for d in run["spec"]["domains"]} - {"agent"}
+    assert sorted(raw["verifiers"]) == sorted(types)
     assert sorted(ScorerConfig.from_dict(raw).verifiers or {}) == sorted(raw["verifiers"])
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     assert container["args"][container["args"].index("--config") + 1] == "/etc/m2rl/verifier.yaml"

@@ -253,9 +253,14 @@ def test_plan_run_decisions(
         verifier_replicas=1,
         config_hash="h",
         old=old,
+        teacher_replicas=3,
+        environment_replicas=4,
     )
     got = (plan.action, plan.attempt, plan.restarts, plan.rollout_replicas, plan.verifier_replicas)
     assert (*got, plan.terminal, plan.reason) == expected
+    # MT-OPD teachers and the agent environment follow the rollout servers: on, or none at all.
+    on = plan.rollout_replicas > 0
+    assert (plan.teacher_replicas, plan.environment_replicas) == ((3, 4) if on else (0, 0))
 
 
 @pytest.mark.parametrize(
