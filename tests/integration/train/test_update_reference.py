@@ -104,24 +104,28 @@ def reference_update(algo, groups):
                 loss = sum(sum(r) / len(r) for r in rows) / sequences
             optimizer.zero_grad()
             loss.backward()
+            norms = [torch.linalg.vector_norm(p.grad) for p in model.parameters() if p.grad is not None]
+            last_norm = torch.linalg.vector_norm(torch.stack(norms)).item()
             optimizer.step()
-    return model
+    return model, last_norm
 
 
-def ours(algo, groups):
-    ds = deepspeed_config(DeepSpeedConfig(zero_stage=2), algo, world_size=1, on_gpu=False)
+def ours(algo, groups, zero_stage):
+    ds = deepspeed_config(DeepSpeedConfig(zero_stage=zero_stage), algo, world_size=1, on_gpu=False)
     ds["optimizer"]["params"]["eps"] = EPS
     engine = build_engine(load(), ds)
     for group in engine.optimizer.param_groups:
         group["lr"] = algo.learning_rate
     frozen = load().eval().requires_grad_(False)
-    update = PolicyUpdate(engine, frozen, algo, ["math"], pad_id=0, world_size=1, zero_stage=2)
+    update = PolicyUpdate(engine, frozen, algo, ["math"], pad_id=0, world_size=1, zero_stage=zero_stage)
     stats = update.run(groups)
     return engine.module, stats
 
 
 results = {}
-for mode, aggregation in (("tis", "token-mean"), ("mis", "seq-mean-token-mean")):
+# ZeRO-2 (DeepSpeed's optimizer keeps the gradient norm) and ZeRO-0 (a plain optimizer: PolicyUpdate
+# measures it itself).
+for mode, aggregation, zero_stage in (("tis", "token-mean", 2), ("mis", "seq-mean-token-mean", 0)):
     algo = AlgorithmConfig(
         learning_rate=0.3, update_epochs=2, mini_batches=2, micro_batch_size=3, clip_low=0.2,
         clip_high=0.28, clip_ratio_c=1.5, recompute_old_logprobs=True, importance_sampling=mode,
@@ -137,8 +141,9 @@ for mode, aggregation in (("tis", "token-mean"), ("mis", "seq-mean-token-mean"))
                 exact = sequence_logprobs(model, g["prompt"], c["ids"])[0]
                 c["rollout"] = (exact + (torch.rand(len(c["ids"]), generator=offsets) - 0.5) * 1.6).tolist()
                 c["old_logprobs"] = list(c["rollout"])  # what the rollout engine reports
-    want = reference_update(algo, [dict(g, completions=[dict(c) for c in g["completions"]]) for g in groups])
-    got, stats = ours(algo, groups)
+    copies = [dict(g, completions=[dict(c) for c in g["completions"]]) for g in groups]
+    want, want_norm = reference_update(algo, copies)
+    got, stats = ours(algo, groups, zero_stage)
     start = dict(load().named_parameters())
     deltas = {}
     for (name, p), (_, q) in zip(got.named_parameters(), want.named_parameters()):
@@ -146,7 +151,7 @@ for mode, aggregation in (("tis", "token-mean"), ("mis", "seq-mean-token-mean"))
         deltas[name] = [(p - q).abs().max().item(), moved]
     flat_w = [w for g in groups for c in g["completions"] for w in c["is_weights"]]
     results[mode] = {"deltas": deltas, "stats": {k: v for k, v in stats.items() if k != "per_domain"},
-                     "weights": flat_w}
+                     "weights": flat_w, "grad_norm": [stats["grad_norm"], want_norm]}
 print(json.dumps(results))
 """
 
@@ -165,6 +170,9 @@ def test_update_matches_an_independent_reference(tmp_path: Path, tiny_model_dir:
     for mode, found in results.items():
         stats = found["stats"]
         assert stats["updates_applied"] == 4, (mode, stats)  # 2 epochs x 2 mini-batches
+        # The last update's gradient norm (before clipping), whoever measures it.
+        got_norm, want_norm = found["grad_norm"]
+        assert want_norm > 0 and got_norm == pytest.approx(want_norm, rel=1e-4), (mode, got_norm, want_norm)
         # The weights fall on both sides of the bounds [0.7, 1.5], so the correction is exercised.
         weights = found["weights"]
         assert 0 < stats["importance_weight_clip_ratio"] < 1, stats

@@ -134,7 +134,7 @@ class PolicyUpdate:
         counts = all_reduce([n for s in slices for n in self._counts(s)])  # [tokens, sequences] per slice
         longest = all_reduce([float(len(c)) for c in chunks], MAX)
         totals = _Totals(self.domains)
-        applied, nonfinite, lm_head_grad_norm = 0, False, float("nan")
+        applied, nonfinite, lm_head_grad_norm, own_grad_norm = 0, False, float("nan"), None
         for _epoch in range(self.algo.update_epochs):
             for j in range(self.algo.mini_batches):
                 tokens, sequences = counts[2 * j], counts[2 * j + 1]
@@ -144,6 +144,7 @@ class PolicyUpdate:
                     nonfinite = True
                     break
                 lm_head_grad_norm = self._lm_head_grad_norm()
+                own_grad_norm = self._plain_grad_norm()
                 self.engine.step()
                 applied += 1
             if nonfinite:
@@ -159,6 +160,7 @@ class PolicyUpdate:
         out["lm_head_grad_norm"] = lm_head_grad_norm
         if applied:
             grad_norm = self.engine.get_global_grad_norm()
+            grad_norm = grad_norm if grad_norm is not None else own_grad_norm
             out["grad_norm"] = float(grad_norm) if grad_norm is not None else float("nan")
         return out
 
@@ -304,6 +306,21 @@ class PolicyUpdate:
         if self.ref_model is not None:
             completion["ref_logprobs"] = [0.0]
         return {"prompt": [self.pad_id], "domain": None, "completions": [completion]}
+
+    def _plain_grad_norm(self) -> float | None:
+        """The gradient norm of the coming update where DeepSpeed records none: its engine copies
+        `optimizer._global_grad_norm` (`DeepSpeedEngine._take_model_step`), which only its ZeRO,
+        bf16 and fp16 optimizers keep; a plain optimizer (ZeRO-0, fp32) has none. Its gradients
+        are the full, all-reduced ones here (every backward is a boundary: gradient_accumulation_steps 1),
+        so the norm is what `clip_fp32_gradients` clips."""
+        if hasattr(self.engine.optimizer, "_global_grad_norm"):
+            return None
+        grads = [p.grad.detach().float() for p in self.engine.module.parameters() if p.grad is not None]
+        return (
+            float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])))
+            if grads
+            else None
+        )
 
     def _watch_lm_head_grad(self) -> torch.Tensor | None:
         """A buffer summing the output layer's gradient over micro-batches (ZeRO 0-2, where DeepSpeed
