@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from m2rl_trainer.rewards.common import apply_think_gate
+from m2rl_trainer.rewards.common import apply_think_gate, binary
 from m2rl_trainer.rewards.options import CommonOptions, opt
 from m2rl_trainer.rewards.types import CORRECT, INCORRECT, NO_ANSWER, TIMEOUT, ConfigError, Result
 
@@ -219,10 +219,9 @@ _INTEGER = re.compile(r"-?\d+")
 def _decide_early(response: str, reference: Any, options: MathOptions) -> Result | tuple[str, str, list[str]]:
     """The verdict when it needs no math-verify (a format gate, no answer, an integer answer equal to
     an integer reference: math-verify says the same), else (answer, strategy, gold answers)."""
-    text, gated = apply_think_gate(response, options)
-    if gated is not None:
-        return gated
-    assert text is not None
+    text = apply_think_gate(response, options)
+    if isinstance(text, Result):
+        return text
     answer, strategy = extract_answer(text, options)
     if answer is None:
         return Result(0.0, NO_ANSWER, {"reason": f"no answer found by {list(options.extract)}"})
@@ -258,4 +257,4 @@ def verify(response: str, reference: Any, options: MathOptions) -> Result:
             ok = any(equivalent(gold, answer, options) for gold in golds)
     except _CheckTimeout:
         return Result(0.0, TIMEOUT, {**details, "reason": f"check exceeded {options.timeout_s} s"})
-    return Result(1.0 if ok else 0.0, CORRECT if ok else INCORRECT, details)
+    return binary(ok, CORRECT, INCORRECT, details)

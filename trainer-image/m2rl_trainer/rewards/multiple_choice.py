@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from m2rl_trainer.rewards.common import apply_think_gate
+from m2rl_trainer.rewards.common import apply_think_gate, binary
 from m2rl_trainer.rewards.options import CommonOptions, opt
 from m2rl_trainer.rewards.types import CORRECT, INCORRECT, NO_ANSWER, ConfigError, Result
 
@@ -113,12 +113,11 @@ def extract_letter(text: str, options: MultipleChoiceOptions) -> tuple[str | Non
 
 def verify(response: str, reference: Any, options: MultipleChoiceOptions) -> Result:
     """1 if the extracted letter is the reference letter."""
-    text, gated = apply_think_gate(response, options)
-    if gated is not None:
-        return gated
-    assert text is not None
+    text = apply_think_gate(response, options)
+    if isinstance(text, Result):
+        return text
     letter, how = extract_letter(text, options)
     if letter is None:
         return Result(0.0, NO_ANSWER, {"reason": f"no answer letter among {options.letters!r} found"})
     ok = letter == reference.strip().upper()
-    return Result(1.0 if ok else 0.0, CORRECT if ok else INCORRECT, {"extracted": letter, "pattern": how})
+    return binary(ok, CORRECT, INCORRECT, {"extracted": letter, "pattern": how})
