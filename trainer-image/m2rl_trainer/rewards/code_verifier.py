@@ -602,9 +602,10 @@ caller adds its grace before it gives up on the sandbox (see Scorer._run_code)."
 
 def verify(response: str, reference: Any, options: CodeOptions, run: RunOne) -> Result:
     """Score one response by running its code on the (sampled) tests through `run`."""
-    text = apply_think_gate(response, options)
-    if isinstance(text, Result):
-        return text
+    text, gated = apply_think_gate(response, options)
+    if gated is not None:
+        return gated
+    assert text is not None
     code = extract_code(text)
     if code is None or not code.strip():
         return Result(0.0, NO_ANSWER, {"reason": "no fenced Python code block"})

@@ -10,7 +10,7 @@ from m2rl_trainer.rewards.types import FORMAT_ERROR, Result
 THINK_CLOSE = "</think>"
 
 
-def apply_think_gate(response: str, options: CommonOptions) -> str | Result:
+def apply_think_gate(response: str, options: CommonOptions) -> tuple[str | None, Result | None]:
     """Apply the format gate and return the text to check, or the failing result.
 
     The M2RL study scored a reasoning model's response 0 when it had no `</think>`; that is the
@@ -19,10 +19,10 @@ def apply_think_gate(response: str, options: CommonOptions) -> str | Result:
     """
     has_close = THINK_CLOSE in response
     if options.require_think_close and not has_close:
-        return Result(0.0, FORMAT_ERROR, {"reason": "no </think> in the response"})
+        return None, Result(0.0, FORMAT_ERROR, {"reason": "no </think> in the response"})
     if options.strip_think and has_close:
         response = response.rsplit(THINK_CLOSE, 1)[1]
-    return response
+    return response, None
 
 
 def binary(ok: bool, verdict_if_ok: str, verdict_if_not: str, details: dict[str, Any]) -> Result:

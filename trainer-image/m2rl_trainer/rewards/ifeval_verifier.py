@@ -190,9 +190,10 @@ def warm_up() -> None:
 
 def verify(response: str, reference: Any, options: IFEvalOptions) -> Result:
     """Check every instruction of the reference; reward per `scoring`, strict or loose per `mode`."""
-    text = apply_think_gate(response, options)
-    if isinstance(text, Result):
-        return text
+    text, gated = apply_think_gate(response, options)
+    if gated is not None:
+        return gated
+    assert text is not None
     if not text.strip():
         return Result(0.0, NO_ANSWER, {"reason": "empty response"})
     _prepare_process()

@@ -219,9 +219,10 @@ _INTEGER = re.compile(r"-?\d+")
 def _decide_early(response: str, reference: Any, options: MathOptions) -> Result | tuple[str, str, list[str]]:
     """The verdict when it needs no math-verify (a format gate, no answer, an integer answer equal to
     an integer reference: math-verify says the same), else (answer, strategy, gold answers)."""
-    text = apply_think_gate(response, options)
-    if isinstance(text, Result):
-        return text
+    text, gated = apply_think_gate(response, options)
+    if gated is not None:
+        return gated
+    assert text is not None
     answer, strategy = extract_answer(text, options)
     if answer is None:
         return Result(0.0, NO_ANSWER, {"reason": f"no answer found by {list(options.extract)}"})

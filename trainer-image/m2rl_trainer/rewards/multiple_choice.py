@@ -113,9 +113,10 @@ def extract_letter(text: str, options: MultipleChoiceOptions) -> tuple[str | Non
 
 def verify(response: str, reference: Any, options: MultipleChoiceOptions) -> Result:
     """1 if the extracted letter is the reference letter."""
-    text = apply_think_gate(response, options)
-    if isinstance(text, Result):
-        return text
+    text, gated = apply_think_gate(response, options)
+    if gated is not None:
+        return gated
+    assert text is not None
     letter, how = extract_letter(text, options)
     if letter is None:
         return Result(0.0, NO_ANSWER, {"reason": f"no answer letter among {options.letters!r} found"})
