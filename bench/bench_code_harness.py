@@ -35,30 +35,12 @@ from m2rl_trainer.rewards.sandbox import SandboxConfig, bwrap_argv, find_bwrap, 
 from m2rl_trainer.rewards.workers import WorkerPool, WorkerSpec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_verifiers import PROGRAMS as STDIO  # the same three stdin/stdout programs
 from legacy_harness import code_verifier as legacy_verifier
 
 LEGACY_RUNNER = Path(__file__).resolve().parent / "legacy_harness" / "sandbox_runner.py"
 GRACE_S = 10.0
 
-STDIO = {
-    "sum": (
-        "import sys\na, b = map(int, sys.stdin.read().split())\nprint(a + b)\n",
-        lambda i: (f"{i} {2 * i}\n", f"{3 * i}\n"),
-    ),
-    "sort": (
-        "n = int(input())\nxs = list(map(int, input().split()))\nprint(*sorted(xs))\n",
-        lambda i: (f"5\n{i} 3 {i % 7} 9 1\n", " ".join(map(str, sorted([i, 3, i % 7, 9, 1]))) + "\n"),
-    ),
-    "primes": (
-        "n = int(input())\nsieve = [True] * (n + 1)\nfor p in range(2, int(n ** 0.5) + 1):\n"
-        "    if sieve[p]:\n        sieve[p * p :: p] = [False] * len(sieve[p * p :: p])\n"
-        "print(sum(sieve[2:]))\n",
-        lambda i: (
-            f"{1000 + i}\n",
-            f"{sum(1 for k in range(2, 1001 + i) if all(k % d for d in range(2, int(k**0.5) + 1)))}\n",
-        ),
-    ),
-}
 FUNCTIONS = (
     "def add(a, b):\n    return a + b\n\n"
     "def top(xs, k):\n    return sorted(xs, reverse=True)[:k]\n\n"

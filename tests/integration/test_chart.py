@@ -48,48 +48,61 @@ NO_CRDS_VALUES: dict[str, Any] = {"crds": {"enabled": False}, "metrics": {"servi
 # subset of monitoring.coreos.com/v1 ServiceMonitor the chart uses, written from prometheus-operator's
 # API reference; the structural validator rejects any field outside it.
 _DURATION = {"type": "string", "pattern": "^(0|(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$"}
-SERVICE_MONITOR_SUBSET: dict[str, Any] = {
-    "type": "object",
-    "required": ["apiVersion", "kind", "metadata", "spec"],
-    "properties": {
-        "apiVersion": {"type": "string", "enum": ["monitoring.coreos.com/v1"]},
-        "kind": {"type": "string", "enum": ["ServiceMonitor"]},
-        "metadata": {"type": "object"},
-        "spec": {
-            "type": "object",
-            "required": ["selector"],
-            "properties": {
-                "selector": {
+
+
+def _monitoring_kind(kind: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """A monitoring.coreos.com/v1 object of `kind` whose spec follows `spec`."""
+    return {
+        "type": "object",
+        "required": ["apiVersion", "kind", "metadata", "spec"],
+        "properties": {
+            "apiVersion": {"type": "string", "enum": ["monitoring.coreos.com/v1"]},
+            "kind": {"type": "string", "enum": [kind]},
+            "metadata": {"type": "object"},
+            "spec": spec,
+        },
+    }
+
+
+def _scraped_by(endpoints: str, **more: Any) -> dict[str, Any]:
+    """A ServiceMonitor's or PodMonitor's spec: selectors and the `endpoints` list (`more`: extra
+    endpoint fields)."""
+    return {
+        "type": "object",
+        "required": ["selector"],
+        "properties": {
+            "selector": {
+                "type": "object",
+                "properties": {"matchLabels": {"type": "object", "additionalProperties": {"type": "string"}}},
+            },
+            "namespaceSelector": {
+                "type": "object",
+                "properties": {
+                    "any": {"type": "boolean"},
+                    "matchNames": {"type": "array", "items": {"type": "string"}},
+                },
+            },
+            endpoints: {
+                "type": "array",
+                "minItems": 1,
+                "items": {
                     "type": "object",
                     "properties": {
-                        "matchLabels": {"type": "object", "additionalProperties": {"type": "string"}}
-                    },
-                },
-                "namespaceSelector": {
-                    "type": "object",
-                    "properties": {
-                        "any": {"type": "boolean"},
-                        "matchNames": {"type": "array", "items": {"type": "string"}},
-                    },
-                },
-                "endpoints": {
-                    "type": "array",
-                    "minItems": 1,
-                    "items": {
-                        "type": "object",
-                        "properties": {
-                            "port": {"type": "string"},
-                            "path": {"type": "string"},
-                            "interval": _DURATION,
-                            "scrapeTimeout": _DURATION,
-                            "honorLabels": {"type": "boolean"},
-                        },
+                        "port": {"type": "string"},
+                        "path": {"type": "string"},
+                        "interval": _DURATION,
+                        "scrapeTimeout": _DURATION,
+                        **more,
                     },
                 },
             },
         },
-    },
-}
+    }
+
+
+SERVICE_MONITOR_SUBSET = _monitoring_kind(
+    "ServiceMonitor", _scraped_by("endpoints", honorLabels={"type": "boolean"})
+)
 # The same for the PodMonitors and the PrometheusRule (fields and patterns as in prometheus-operator
 # v0.93's CRDs, example/prometheus-operator-crd/monitoring.coreos.com_{podmonitors,prometheusrules}.yaml).
 _RELABELING = {
@@ -103,77 +116,42 @@ _RELABELING = {
     },
 }
 _STRING_MAP = {"type": "object", "additionalProperties": {"type": "string"}}
-POD_MONITOR_SUBSET: dict[str, Any] = {
-    "type": "object",
-    "required": ["apiVersion", "kind", "metadata", "spec"],
-    "properties": {
-        "apiVersion": {"type": "string", "enum": ["monitoring.coreos.com/v1"]},
-        "kind": {"type": "string", "enum": ["PodMonitor"]},
-        "metadata": {"type": "object"},
-        "spec": {
-            "type": "object",
-            "required": ["selector"],
-            "properties": {
-                "selector": SERVICE_MONITOR_SUBSET["properties"]["spec"]["properties"]["selector"],
-                "namespaceSelector": SERVICE_MONITOR_SUBSET["properties"]["spec"]["properties"][
-                    "namespaceSelector"
-                ],
-                "podMetricsEndpoints": {
-                    "type": "array",
-                    "minItems": 1,
-                    "items": {
-                        "type": "object",
-                        "properties": {
-                            "port": {"type": "string"},
-                            "path": {"type": "string"},
-                            "interval": _DURATION,
-                            "scrapeTimeout": _DURATION,
-                            "relabelings": {"type": "array", "items": _RELABELING},
-                        },
-                    },
-                },
-            },
-        },
-    },
-}
-PROMETHEUS_RULE_SUBSET: dict[str, Any] = {
-    "type": "object",
-    "required": ["apiVersion", "kind", "metadata", "spec"],
-    "properties": {
-        "apiVersion": {"type": "string", "enum": ["monitoring.coreos.com/v1"]},
-        "kind": {"type": "string", "enum": ["PrometheusRule"]},
-        "metadata": {"type": "object"},
-        "spec": {
-            "type": "object",
-            "properties": {
-                "groups": {
-                    "type": "array",
-                    "items": {
-                        "type": "object",
-                        "required": ["name"],
-                        "properties": {
-                            "name": {"type": "string", "minLength": 1},
-                            "rules": {
-                                "type": "array",
-                                "items": {
-                                    "type": "object",
-                                    "required": ["expr"],
-                                    "properties": {
-                                        "alert": {"type": "string"},
-                                        "expr": {"type": "string"},
-                                        "for": _DURATION,
-                                        "labels": _STRING_MAP,
-                                        "annotations": _STRING_MAP,
-                                    },
+POD_MONITOR_SUBSET = _monitoring_kind(
+    "PodMonitor",
+    _scraped_by("podMetricsEndpoints", relabelings={"type": "array", "items": _RELABELING}),
+)
+PROMETHEUS_RULE_SUBSET = _monitoring_kind(
+    "PrometheusRule",
+    {
+        "type": "object",
+        "properties": {
+            "groups": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["name"],
+                    "properties": {
+                        "name": {"type": "string", "minLength": 1},
+                        "rules": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "required": ["expr"],
+                                "properties": {
+                                    "alert": {"type": "string"},
+                                    "expr": {"type": "string"},
+                                    "for": _DURATION,
+                                    "labels": _STRING_MAP,
+                                    "annotations": _STRING_MAP,
                                 },
                             },
                         },
                     },
-                }
-            },
+                },
+            }
         },
     },
-}
+)
 SUBSETS = {
     "ServiceMonitor": SERVICE_MONITOR_SUBSET,
     "PodMonitor": POD_MONITOR_SUBSET,

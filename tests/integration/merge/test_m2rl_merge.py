@@ -88,6 +88,11 @@ def _run(
     return code, (json.loads(result.read_text()) if result.exists() else None)
 
 
+def _loaded(models: dict[str, Path], out: Path) -> list[dict[str, torch.Tensor]]:
+    """The tensors of the base, the math and code experts, and the merge in `out`."""
+    return [load_tensors(p) for p in (models["base"], models["math"], models["code"], out)]
+
+
 def _no_leftovers(out: Path) -> None:
     assert not out.exists()
     assert list(out.parent.glob(f".{out.name}.partial-*")) == []
@@ -152,7 +157,7 @@ def test_task_arithmetic_merges_by_its_formula_and_reports_the_analysis(
     out = tmp_path / "merges" / "ta"
     code, result = _run(monkeypatch, tmp_path, config, out, "--expert-names", "math,code")
     assert code == 0
-    base, a, b, merged = (load_tensors(p) for p in (models["base"], models["math"], models["code"], out))
+    base, a, b, merged = _loaded(models, out)
     assert sorted(merged) == sorted(base)
     for name, w in base.items():
         want = w.double() + 0.7 * (a[name] - w).double() + 0.3 * (b[name] - w).double()
@@ -209,7 +214,7 @@ def test_ties_merges_by_its_formula(
     out = tmp_path / "ties"
     code, result = _run(monkeypatch, tmp_path, config, out, "--expert-names", "math,code")
     assert code == 0
-    base, a, b, merged = (load_tensors(p) for p in (models["base"], models["math"], models["code"], out))
+    base, a, b, merged = _loaded(models, out)
     for name, w in base.items():
         want = _ties_reference(w, [a[name] - w, b[name] - w], [1.0, 0.5], 0.5)
         torch.testing.assert_close(merged[name].double(), want, rtol=0, atol=1e-6, msg=name)
@@ -235,7 +240,7 @@ def test_mergelm_dare_ties_merges_as_mergelm_over_the_whole_model(
     out = tmp_path / "mergelm"
     code, _ = _run(monkeypatch, tmp_path, config, out, "--no-analysis", "--seed", "5")
     assert code == 0
-    base, a, b, merged = (load_tensors(p) for p in (models["base"], models["math"], models["code"], out))
+    base, a, b, merged = _loaded(models, out)
     names = [n for n, t in base.items() if t.is_floating_point()]
     keeps = [ref.drops(base, str(models[m]), 0.8, seed=5) for m in ("math", "code")]
     flat = ref.task_vectors(base, [a, b], names, keeps, 0.8)
@@ -268,7 +273,7 @@ def test_a_plain_average_is_analysed_against_the_base_given_for_it(
         "math,code",
     )
     assert code == 0
-    base, a, b, merged = (load_tensors(p) for p in (models["base"], models["math"], models["code"], out))
+    base, a, b, merged = _loaded(models, out)
     for name in base:  # the average of the experts: the base is not averaged in
         torch.testing.assert_close(merged[name], (a[name] + b[name]) / 2, rtol=0, atol=1e-6)
     assert result is not None

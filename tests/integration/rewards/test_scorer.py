@@ -18,6 +18,16 @@ from m2rl_trainer.rewards.sandbox import SandboxConfig
 DATA = Path(__file__).parents[2] / "unit" / "rewards" / "data"
 
 
+def slow_math(timeout_s: float) -> dict:
+    """A math sample whose check runs past any limit (a power tower math-verify tries to evaluate)."""
+    return {
+        "verifier": "math",
+        "response": r"\boxed{9^{9^{9^{9}}}}",
+        "reference": "1",
+        "options": {"timeout_s": timeout_s},
+    }
+
+
 def mixed_batch() -> list[dict]:
     return [
         {"id": "math-ok", "verifier": "math", "response": r"So \boxed{\frac{1}{2}}", "reference": "0.5"},
@@ -136,12 +146,7 @@ def test_math_checks_decided_early_never_reach_the_worker_pool(scorer, monkeypat
 
 
 def test_math_timeout_is_a_verdict_and_the_pool_stays_usable(scorer):
-    slow = {
-        "verifier": "math",
-        "response": r"\boxed{9^{9^{9^{9}}}}",
-        "reference": "1",
-        "options": {"timeout_s": 0.5},
-    }
+    slow = slow_math(0.5)
     fine = {"verifier": "math", "response": r"\boxed{2}", "reference": "2"}
     results = scorer.score([slow, fine, slow, fine])
     assert [r.verdict for r in results] == ["timeout", "correct", "timeout", "correct"]

@@ -27,7 +27,7 @@ from tests.integration.rewards.helpers import (
     require_bwrap,
     wait_until,
 )
-from tests.integration.rewards.test_scorer import mixed_batch
+from tests.integration.rewards.test_scorer import mixed_batch, slow_math
 
 CONFIG = """
 python_workers: 2
@@ -223,12 +223,7 @@ def test_saturated_pool_gets_429_while_math_is_still_served(server):
 
 
 def test_too_many_requests_in_flight_get_429(server):
-    slow = {
-        "verifier": "math",
-        "response": r"\boxed{9^{9^{9^{9}}}}",
-        "reference": "1",
-        "options": {"timeout_s": 1},
-    }
+    slow = slow_math(1)
     with ThreadPoolExecutor(6) as pool:
         responses = list(pool.map(lambda _: post(server, {"samples": [slow]}), range(6)))
     codes = sorted(r.status_code for r in responses)

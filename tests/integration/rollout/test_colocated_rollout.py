@@ -5,52 +5,23 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM
 
 from m2rl_trainer.rollout.base import Completion, RolloutEngine, SamplingParams
 from m2rl_trainer.rollout.colocated import HFGenerateRollout
+from tests.integration.rollout.logprobs import max_error
 
 # Prompts of different token lengths, so one batch needs left padding.
 PROMPTS = ["Q: 12+34= A:", "hello", "Q: 1+1= A: \\boxed{", "write your final answer in a box"]
 
 
-@pytest.fixture(scope="module")
-def tokenizer(tiny_model_dir: Path) -> Any:
-    return AutoTokenizer.from_pretrained(tiny_model_dir)
-
-
-@pytest.fixture(scope="module")
-def model(tiny_model_dir: Path) -> Any:
-    return AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
-
-
 @pytest.fixture
 def engine(model: Any, tokenizer: Any) -> HFGenerateRollout:
     return HFGenerateRollout(model, tokenizer)
-
-
-def forward_logprobs(model: Any, completion: Completion, temperature: float = 1.0) -> list[float]:
-    """log softmax(logits / T) of each completion token: one unpadded forward pass, no KV cache."""
-    ids = torch.tensor([completion.prompt_token_ids + completion.token_ids])
-    with torch.no_grad():
-        logits = model(ids).logits[0].float()
-    logprobs = torch.log_softmax(logits / temperature, dim=-1)
-    start = len(completion.prompt_token_ids) - 1
-    return [logprobs[start + k, token].item() for k, token in enumerate(completion.token_ids)]
-
-
-def max_error(model: Any, groups: list[list[Completion]], temperature: float) -> float:
-    return max(
-        abs(a - b)
-        for group in groups
-        for c in group
-        for a, b in zip(c.logprobs, forward_logprobs(model, c, temperature), strict=True)
-    )
 
 
 def test_is_a_rollout_engine(engine: HFGenerateRollout) -> None:

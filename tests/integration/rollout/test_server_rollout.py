@@ -21,53 +21,24 @@ import httpx
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM
 
-from m2rl_trainer.rollout.base import Completion, RolloutEngine, RolloutError, SamplingParams
+from m2rl_trainer.rollout.base import RolloutEngine, RolloutError, SamplingParams
 from m2rl_trainer.rollout.colocated import HFGenerateRollout
 from m2rl_trainer.rollout.server import VLLMServerRollout
 from m2rl_trainer.rollout.vllm_server import VLLMServer, VLLMServerConfig
 from m2rl_trainer.utils.processes import free_port
+from tests.integration.rollout.logprobs import forward_logprobs, max_error
 
 PROMPTS = ["Q: 12+34= A:", "hello", "Q: 1+1= A: \\boxed{"]
 # Longer than a KV-cache block, so a stale prefix cache after a reload would show.
 LONG_PROMPT = " ".join(f"Q: {i}+{i}= A: {2 * i}." for i in range(12))
 
 
-@pytest.fixture(scope="module")
-def tokenizer(tiny_model_dir: Path) -> Any:
-    return AutoTokenizer.from_pretrained(tiny_model_dir)
-
-
-@pytest.fixture(scope="module")
-def model(tiny_model_dir: Path) -> Any:
-    return AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
-
-
 @pytest.fixture
 def engine(vllm_server: VLLMServer, tokenizer: Any) -> Iterator[VLLMServerRollout]:
     with VLLMServerRollout([vllm_server.url], vllm_server.model_name, tokenizer, timeout_s=120) as rollout:
         yield rollout
-
-
-def forward_logprobs(
-    model: Any, prompt_ids: list[int], token_ids: list[int], temperature: float = 1.0
-) -> list[float]:
-    ids = torch.tensor([prompt_ids + token_ids])
-    with torch.no_grad():
-        logprobs = torch.log_softmax(model(ids).logits[0].float() / temperature, dim=-1)
-    return [logprobs[len(prompt_ids) - 1 + k, t].item() for k, t in enumerate(token_ids)]
-
-
-def max_error(model: Any, groups: list[list[Completion]], temperature: float = 1.0) -> float:
-    return max(
-        abs(a - b)
-        for group in groups
-        for c in group
-        for a, b in zip(
-            c.logprobs, forward_logprobs(model, c.prompt_token_ids, c.token_ids, temperature), strict=True
-        )
-    )
 
 
 class Proxy:

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from m2rl_operator.api.admission.compile import compile_rule
+from m2rl_operator.api.admission.compile import CompilationResult, compile_rule
 from m2rl_operator.api.admission.decl import KUBE_1_28, KUBE_1_36, KUBE_1_37, Profile, schema_decl_type
 from m2rl_operator.api.admission.limits import PER_CALL_LIMIT
 
@@ -37,17 +37,26 @@ def _primitive(kind: str) -> Schema:
     return {"type": kind}
 
 
+def _ruled(schema: Schema, rule: str) -> Schema:
+    return {**schema, "x-kubernetes-validations": [{"rule": rule}]}
+
+
+def _array_of(items: Schema, rule: str) -> Gen:
+    """genArrayWithRule's shape: an array of `items` with the rule, maxItems = setMaxElements."""
+    return lambda n: _with(_ruled({"type": "array", "items": items}, rule), maxItems=n)
+
+
+def _string_of(schema: Schema, rule: str) -> Gen:
+    """A string schema with the rule, maxLength = setMaxElements."""
+    return lambda n: _with(_ruled(schema, rule), maxLength=n)
+
+
 def array(kind: str, rule: str) -> Gen:
-    return lambda n: _with(
-        {"type": "array", "items": _primitive(kind), "x-kubernetes-validations": [{"rule": rule}]}, maxItems=n
-    )
+    return _array_of(_primitive(kind), rule)
 
 
 def array_of_arrays(kind: str, rule: str) -> Gen:
-    items = {"type": "array", "items": {"type": kind}}
-    return lambda n: _with(
-        {"type": "array", "items": items, "x-kubernetes-validations": [{"rule": rule}]}, maxItems=n
-    )
+    return _array_of({"type": "array", "items": {"type": kind}}, rule)
 
 
 _OBJECT = {
@@ -58,70 +67,42 @@ _OBJECT = {
 
 
 def object_array(rule: str) -> Gen:
-    return lambda n: _with(
-        {"type": "array", "items": _OBJECT, "x-kubernetes-validations": [{"rule": rule}]}, maxItems=n
-    )
+    return _array_of(_OBJECT, rule)
 
 
 def map_array(kind: str, rule: str) -> Gen:
-    items = {"type": "object", "additionalProperties": {"type": kind}}
-    return lambda n: _with(
-        {"type": "array", "items": items, "x-kubernetes-validations": [{"rule": rule}]}, maxItems=n
-    )
-
-
-def map_of(kind: str, rule: str) -> Gen:
-    return lambda n: _with(
-        {
-            "type": "object",
-            "additionalProperties": _primitive(kind),
-            "x-kubernetes-validations": [{"rule": rule}],
-        },
-        maxProperties=n,
-    )
+    return _array_of({"type": "object", "additionalProperties": {"type": kind}}, rule)
 
 
 def map_of_item(item: Schema, rule: str) -> Gen:
-    return lambda n: _with(
-        {"type": "object", "additionalProperties": item, "x-kubernetes-validations": [{"rule": rule}]},
-        maxProperties=n,
-    )
+    return lambda n: _with(_ruled({"type": "object", "additionalProperties": item}, rule), maxProperties=n)
+
+
+def map_of(kind: str, rule: str) -> Gen:
+    return map_of_item(_primitive(kind), rule)
 
 
 def string(rule: str) -> Gen:
-    return lambda n: _with({"type": "string", "x-kubernetes-validations": [{"rule": rule}]}, maxLength=n)
+    return _string_of({"type": "string"}, rule)
 
 
 def enum(rule: str, *values: str) -> Gen:
-    return lambda n: _with(
-        {"type": "string", "enum": list(values), "x-kubernetes-validations": [{"rule": rule}]}, maxLength=n
-    )
+    return _string_of({"type": "string", "enum": list(values)}, rule)
 
 
 def byte_string(rule: str) -> Gen:
-    return lambda n: _with(
-        {"type": "string", "format": "byte", "x-kubernetes-validations": [{"rule": rule}]}, maxLength=n
-    )
+    return _string_of({"type": "string", "format": "byte"}, rule)
 
 
 def nested_spec(rule: str) -> Gen:
-    return lambda n: _with(
-        {
-            "type": "object",
-            "additionalProperties": _with({"type": "string"}, maxLength=n),
-            "x-kubernetes-validations": [{"rule": rule}],
-        },
-        maxProperties=n,
-    )
+    return lambda n: map_of_item(_with({"type": "string"}, maxLength=n), rule)(n)
 
 
 def all_max_nested(rule: str) -> Gen:
     def gen(n: int | None) -> Schema:
         inner = _with(dict(_OBJECT), maxProperties=n)
         items = _with({"type": "object", "additionalProperties": inner}, maxProperties=n)
-        return _with(
-            {"type": "array", "items": items, "x-kubernetes-validations": [{"rule": rule}]}, maxItems=n
-        )
+        return _array_of(items, rule)(n)
 
     return gen
 
@@ -129,7 +110,7 @@ def all_max_nested(rule: str) -> Gen:
 def one_max_nested(rule: str) -> Gen:
     def gen(n: int | None) -> Schema:
         items = _with({"type": "object", "additionalProperties": dict(_OBJECT)}, maxProperties=n)
-        return {"type": "array", "items": items, "x-kubernetes-validations": [{"rule": rule}]}
+        return _array_of(items, rule)(None)  # the array itself has no maxItems
 
     return gen
 
@@ -237,10 +218,14 @@ UNPRICED: list[tuple[str, Schema]] = [
 ]  # fmt: skip
 
 
-def max_cost(schema: Schema, profile: Profile = KUBE_1_36, root: bool = False) -> int:
+def _compile(schema: Schema, profile: Profile = KUBE_1_36, root: bool = False) -> CompilationResult:
     decl = schema_decl_type(schema, root, profile)
     assert decl is not None
-    result = compile_rule(schema["x-kubernetes-validations"][0], schema, decl)
+    return compile_rule(schema["x-kubernetes-validations"][0], schema, decl)
+
+
+def max_cost(schema: Schema, profile: Profile = KUBE_1_36, root: bool = False) -> int:
+    result = _compile(schema, profile, root)
     assert result.error is None and result.unsupported is None, (result.error, result.unsupported)
     return result.max_cost
 
@@ -262,9 +247,7 @@ def test_cost_estimation(name: str, gen: Gen, n: int, calc: int, calc_exceeds: i
 
 @pytest.mark.parametrize(("name", "schema"), UNPRICED, ids=[c[0] for c in UNPRICED])
 def test_unpriced_library_functions_are_refused(name: str, schema: Schema):
-    decl = schema_decl_type(schema, False, KUBE_1_36)
-    assert decl is not None
-    result = compile_rule(schema["x-kubernetes-validations"][0], schema, decl)
+    result = _compile(schema)
     assert result.unsupported is not None and "does not model" in result.unsupported
     assert result.max_cost == 0
 

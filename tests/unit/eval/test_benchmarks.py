@@ -409,6 +409,13 @@ def test_hle_keeps_text_only_rows_and_scores_by_answer_type(tmp_path: Path) -> N
     )
     math_only = _load(_jsonl(tmp_path / "hle.jsonl", rows), "hle", format_options={"categories": ["Math"]})
     assert [p.id for p in math_only] == ["h1"]
+    rows[1]["answer_type"] = "freeText"
+    with pytest.raises(
+        DatasetError,
+        match=r"hle\.jsonl line 2: field 'answer_type': unknown type 'freeText'; "
+        r"known: \['exactMatch', 'multipleChoice'\]",
+    ):
+        _load(_jsonl(tmp_path / "hle.jsonl", rows), "hle")
 
 
 # ---- IFEval / IFBench ------------------------------------------------------------------------------

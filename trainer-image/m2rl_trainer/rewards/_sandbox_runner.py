@@ -922,6 +922,10 @@ def run(job: dict[str, Any], box: Sandbox) -> dict[str, Any]:
     return result
 
 
+def _ended(pidfd: int | None) -> bool:
+    return pidfd is None or bool(select.select([pidfd], [], [], 0)[0])
+
+
 def supervise(
     pid: int,
     ender: int | None,
@@ -936,27 +940,7 @@ def supervise(
     """Feed inputs, drain outputs and enforce the limits until `ender` turns readable (None: the run
     already ended). Returns (outcome: None, "timeout" or "output_limit", wall seconds). `exempt`:
     processes that are not the run's (their CPU is not the program's)."""
-    return _supervise(
-        pid, ender, exempt, limits, pipes, feeds, sinks, stderr_fd, started, int(limits["output_bytes"])
-    )
-
-
-def _ended(pidfd: int | None) -> bool:
-    return pidfd is None or bool(select.select([pidfd], [], [], 0)[0])
-
-
-def _supervise(
-    pid: int,
-    ender: int | None,
-    exempt: set[int],
-    limits: dict[str, Any],
-    pipes: _Pipes,
-    feeds: dict[int, bytes],
-    sinks: dict[int, bytearray],
-    stderr_fd: int,
-    started: float,
-    cap: int,
-) -> tuple[str | None, float]:
+    cap = int(limits["output_bytes"])
     views = {fd: memoryview(data) for fd, data in feeds.items()}
     poller = select.poll()
     for fd, view in list(views.items()):

@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from m2rl_trainer.rewards.common import apply_think_gate
+from m2rl_trainer.rewards.common import apply_think_gate, binary
 from m2rl_trainer.rewards.options import CommonOptions, opt
 from m2rl_trainer.rewards.types import CORRECT, INCORRECT, NO_ANSWER, TIMEOUT, ConfigError, Result
 
@@ -258,4 +258,4 @@ def verify(response: str, reference: Any, options: MathOptions) -> Result:
             ok = any(equivalent(gold, answer, options) for gold in golds)
     except _CheckTimeout:
         return Result(0.0, TIMEOUT, {**details, "reason": f"check exceeded {options.timeout_s} s"})
-    return Result(1.0 if ok else 0.0, CORRECT if ok else INCORRECT, details)
+    return binary(ok, CORRECT, INCORRECT, details)

@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from m2rl_trainer.rewards.common import apply_think_gate
+from m2rl_trainer.rewards.common import apply_think_gate, binary
 from m2rl_trainer.rewards.options import CommonOptions, opt
 from m2rl_trainer.rewards.types import CORRECT, INCORRECT, NO_ANSWER, ConfigError, Result
 
@@ -121,4 +121,4 @@ def verify(response: str, reference: Any, options: MultipleChoiceOptions) -> Res
     if letter is None:
         return Result(0.0, NO_ANSWER, {"reason": f"no answer letter among {options.letters!r} found"})
     ok = letter == reference.strip().upper()
-    return Result(1.0 if ok else 0.0, CORRECT if ok else INCORRECT, {"extracted": letter, "pattern": how})
+    return binary(ok, CORRECT, INCORRECT, {"extracted": letter, "pattern": how})

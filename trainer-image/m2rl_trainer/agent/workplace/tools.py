@@ -137,6 +137,33 @@ def _valid_8_digits(value: Any) -> bool:
     return isinstance(value, str) and len(value) == 8 and value.isdigit()
 
 
+def _delete(rows: list[Row], column: str, row_id: Any, noun: str) -> str:
+    """The delete tools' shared steps and messages: every row with the id goes."""
+    if not row_id:
+        return f"{noun} ID not provided."
+    if _find(rows, column, row_id) is None:
+        return f"{noun} not found."
+    rows[:] = [r for r in rows if r[column] != row_id]
+    return f"{noun} deleted successfully."
+
+
+def _set(rows: list[Row], column: str, row_id: Any, field: str, value: Any, noun: str) -> str:
+    """The update tools' last step: every row with the id, as pandas' `.loc` assignment."""
+    for row in rows:
+        if row[column] == row_id:
+            row[field] = value
+    return f"{noun} updated successfully."
+
+
+def _update_params(row_id: Param, fields: tuple[str, ...]) -> tuple[Param, ...]:
+    """The update tools' parameters: the row's id, the field (one of `fields`) and its new value."""
+    return (
+        row_id,
+        _s("field", f"Field to update. Available fields are: {', '.join(map(repr, fields))}", True),
+        _s("new_value", "New value for the field", True),
+    )
+
+
 # ---- company directory -----------------------------------------------------------------------------
 
 
@@ -251,12 +278,13 @@ def email_send_email(
 
 @_tool("Deletes an email by its ID.", _s("email_id", "Unique ID of the email to be deleted", True))
 def email_delete_email(state: WorkplaceState, email_id: Any = None) -> Any:
-    if not email_id:
-        return "Email ID not provided."
-    if _find(state.emails, "email_id", email_id) is None:
-        return "Email not found."
-    state.emails[:] = [r for r in state.emails if r["email_id"] != email_id]
-    return "Email deleted successfully."
+    return _delete(state.emails, "email_id", email_id, "Email")
+
+
+def _send(state: WorkplaceState, recipient: str, subject: str, body: str) -> str | None:
+    """Forward's and reply's sending step: `email_send_email`'s failure message, or None."""
+    result = email_send_email(state, recipient, subject, body)
+    return result if "Error" in result or "Invalid" in result else None
 
 
 @_tool(
@@ -272,10 +300,8 @@ def email_forward_email(state: WorkplaceState, email_id: Any = None, recipient: 
     email = _find(state.emails, "email_id", email_id)
     if email is None:
         return "Email not found."
-    result = email_send_email(state, recipient.lower(), f"FW: {email['subject']}", email["body"])
-    if "Error" in result or "Invalid" in result:
-        return result
-    return "Email forwarded successfully."
+    sent = _send(state, recipient.lower(), f"FW: {email['subject']}", email["body"])
+    return sent or "Email forwarded successfully."
 
 
 @_tool(
@@ -289,10 +315,8 @@ def email_reply_email(state: WorkplaceState, email_id: Any = None, body: Any = N
     email = _find(state.emails, "email_id", email_id)
     if email is None:
         return "Email not found."
-    result = email_send_email(state, email["sender/recipient"], f"RE: {email['subject']}", body)
-    if "Error" in result or "Invalid" in result:
-        return result
-    return "Email replied successfully."
+    sent = _send(state, email["sender/recipient"], f"RE: {email['subject']}", body)
+    return sent or "Email replied successfully."
 
 
 # ---- calendar --------------------------------------------------------------------------------------
@@ -300,11 +324,12 @@ def email_reply_email(state: WorkplaceState, email_id: Any = None, body: Any = N
 EVENT_FIELDS = TABLES["calendar_events"][1]
 EVENT_UPDATABLE = EVENT_FIELDS[1:]
 _EVENT_ID_FORMAT = "Invalid event ID format. Expected 8-digit ID."
+_EVENT_ID = _s("event_id", "8-digit ID of the event", True)
 
 
 @_tool(
     "Returns the event for a given ID.",
-    _s("event_id", "8-digit ID of the event", True),
+    _EVENT_ID,
     _s("field", f"Field to return. Available fields are: {', '.join(map(repr, EVENT_FIELDS))}", True),
 )
 def calendar_get_event_information_by_id(
@@ -372,6 +397,14 @@ def calendar_search_events(
     return _page(events, "events", page, page_size)
 
 
+def _check_start(value: Any) -> str | None:
+    try:
+        _timestamp(value)
+    except ValueError:
+        return "Invalid event_start format. Expected YYYY-MM-DD HH:MM:SS."
+    return None
+
+
 def _check_duration(value: Any) -> str | None:
     try:
         if int(value) <= 0:
@@ -403,11 +436,7 @@ def calendar_create_event(
         return "Event start not provided."
     if not duration:
         return "Event duration not provided."
-    try:
-        _timestamp(event_start)
-    except ValueError:
-        return "Invalid event_start format. Expected YYYY-MM-DD HH:MM:SS."
-    problem = _check_duration(duration)
+    problem = _check_start(event_start) or _check_duration(duration)
     if problem:
         return problem
     event_id = _next_id(state.calendar_events, "event_id", 8)
@@ -423,24 +452,14 @@ def calendar_create_event(
     return event_id
 
 
-@_tool("Deletes an event.", _s("event_id", "8-digit ID of the event", True))
+@_tool("Deletes an event.", _EVENT_ID)
 def calendar_delete_event(state: WorkplaceState, event_id: Any = None) -> Any:
-    if not event_id:
-        return "Event ID not provided."
-    if not _valid_8_digits(event_id):
+    if event_id and not _valid_8_digits(event_id):
         return _EVENT_ID_FORMAT
-    if _find(state.calendar_events, "event_id", event_id) is None:
-        return "Event not found."
-    state.calendar_events[:] = [e for e in state.calendar_events if e["event_id"] != event_id]
-    return "Event deleted successfully."
+    return _delete(state.calendar_events, "event_id", event_id, "Event")
 
 
-@_tool(
-    "Updates an event.",
-    _s("event_id", "8-digit ID of the event", True),
-    _s("field", f"Field to update. Available fields are: {', '.join(map(repr, EVENT_UPDATABLE))}", True),
-    _s("new_value", "New value for the field", True),
-)
+@_tool("Updates an event.", *_update_params(_EVENT_ID, EVENT_UPDATABLE))
 def calendar_update_event(
     state: WorkplaceState, event_id: Any = None, field: Any = None, new_value: Any = None
 ) -> Any:
@@ -450,24 +469,16 @@ def calendar_update_event(
         return _EVENT_ID_FORMAT
     if field not in EVENT_UPDATABLE:
         return f"Invalid field. Available fields are: {', '.join(EVENT_UPDATABLE)}"
-    if field == "event_start":
-        try:
-            _timestamp(new_value)
-        except ValueError:
-            return "Invalid event_start format. Expected YYYY-MM-DD HH:MM:SS."
-    elif field == "duration":
-        problem = _check_duration(new_value)
-        if problem:
-            return problem
+    check = {"event_start": _check_start, "duration": _check_duration}.get(field)
+    problem = check(new_value) if check else None
+    if problem:
+        return problem
     event = _find(state.calendar_events, "event_id", event_id)
     if event is None:
         return "Event not found."
     if field == "participant_email":
         new_value = new_value.lower()
-    for e in state.calendar_events:  # every row with the id, as pandas' .loc assignment
-        if e["event_id"] == event_id:
-            e[field] = new_value
-    return "Event updated successfully."
+    return _set(state.calendar_events, "event_id", event_id, field, new_value, "Event")
 
 
 # ---- analytics -------------------------------------------------------------------------------------
@@ -575,11 +586,15 @@ def analytics_get_average_session_duration(
 # ---- project management ----------------------------------------------------------------------------
 
 TASK_FIELDS = TABLES["project_tasks"][1]
+_TASK_ID = _s("task_id", "8-digit ID of the task", True)
+_LIST_NOT_VALID = "List not valid. Please choose from: 'Backlog', 'In Progress', 'In Review', 'Completed'."
+_BOARD_NOT_VALID = "Board not valid. Please choose from: 'Back end', 'Front end', 'Design'."
+_ASSIGNEE_NOT_VALID = "Assignee email not valid. Please choose from the list of team members."
 
 
 @_tool(
     "Returns the task information for a given ID.",
-    _s("task_id", "8-digit ID of the task", True),
+    _TASK_ID,
     _s("field", f"Field to return. Available fields are: {', '.join(map(repr, TASK_FIELDS))}", True),
 )
 def project_management_get_task_information_by_id(
@@ -651,11 +666,11 @@ def project_management_create_task(
         return "Missing task details."
     assigned_to_email = assigned_to_email.lower()
     if assigned_to_email not in _team(state):
-        return "Assignee email not valid. Please choose from the list of team members."
+        return _ASSIGNEE_NOT_VALID
     if list_name not in TASK_LISTS:
-        return "List not valid. Please choose from: 'Backlog', 'In Progress', 'In Review', 'Completed'."
+        return _LIST_NOT_VALID
     if board not in TASK_BOARDS:
-        return "Board not valid. Please choose from: 'Back end', 'Front end', 'Design'."
+        return _BOARD_NOT_VALID
     task_id = _next_id(state.project_tasks, "task_id", 8)
     state.project_tasks.append(
         {
@@ -670,22 +685,12 @@ def project_management_create_task(
     return task_id
 
 
-@_tool("Deletes a task by ID.", _s("task_id", "8-digit ID of the task", True))
+@_tool("Deletes a task by ID.", _TASK_ID)
 def project_management_delete_task(state: WorkplaceState, task_id: Any = None) -> Any:
-    if not task_id:
-        return "Task ID not provided."
-    if _find(state.project_tasks, "task_id", task_id) is None:
-        return "Task not found."
-    state.project_tasks[:] = [t for t in state.project_tasks if t["task_id"] != task_id]
-    return "Task deleted successfully."
+    return _delete(state.project_tasks, "task_id", task_id, "Task")
 
 
-@_tool(
-    "Updates a task by ID.",
-    _s("task_id", "8-digit ID of the task", True),
-    _s("field", f"Field to update. Available fields are: {', '.join(map(repr, TASK_FIELDS[1:]))}", True),
-    _s("new_value", "New value for the field", True),
-)
+@_tool("Updates a task by ID.", *_update_params(_TASK_ID, TASK_FIELDS[1:]))
 def project_management_update_task(
     state: WorkplaceState, task_id: Any = None, field: Any = None, new_value: Any = None
 ) -> Any:
@@ -694,24 +699,22 @@ def project_management_update_task(
     if field == "assigned_to_email":
         new_value = new_value.lower()
     if field == "board" and new_value not in TASK_BOARDS:
-        return "Board not valid. Please choose from: 'Back end', 'Front end', 'Design'."
+        return _BOARD_NOT_VALID
     if field == "list_name" and new_value not in TASK_LISTS:
-        return "List not valid. Please choose from: 'Backlog', 'In Progress', 'In Review', 'Completed'."
+        return _LIST_NOT_VALID
     if field == "assigned_to_email" and new_value not in _team(state):
-        return "Assignee email not valid. Please choose from the list of team members."
+        return _ASSIGNEE_NOT_VALID
     if _find(state.project_tasks, "task_id", task_id) is None:
         return "Task not found."
     if field not in TASK_FIELDS:
         return "Field not valid."
-    for t in state.project_tasks:
-        if t["task_id"] == task_id:
-            t[field] = new_value
-    return "Task updated successfully."
+    return _set(state.project_tasks, "task_id", task_id, field, new_value, "Task")
 
 
 # ---- customer relationship manager -----------------------------------------------------------------
 
 CRM_FIELDS = TABLES["crm"][1]
+_CUSTOMER_ID = _s("customer_id", "ID of the customer", True)
 
 
 @_tool(
@@ -769,12 +772,7 @@ def customer_relationship_manager_search_customers(
     return _page(customers, "customers", page, page_size)
 
 
-@_tool(
-    "Updates a customer record by ID.",
-    _s("customer_id", "ID of the customer", True),
-    _s("field", f"Field to update. Available fields are: {', '.join(map(repr, CRM_FIELDS[1:]))}", True),
-    _s("new_value", "New value for the field", True),
-)
+@_tool("Updates a customer record by ID.", *_update_params(_CUSTOMER_ID, CRM_FIELDS[1:]))
 def customer_relationship_manager_update_customer(
     state: WorkplaceState, customer_id: Any = None, field: Any = None, new_value: Any = None
 ) -> Any:
@@ -796,10 +794,7 @@ def customer_relationship_manager_update_customer(
             "Field not valid. Please choose from: 'customer_name', 'assigned_to_email', 'customer_email', "
             "'customer_phone', 'last_contact_date', 'product_interest', 'status', 'notes', 'follow_up_by'"
         )
-    for c in state.crm:
-        if c["customer_id"] == customer_id:
-            c[field] = new_value
-    return "Customer updated successfully."
+    return _set(state.crm, "customer_id", customer_id, field, new_value, "Customer")
 
 
 @_tool(
@@ -846,14 +841,9 @@ def customer_relationship_manager_add_customer(
     return new_id
 
 
-@_tool("Deletes a customer record by ID.", _s("customer_id", "ID of the customer", True))
+@_tool("Deletes a customer record by ID.", _CUSTOMER_ID)
 def customer_relationship_manager_delete_customer(state: WorkplaceState, customer_id: Any = None) -> Any:
-    if not customer_id:
-        return "Customer ID not provided."
-    if _find(state.crm, "customer_id", customer_id) is None:
-        return "Customer not found."
-    state.crm[:] = [c for c in state.crm if c["customer_id"] != customer_id]
-    return "Customer deleted successfully."
+    return _delete(state.crm, "customer_id", customer_id, "Customer")
 
 
 # ---- the entry point -------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -122,6 +122,14 @@ def first_field(record: Any, names: tuple[str, ...], where: str, **kwargs: Any) 
                 return field_of(record, name, where, **kwargs)
     present = ", ".join(map(str, record)) if isinstance(record, Mapping) else type(record).__name__
     raise DatasetError(f"{where}: missing field {' / '.join(map(repr, names))} (fields present: {present})")
+
+
+def choice_field(record: Any, name: str, where: str, known: Collection[str], what: str) -> str:
+    """`field_of`, and one of `known`; `what` names the kind of value in the error ("type")."""
+    value = field_of(record, name, where)
+    if value not in known:
+        raise DatasetError(f"{where}: field {name!r}: unknown {what} {value!r}; known: {list(known)}")
+    return value
 
 
 def _kind_name(kind: type | tuple[type, ...]) -> str:

@@ -61,6 +61,21 @@ def render(question: str, answers: list[str]) -> str:
     return f"{INSTRUCTION}\n\n{question.strip()}\n\n{shown}"
 
 
+def choice_prompt(
+    benchmark: BenchmarkConfig,
+    prompt_id: str,
+    question: str,
+    answers: list[str],
+    letter: str,
+    meta: dict[str, Any],
+) -> Prompt:
+    """A four-answer question in the study's prompt, scored by the multiple_choice verifier
+    (GPQA's and MMLU-Redux's rows)."""
+    return make_prompt(
+        benchmark, prompt_id, render(question, answers), letter, "multiple_choice", {"num_choices": 4}, meta
+    )
+
+
 def load(benchmark: BenchmarkConfig, options: GPQAOptions) -> list[Prompt]:
     path = Path(benchmark.dataset)
     where = where_of(benchmark, path)
@@ -73,14 +88,8 @@ def load(benchmark: BenchmarkConfig, options: GPQAOptions) -> list[Prompt]:
         order = choice_order(options.shuffle_seed, record_id)
         letter = LETTERS[order.index("Correct Answer")]
         meta = {"choice_order": order, "correct_letter": letter, "shuffle_seed": options.shuffle_seed}
-        return make_prompt(
-            benchmark,
-            record_id,
-            render(question, [answers[column] for column in order]),
-            letter,
-            "multiple_choice",
-            {"num_choices": 4},
-            meta,
+        return choice_prompt(
+            benchmark, record_id, question, [answers[column] for column in order], letter, meta
         )
 
     return collect(benchmark, records(path, where), convert)

@@ -20,7 +20,15 @@ from pathlib import Path
 from typing import Any
 
 from m2rl_trainer.data.datasets import DatasetError, Prompt
-from m2rl_trainer.eval.benchmarks.base import Adapter, collect, field_of, make_prompt, records, where_of
+from m2rl_trainer.eval.benchmarks.base import (
+    Adapter,
+    choice_field,
+    collect,
+    field_of,
+    make_prompt,
+    records,
+    where_of,
+)
 from m2rl_trainer.eval.config import BenchmarkConfig
 from m2rl_trainer.rewards.multiple_choice import ALL_LETTERS
 from m2rl_trainer.rewards.options import opt
@@ -55,11 +63,7 @@ def load(benchmark: BenchmarkConfig, options: HLEOptions) -> list[Prompt]:
         image = row.get("image") if isinstance(row, dict) else None
         if image:  # not text-only
             return None
-        answer_type = field_of(row, "answer_type", at)
-        if answer_type not in ANSWER_TYPES:
-            raise DatasetError(
-                f"{at}: field 'answer_type': unknown type {answer_type!r}; known: {list(ANSWER_TYPES)}"
-            )
+        answer_type = choice_field(row, "answer_type", at, ANSWER_TYPES, "type")
         if answer_type not in options.answer_types:
             return None
         category = row.get("category")

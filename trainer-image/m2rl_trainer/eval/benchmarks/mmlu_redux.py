@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from m2rl_trainer.data.datasets import DatasetError, Prompt
-from m2rl_trainer.eval.benchmarks.base import Adapter, collect, field_of, make_prompt, records, where_of
-from m2rl_trainer.eval.benchmarks.gpqa import LETTERS, render
+from m2rl_trainer.eval.benchmarks.base import Adapter, choice_field, collect, field_of, records, where_of
+from m2rl_trainer.eval.benchmarks.gpqa import LETTERS, choice_prompt
 from m2rl_trainer.eval.config import BenchmarkConfig
 from m2rl_trainer.rewards.options import opt
 
@@ -67,11 +67,7 @@ def load(benchmark: BenchmarkConfig, options: MMLUReduxOptions) -> list[Prompt]:
 
     def convert(index: int, location: str, row: Any) -> Prompt | None:
         at = f"{where} {location}"
-        error_type = field_of(row, "error_type", at)
-        if error_type not in ERROR_TYPES:
-            raise DatasetError(
-                f"{at}: field 'error_type': unknown annotation {error_type!r}; known: {list(ERROR_TYPES)}"
-            )
+        error_type = choice_field(row, "error_type", at, ERROR_TYPES, "annotation")
         if error_type not in options.error_types:
             return None
         question = field_of(row, "question", at)
@@ -85,15 +81,7 @@ def load(benchmark: BenchmarkConfig, options: MMLUReduxOptions) -> list[Prompt]:
         subject = row.get("subject")
         prompt_id = f"{subject}/{index}" if isinstance(subject, str) and subject else str(index)
         meta = {"error_type": error_type, **({"subject": subject} if isinstance(subject, str) else {})}
-        return make_prompt(
-            benchmark,
-            prompt_id,
-            render(question, choices),
-            letter,
-            "multiple_choice",
-            {"num_choices": 4},
-            meta,
-        )
+        return choice_prompt(benchmark, prompt_id, question, choices, letter, meta)
 
     return collect(benchmark, records(path, where), convert)
 

@@ -13,8 +13,23 @@ trim threshold is computed in a separate pass that must see exactly the drops th
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
+from typing import Annotated, Any
 
 import torch
+from mergekit.merge_methods.base import ParameterScope, ParameterSpec, TensorEntry, TensorGroup
+from pydantic import Field
+
+Fraction = Annotated[float, Field(gt=0.0, le=1.0)]
+"""A share of the entries kept, in (0, 1]: DARE's and TIES' densities, SCE's select_topk."""
+
+DARE_PARAMETERS = (
+    ParameterSpec("dare_rescale", bool, ParameterScope.SHARED, default=True),
+    ParameterSpec("seed", int, ParameterScope.SHARED, default=0),
+    ParameterSpec("dare_density", Fraction, ParameterScope.NON_BASE, default=1.0),
+)
+"""The parameters of the optional DARE before a merge (mergelm_ties, mergelm_task_arithmetic), the ones
+`entry_task_vector` reads."""
 
 
 def task_vector(expert: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
@@ -73,6 +88,19 @@ def dare_task_vector(
     if dare_density >= 1.0:
         return delta
     return dare(delta, dare_density, rescale=dare_rescale, generator=drop_generator(seed, tensor, model))
+
+
+def entry_task_vector(group: TensorGroup, entry: TensorEntry, p: Mapping[str, Any]) -> torch.Tensor:
+    """`dare_task_vector` of one expert of a mergekit group, with the method's `DARE_PARAMETERS`."""
+    return dare_task_vector(
+        entry.tensor,
+        group.base.tensor,
+        tensor=group.metadata.name or "",
+        model=str(entry.id),
+        dare_density=p["dare_density"][entry.id],
+        dare_rescale=p["dare_rescale"],
+        seed=p["seed"],
+    )
 
 
 def elect_and_average(trimmed: torch.Tensor, majority_sign: int | None = None) -> torch.Tensor:

@@ -18,7 +18,7 @@ MergeLM's SCE ignores its scaling coefficient; so does this.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
 import torch
 from mergekit.merge_methods.base import (
@@ -30,9 +30,8 @@ from mergekit.merge_methods.base import (
     ParameterSpec,
     TensorGroup,
 )
-from pydantic import Field
 
-from m2rl_trainer.merge.methods.common import task_vector
+from m2rl_trainer.merge.methods.common import Fraction, task_vector
 
 NAME = "mergelm_sce"
 
@@ -59,11 +58,7 @@ class MergeLMSCE(GroupMergeMethod):
         pretty_name="SCE as MergeLM",
         reference_url="https://arxiv.org/abs/2408.07990",
         contract=InputContract(base=BasePolicy.REQUIRED),
-        parameters=(
-            ParameterSpec(
-                "select_topk", Annotated[float, Field(gt=0.0, le=1.0)], ParameterScope.SHARED, default=1.0
-            ),
-        ),
+        parameters=(ParameterSpec("select_topk", Fraction, ParameterScope.SHARED, default=1.0),),
     )
 
     def merge_group(self, group: TensorGroup, /, **p: Any) -> torch.Tensor:

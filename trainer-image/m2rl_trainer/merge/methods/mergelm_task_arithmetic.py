@@ -9,7 +9,7 @@ mergekit's dare_linear, whose `rescale` matches L1 norms instead of dividing by 
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
 import torch
 from mergekit.merge_methods.base import (
@@ -21,9 +21,8 @@ from mergekit.merge_methods.base import (
     ParameterSpec,
     TensorGroup,
 )
-from pydantic import Field
 
-from m2rl_trainer.merge.methods.common import dare_task_vector
+from m2rl_trainer.merge.methods.common import DARE_PARAMETERS, entry_task_vector
 
 NAME = "mergelm_task_arithmetic"
 
@@ -36,11 +35,7 @@ class MergeLMTaskArithmetic(GroupMergeMethod):
         contract=InputContract(base=BasePolicy.REQUIRED),
         parameters=(
             ParameterSpec("lambda", float, ParameterScope.SHARED, default=1.0),
-            ParameterSpec("dare_rescale", bool, ParameterScope.SHARED, default=True),
-            ParameterSpec("seed", int, ParameterScope.SHARED, default=0),
-            ParameterSpec(
-                "dare_density", Annotated[float, Field(gt=0.0, le=1.0)], ParameterScope.NON_BASE, default=1.0
-            ),
+            *DARE_PARAMETERS,
         ),
     )
 
@@ -48,15 +43,7 @@ class MergeLMTaskArithmetic(GroupMergeMethod):
         base = group.base.tensor
         total = torch.zeros(base.shape, dtype=torch.float32, device=base.device)
         for entry in group.non_base:
-            total += dare_task_vector(
-                entry.tensor,
-                base,
-                tensor=group.metadata.name or "",
-                model=str(entry.id),
-                dare_density=p["dare_density"][entry.id],
-                dare_rescale=p["dare_rescale"],
-                seed=p["seed"],
-            )
+            total += entry_task_vector(group, entry, p)
         return (base.to(torch.float32) + p["lambda"] * total).to(base.dtype)
 
 

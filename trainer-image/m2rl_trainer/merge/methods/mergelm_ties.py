@@ -24,7 +24,7 @@ before the merge: `m2rl-merge` computes them (`merge.trim`) and passes `trim_thr
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import torch
 from mergekit.merge_methods.base import (
@@ -36,17 +36,17 @@ from mergekit.merge_methods.base import (
     ParameterSpec,
     TensorGroup,
 )
-from pydantic import Field
 
 from m2rl_trainer.merge.methods.common import (
-    dare_task_vector,
+    DARE_PARAMETERS,
+    Fraction,
     elect_and_average,
+    entry_task_vector,
     kth_smallest_magnitude,
     trim_count,
 )
 
 NAME = "mergelm_ties"
-Density = Annotated[float, Field(gt=0.0, le=1.0)]
 
 
 class MergeLMTies(GroupMergeMethod):
@@ -58,12 +58,10 @@ class MergeLMTies(GroupMergeMethod):
         parameters=(
             ParameterSpec("lambda", float, ParameterScope.SHARED, default=1.0),
             ParameterSpec("trim_scope", Literal["model", "tensor"], ParameterScope.SHARED, default="model"),
-            ParameterSpec("dare_rescale", bool, ParameterScope.SHARED, default=True),
-            ParameterSpec("seed", int, ParameterScope.SHARED, default=0),
             ParameterSpec("majority_sign", Literal[-1, 0, 1] | None, ParameterScope.SHARED, default=None),
-            ParameterSpec("density", Density, ParameterScope.NON_BASE, default=0.2),
-            ParameterSpec("dare_density", Density, ParameterScope.NON_BASE, default=1.0),
+            ParameterSpec("density", Fraction, ParameterScope.NON_BASE, default=0.2),
             ParameterSpec("trim_threshold", float | None, ParameterScope.NON_BASE, default=None),
+            *DARE_PARAMETERS,
         ),
     )
 
@@ -71,19 +69,10 @@ class MergeLMTies(GroupMergeMethod):
         base = group.base.tensor
         if not group.non_base:
             return base
-        name = group.metadata.name or ""
         whole_model = p["trim_scope"] == "model"
         trimmed = []
         for entry in group.non_base:
-            delta = dare_task_vector(
-                entry.tensor,
-                base,
-                tensor=name,
-                model=str(entry.id),
-                dare_density=p["dare_density"][entry.id],
-                dare_rescale=p["dare_rescale"],
-                seed=p["seed"],
-            )
+            delta = entry_task_vector(group, entry, p)
             if whole_model:
                 threshold = p["trim_threshold"][entry.id]
                 if threshold is None:

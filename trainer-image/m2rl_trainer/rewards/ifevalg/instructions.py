@@ -90,6 +90,26 @@ def _positive(kwargs: dict[str, Any], *keys: str) -> dict[str, Any]:
     return kwargs
 
 
+def _stripped(kwargs: dict[str, Any], *keys: str) -> dict[str, Any]:
+    """The arguments with `keys` as stripped text (the originals' `.strip()`)."""
+    return {**kwargs, **{key: str(kwargs[key]).strip() for key in keys}}
+
+
+def _firsts(kwargs: dict[str, Any], *keys: str) -> dict[str, Any]:
+    """The arguments with `keys` as words, a one-element list taken as its item (`_first`)."""
+    return {**kwargs, **{key: _first(kwargs[key]) for key in keys}}
+
+
+def _count(pattern: str, value: str) -> int:
+    """Matches of a keyword, which the originals use as a case-insensitive regular expression."""
+    return len(re.findall(pattern, value, flags=re.IGNORECASE))
+
+
+def _holds(count: int, relation: str, bound: int) -> bool:
+    """`count` is `less than` / `at least` `bound`."""
+    return count < bound if relation == "less than" else count >= bound
+
+
 # ---- copy ------------------------------------------------------------------------------------------
 
 
@@ -220,10 +240,10 @@ class KeywordFrequencyOnceChecker(Instruction):
     ARGS = ("keyword",)
 
     def _parse(self, kwargs: dict[str, Any]) -> dict[str, Any]:
-        return {"keyword": str(kwargs["keyword"]).strip()}
+        return _stripped(kwargs, "keyword")
 
     def check_following(self, value: str) -> bool:
-        return len(re.findall(self._args["keyword"], value, flags=re.IGNORECASE)) == 1
+        return _count(self._args["keyword"], value) == 1
 
 
 class KeywordFrequencyCheckerDifferent(Instruction):
@@ -232,13 +252,10 @@ class KeywordFrequencyCheckerDifferent(Instruction):
     ARGS = ("keyword", "frequency", "relation")
 
     def _parse(self, kwargs: dict[str, Any]) -> dict[str, Any]:
-        kwargs = _relation(_positive(kwargs, "frequency"))
-        return {**kwargs, "keyword": str(kwargs["keyword"]).strip()}
+        return _stripped(_relation(_positive(kwargs, "frequency")), "keyword")
 
     def check_following(self, value: str) -> bool:
-        count = len(re.findall(self._args["keyword"], value, flags=re.IGNORECASE))
-        frequency = self._args["frequency"]
-        return count < frequency if self._args["relation"] == "less than" else count >= frequency
+        return _holds(_count(self._args["keyword"], value), self._args["relation"], self._args["frequency"])
 
 
 class ExcludeWordHarderChecker(Instruction):
@@ -247,7 +264,7 @@ class ExcludeWordHarderChecker(Instruction):
     ARGS = ("keyword",)
 
     def _parse(self, kwargs: dict[str, Any]) -> dict[str, Any]:
-        return {"keyword": str(kwargs["keyword"]).strip()}
+        return _stripped(kwargs, "keyword")
 
     def check_following(self, value: str) -> bool:
         return " " + self._args["keyword"] + " " not in value
@@ -266,8 +283,7 @@ class KeywordSpecificPositionChecker(Instruction):
     ARGS = ("keyword", "n", "m")
 
     def _parse(self, kwargs: dict[str, Any]) -> dict[str, Any]:
-        kwargs = _positive(kwargs, "n", "m")
-        return {**kwargs, "keyword": _first(kwargs["keyword"])}
+        return _firsts(_positive(kwargs, "n", "m"), "keyword")
 
     def check_following(self, value: str) -> bool:
         sentences = _sentences(value)
@@ -321,7 +337,7 @@ class FirstWordSentChecker(Instruction):
     ARGS = ("first_word",)
 
     def _parse(self, kwargs: dict[str, Any]) -> dict[str, Any]:
-        return {"first_word": _first(kwargs["first_word"])}
+        return _firsts(kwargs, "first_word")
 
     def check_following(self, value: str) -> bool:
         want = self._args["first_word"].lower()
@@ -337,7 +353,7 @@ class FirstWordAnswerChecker(Instruction):
     ARGS = ("first_word",)
 
     def _parse(self, kwargs: dict[str, Any]) -> dict[str, Any]:
-        return {"first_word": str(kwargs["first_word"]).strip()}
+        return _stripped(kwargs, "first_word")
 
     def check_following(self, value: str) -> bool:
         words = value.split()
@@ -350,7 +366,7 @@ class LastWordSentChecker(Instruction):
     ARGS = ("last_word",)
 
     def _parse(self, kwargs: dict[str, Any]) -> dict[str, Any]:
-        return {"last_word": _first(kwargs["last_word"])}
+        return _firsts(kwargs, "last_word")
 
     def check_following(self, value: str) -> bool:
         want = self._args["last_word"].lower()
@@ -373,7 +389,7 @@ class LastWordAnswerChecker(Instruction):
     ARGS = ("last_word",)
 
     def _parse(self, kwargs: dict[str, Any]) -> dict[str, Any]:
-        return {"last_word": str(kwargs["last_word"]).strip()}
+        return _stripped(kwargs, "last_word")
 
     def check_following(self, value: str) -> bool:
         words = value.split()
@@ -420,10 +436,7 @@ class LetterCountingChecker(Instruction):
         return _relation(_positive(kwargs, "N"))
 
     def check_following(self, value: str) -> bool:
-        letters = len(re.findall(r"[a-zA-Z]", value))
-        return (
-            letters < self._args["N"] if self._args["relation"] == "less than" else letters >= self._args["N"]
-        )
+        return _holds(len(re.findall(r"[a-zA-Z]", value)), self._args["relation"], self._args["N"])
 
 
 class CountingCompositionChecker(Instruction):
@@ -470,9 +483,8 @@ class CountIncrementWordChecker(Instruction):
     ARGS = ("keyword1", "keyword2")
 
     def _parse(self, kwargs: dict[str, Any]) -> dict[str, Any]:
-        return {"keyword1": _first(kwargs["keyword1"]), "keyword2": _first(kwargs["keyword2"])}
+        return _firsts(kwargs, "keyword1", "keyword2")
 
     def check_following(self, value: str) -> bool:
-        first = len(re.findall(self._args["keyword1"], value, flags=re.IGNORECASE))
-        second = len(re.findall(self._args["keyword2"], value, flags=re.IGNORECASE))
+        first, second = _count(self._args["keyword1"], value), _count(self._args["keyword2"], value)
         return first == 1 and second == 2
