@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -88,19 +89,50 @@ def status(work: Path, plural: str, name: str) -> dict[str, Any]:
     return json.loads(path.read_text()).get("status", {}) if path.is_file() else {}
 
 
+def held_trainers(work: Path, held: set[int]) -> None:
+    """SIGSTOP each trainer process of `work` whose run has a complete checkpoint: on a loaded
+    machine a short run could otherwise finish before the runner has reported it."""
+    for pid in marked_processes(str(work.resolve())):
+        if pid in held:
+            continue
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"m2rl_trainer.cli" not in argv:
+            continue
+        config = yaml.safe_load(Path(argv[argv.index(b"--config") + 1].decode()).read_text())
+        checkpoints = Path(config["output_dir"]) / config["checkpoint"]["dir"]
+        if any(checkpoints.glob("step-*[0-9]/checksums.json")):  # complete (not step-N.tmp)
+            os.kill(pid, signal.SIGSTOP)
+            held.add(pid)
+
+
 def interrupt_after_checkpoint(process: subprocess.Popen[str], work: Path, runs: list[str]) -> dict[str, Any]:
     """SIGINT once one of `runs` is Running with a checkpoint; returns the statuses of the runs that
-    were running then."""
+    were running then. Trainers past their first checkpoint are held (SIGSTOP) until the runner has
+    reported them, then released after the SIGINT, which stops them for good."""
     deadline = time.monotonic() + 600
-    while True:
-        assert process.poll() is None, process.communicate()[0][-3000:]
-        assert time.monotonic() < deadline, "no run reached a checkpoint in time"
-        statuses = {name: status(work, "rlvrruns", name) for name in runs}
-        if any(s.get("phase") == "Running" and s.get("latestCheckpoint") for s in statuses.values()):
-            break
-        time.sleep(0.2)
-    process.send_signal(signal.SIGINT)
-    output = process.communicate(timeout=120)[0]
+    held: set[int] = set()
+    try:
+        while True:
+            assert process.poll() is None, process.communicate()[0][-3000:]
+            assert time.monotonic() < deadline, "no run reached a checkpoint in time"
+            statuses = {name: status(work, "rlvrruns", name) for name in runs}
+            if any(s.get("phase") == "Running" and s.get("latestCheckpoint") for s in statuses.values()):
+                break
+            held_trainers(work, held)
+            time.sleep(0.2)
+        process.send_signal(signal.SIGINT)
+    finally:
+        for pid in held:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+    try:
+        output = process.communicate(timeout=300)[0]
+    except subprocess.TimeoutExpired:
+        process.kill()
+        pytest.fail("m2rl run did not stop within 300 s of SIGINT:\n" + process.communicate()[0][-3000:])
     assert process.returncode == 130, output[-3000:]
     assert "interrupted: stopping every process" in output
     return {name: s for name, s in statuses.items() if s.get("phase") == "Running"}
