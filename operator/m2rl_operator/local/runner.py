@@ -619,7 +619,7 @@ class LocalRunner:
         self.store.workdir.mkdir(parents=True, exist_ok=True)
         for key in self.skipped:
             self.display.event(f"{key}: succeeded in an earlier run, skipped")
-        previous = _install_sigterm()
+        previous = _install_stop_signals()
         try:
             while not all(w.done for w in self.workloads):
                 self._step()
@@ -634,7 +634,8 @@ class LocalRunner:
             self._shutdown(interrupted=True)
             raise
         finally:
-            signal.signal(signal.SIGTERM, previous)
+            for number, handler in previous.items():
+                signal.signal(number, handler)
         self._shutdown(interrupted=False)
         failed = [w.resource.key for w in self.workloads if w.state == "Failed"]
         return 1 if failed else 0
@@ -738,10 +739,15 @@ class LocalRunner:
         self.display.update([w.row() for w in self.workloads])
 
 
-def _install_sigterm() -> Callable[[int, FrameType | None], Any] | int | None:
-    """SIGTERM stops the runner like Ctrl-C (it then stops its children)."""
+Handler = Callable[[int, FrameType | None], Any] | int | None
+
+
+def _install_stop_signals() -> dict[int, Handler]:
+    """SIGINT and SIGTERM stop the runner (it then stops its children); returns the previous
+    handlers. SIGINT is set explicitly: a shell starts background commands with SIGINT ignored and
+    Python keeps an inherited SIG_IGN, so `m2rl run ... &` then `kill -INT` would otherwise run on."""
 
     def handler(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt
 
-    return signal.signal(signal.SIGTERM, handler)
+    return {number: signal.signal(number, handler) for number in (signal.SIGINT, signal.SIGTERM)}

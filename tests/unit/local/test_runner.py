@@ -221,3 +221,22 @@ def test_an_mt_opd_run_starts_once_its_teacher_run_succeeded(
             "model": str((options.data_root / "ckpt/a/checkpoints/step-000002/model").resolve()),
         }
     ]
+
+
+def test_sigint_stops_the_runner_even_when_the_shell_ignored_it() -> None:
+    """A shell starts `m2rl run ... &` with SIGINT ignored (Python keeps an inherited SIG_IGN): the
+    runner sets its own handler, so SIGINT still interrupts it, and it puts the old one back."""
+    import os
+    import signal
+
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        previous = runner_module._install_stop_signals()
+        assert previous[signal.SIGINT] is signal.SIG_IGN
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)  # delivered to this thread before kill returns
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)
