@@ -344,3 +344,29 @@ def test_prompt_logprobs_score_a_students_tokens_as_a_teacher(
     (values,) = engine.prompt_logprobs([ids])
     expected = forward_logprobs(model, ids[:1], ids[1:])
     assert values[1:] == pytest.approx(expected, abs=1e-3)
+
+
+def test_a_teacher_server_with_another_tokenizer_is_refused(
+    vllm_server: VLLMServer, tokenizer: Any, tmp_path: Path
+) -> None:
+    """MT-OPD scores the student's token ids: a teacher server must tokenize as the student does
+    (vLLM's /tokenize against the student's tokenizer on a probe text)."""
+    from m2rl_trainer.config import ConfigError, TeacherConfig
+    from m2rl_trainer.models.tiny import train_tokenizer
+    from m2rl_trainer.train.teachers import PROBE_TEXT, Teachers
+
+    teacher = TeacherConfig(
+        domains=["math"], server_urls=[vllm_server.url], served_model_name=vllm_server.model_name
+    )
+    options = {"device": "cpu", "dtype": torch.float32, "micro_batch_size": 4, "pad_id": 0, "timeout_s": 60}
+    with VLLMServerRollout([vllm_server.url], vllm_server.model_name, tokenizer, timeout_s=60) as engine:
+        assert engine.tokenize(PROBE_TEXT) == {
+            vllm_server.url: tokenizer(PROBE_TEXT, add_special_tokens=False)["input_ids"]
+        }
+    Teachers([teacher], tokenizer=tokenizer, **options).close()  # the served model's own tokenizer: accepted
+    other = train_tokenizer(["the answer is " + PROBE_TEXT] * 50, 400)  # other merges, other ids
+    from transformers import PreTrainedTokenizerFast
+
+    student = PreTrainedTokenizerFast(tokenizer_object=other, eos_token="<|endoftext|>")
+    with pytest.raises(ConfigError, match=r"algorithm.teachers\[0\].server_urls: .* tokenizes differently"):
+        Teachers([teacher], tokenizer=student, **options)
