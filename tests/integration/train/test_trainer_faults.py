@@ -19,7 +19,9 @@ from m2rl_trainer.utils.processes import free_port
 from tests.integration.train.conftest import write_config
 
 TRAIN = [sys.executable, "-m", "m2rl_trainer.cli"]
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+# One intra-op thread: on 2 shared, busy cores torch's thread pool spins (an agent run of 6 steps took
+# 284 s with the default threads and 24 s with one, measured here).
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 
 
 def _run(args: list[str], timeout: float = 600) -> subprocess.CompletedProcess[str]:
