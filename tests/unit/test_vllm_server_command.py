@@ -11,8 +11,11 @@ def test_command_runs_the_module_not_the_console_script() -> None:
         "py", "-m", "vllm.entrypoints.openai.api_server",
         "--model", "/m", "--dtype", "float32", "--max-model-len", "256",
         "--host", "127.0.0.1", "--port", "8123", "--seed", "0",
-        "--served-model-name", "tiny", "--enforce-eager", "--max-num-seqs", "8",
+        "--served-model-name", "tiny", "--enforce-eager", "--no-enable-chunked-prefill",
+        "--max-num-seqs", "8",
     ]  # fmt: skip
+    gpu = VLLMServerConfig(model=Path("/m"), enforce_eager=False, chunked_prefill=True)
+    assert vllm_server_command(gpu, 1, python="py")[-1:] == ["--enable-chunked-prefill"]
 
 
 def test_env_enables_reload_weights_rpc_and_bounds_the_kv_cache() -> None:

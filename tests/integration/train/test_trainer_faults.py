@@ -19,7 +19,9 @@ from m2rl_trainer.utils.processes import free_port
 from tests.integration.train.conftest import write_config
 
 TRAIN = [sys.executable, "-m", "m2rl_trainer.cli"]
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+# One intra-op thread: on 2 shared, busy cores torch's thread pool spins (an agent run of 6 steps took
+# 284 s with the default threads and 24 s with one, measured here).
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 
 
 def _run(args: list[str], timeout: float = 600) -> subprocess.CompletedProcess[str]:
@@ -74,26 +76,48 @@ ALL_OPTIONS = {
 }  # fmt: skip
 
 
-@pytest.mark.parametrize(
-    "algorithm",
-    [{}, {"off_policy_steps": 1}, ALL_OPTIONS],
-    ids=["on-policy", "one-step-off-policy", "tis-dual-clip-mini-batches-dynamic-sampling"],
-)
+# Variant -> (model fixture, write_config overrides, per-step keys compared beyond DETERMINISTIC).
+VARIANTS = {
+    "on-policy": ("max3_sft_model", {}, ()),
+    "one-step-off-policy": ("max3_sft_model", {"algorithm": {"off_policy_steps": 1}}, ()),
+    "tis-dual-clip-mini-batches-dynamic-sampling": ("max3_sft_model", {"algorithm": ALL_OPTIONS}, CORRECTION),
+    # MT-OPD: the teacher's scores are taken right after generation, the advantages from them and pi_old.
+    "mt-opd": ("max3_sft_model", {"algorithm": {"name": "mt-opd"}}, ("opd_reverse_kl", "rollout_trainer_kl")),
+    # Agent episodes: multi-turn, tool calls in threads, the environment's verdicts, loss masks.
+    "agent": ("agent_sft_model", {"algorithm": {"max_response_tokens": 128}, "agent": {"max_turns": 3}},
+              ("per_domain",)),
+}  # fmt: skip
+
+
+def _variant_config(request: pytest.FixtureRequest, variant: str) -> tuple[Path, Path, dict, tuple]:
+    """(model, dataset, write_config overrides, extra keys) of a variant; fixtures are built only for
+    the variants that use them."""
+    fixture, overrides, keys = VARIANTS[variant]
+    overrides = {k: dict(v) for k, v in overrides.items()}
+    dataset = request.getfixturevalue("max3_data")[0]
+    if variant == "mt-opd":
+        teacher = str(request.getfixturevalue("max3_teacher_model"))
+        overrides["algorithm"]["teachers"] = [{"domains": ["math"], "model": teacher}]
+    if variant == "agent":
+        dataset = request.getfixturevalue("agent_data")
+        domain = {"name": "agent", "dataset": str(dataset), "verifier": "workplace_assistant"}
+        overrides["data"] = {"domains": [{**domain, "format": "nemotron"}]}
+    return request.getfixturevalue(fixture), dataset, overrides, keys
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
 def test_kill9_then_resume_matches_an_uninterrupted_run(
-    tmp_path: Path, max3_sft_model: Path, max3_data, algorithm: dict
+    tmp_path: Path, variant: str, request: pytest.FixtureRequest
 ) -> None:
     # One-step off-policy: the batch generated during the last update is in the checkpoint.
     steps = 6
-    straight = write_config(
-        tmp_path / "a.yaml", max3_sft_model, max3_data[0], tmp_path / "a", algorithm=algorithm
-    )
+    model, dataset, overrides, keys = _variant_config(request, variant)
+    straight = write_config(tmp_path / "a.yaml", model, dataset, tmp_path / "a", **overrides)
     result = _run([*TRAIN, "--config", str(straight)])
     assert result.returncode == 0, result.stderr[-3000:]
 
     kill_after = random.Random(os.getpid()).randint(2, steps - 1)  # a random step, printed on failure
-    resumed = write_config(
-        tmp_path / "b.yaml", max3_sft_model, max3_data[0], tmp_path / "b", algorithm=algorithm
-    )
+    resumed = write_config(tmp_path / "b.yaml", model, dataset, tmp_path / "b", **overrides)
     process = subprocess.Popen(
         [*TRAIN, "--config", str(resumed)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV,
         start_new_session=True,
@@ -122,11 +146,11 @@ def test_kill9_then_resume_matches_an_uninterrupted_run(
     ma, mb = _by_step(tmp_path / "a" / "metrics.jsonl"), _by_step(metrics)
     assert sorted(ma) == sorted(mb) == list(range(1, steps + 1))
     for step in ma:
-        for key in DETERMINISTIC + (CORRECTION if algorithm is ALL_OPTIONS else ()):
+        for key in DETERMINISTIC + keys:
             # .get: a step whose dynamic sampling kept no group takes no update (no grad_norm)
             assert ma[step].get(key) == mb[step].get(key), (step, key, kill_after)
     # The run really trained: weights moved from the initial model.
-    initial = load_file(max3_sft_model / "model.safetensors")
+    initial = load_file(model / "model.safetensors")
     assert any(not torch.equal(initial[k], a[k]) for k in initial if k in a)
 
 

@@ -287,7 +287,13 @@ def test_agent_prompts_become_groups_of_completions_with_masks_and_rewards(
     """The bridge the trainer's rollout uses: blend rows -> prompts -> n episodes each -> completions."""
     from transformers import AutoTokenizer
 
-    from m2rl_trainer.agent.rollout import agent_groups, is_environment, open_environment
+    from m2rl_trainer.agent.rollout import (
+        agent_groups,
+        episode_figures,
+        episode_keys,
+        is_environment,
+        open_environment,
+    )
     from m2rl_trainer.config import DomainConfig
     from m2rl_trainer.data import load_domain
 
@@ -309,13 +315,29 @@ def test_agent_prompts_become_groups_of_completions_with_masks_and_rewards(
     environment = open_environment("workplace_assistant")
     groups = agent_groups(prompts, 3, scripted_generate(codec, eot, script), tokenizer, environment,
                           EpisodeConfig(end_of_turn_id=eot))  # fmt: skip
-    assert [rewards for _c, rewards in groups] == [[1.0, 1.0, 1.0], [0.0, 0.0, 1.0], [1.0, 1.0, 1.0]]
-    for index, (completions, _rewards) in enumerate(groups):
+    assert [rewards for _c, rewards, _n in groups] == [[1.0, 1.0, 1.0], [0.0, 0.0, 1.0], [1.0, 1.0, 1.0]]
+    for index, (completions, _rewards, _counts) in enumerate(groups):
         for c in completions:
             assert c.prompt_index == index and c.finish_reason == "stop"
             assert len(c.loss_mask) == len(c.token_ids) == len(c.logprobs)
             assert codec.decode(c.prompt_token_ids).endswith("<|im_start|>assistant\n")
     solved = groups[0][0][0]
     assert solved.loss_mask.count(0) > 0 and solved.text.count("<tool_response>") == 2
+    # What the episodes did, per group: ben's group has two one-turn episodes that gave up ("Done.").
+    ana, ben, _chen = (counts for _c, _r, counts in groups)
+    assert ana == {"agent/episodes": 3, "agent/turns": 9, "agent/tool_calls": 6, "agent/malformed_calls": 0,
+                   "agent/tool_result_tokens": 3 * solved.loss_mask.count(0)}  # fmt: skip
+    assert (ben["agent/turns"], ben["agent/tool_calls"]) == (1 + 1 + 3, 2)
+    keys = episode_keys(["agent"])
+    figures = episode_figures({k: float(sum(c[k] for _c, _r, c in groups)) for k in keys})
+    results = sum(c.loss_mask.count(0) for g in groups for c in g[0])
+    assert figures == {
+        "agent": {
+            "turns": 23 / 9,
+            "tool_calls": 14 / 9,
+            "malformed_call_ratio": 0.0,
+            "tool_result_length": results / 9,
+        }
+    }
     with pytest.raises(ValueError, match="unknown environment 'gym'"):
         open_environment("gym")

@@ -88,6 +88,7 @@ def test_the_trainer_logs_and_exports_the_shares(one_rank, tmp_path):
     )
     trainer = SimpleNamespace(
         domains={"code": [], "math": []},
+        agent_domains=[],
         step=0,
         skipped_steps=0,
         nonfinite_steps=0,

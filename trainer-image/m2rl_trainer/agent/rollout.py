@@ -7,11 +7,17 @@ completion of the prompt's group, whose tokens interleave model turns and tool r
 (`Completion.loss_mask`), whose reward is the environment's verdict, and whose finish reason is
 "length" when it ran out of tokens (else "stop"), so DAPO's overlong filtering and the truncation
 figures treat it like any completion.
+
+Each group also carries counts of what its episodes did (`episode_counts`): turns, well-formed and
+malformed tool calls, tool-result tokens. The trainer sums them over ranks and logs per agent domain
+(`episode_figures`): a policy that stops calling tools, or writes broken calls, shows there before
+its reward moves; `response_length` counts the model's tokens only, `tool_result_length` the rest.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +73,45 @@ def completion_of(index: int, episode: Episode, codec: HFCodec) -> Completion:
     )
 
 
+# Summed per domain over a step's episodes (keys "<domain>/<name>"), all-reduced by the trainer.
+EPISODE_COUNTS = ("episodes", "turns", "tool_calls", "malformed_calls", "tool_result_tokens")
+
+
+def episode_counts(domain: str, episodes: Sequence[Episode]) -> Counter[str]:
+    """Counts '<domain>/<name>' of EPISODE_COUNTS over `episodes` (tool results: loss-mask-0 tokens)."""
+    counts: Counter[str] = Counter()
+    for e in episodes:
+        counts[f"{domain}/episodes"] += 1
+        counts[f"{domain}/turns"] += e.turns
+        counts[f"{domain}/tool_calls"] += len(e.calls)
+        counts[f"{domain}/malformed_calls"] += e.malformed_calls
+        counts[f"{domain}/tool_result_tokens"] += e.loss_mask.count(0)
+    return counts
+
+
+def episode_keys(domains: Sequence[str]) -> list[str]:
+    """Every count key of these (agent) domains, in a fixed order (to sum them over ranks)."""
+    return [f"{domain}/{name}" for domain in domains for name in EPISODE_COUNTS]
+
+
+def episode_figures(totals: Mapping[str, float]) -> dict[str, dict[str, float]]:
+    """{domain: figures} for domains with episodes: per episode, `turns`, `tool_calls` (well-formed)
+    and `tool_result_length` (tokens); `malformed_call_ratio`, malformed among all tool calls."""
+    per_domain: dict[str, dict[str, float]] = {}
+    for key, episodes in totals.items():
+        domain, name = key.rsplit("/", 1)
+        if name != "episodes" or episodes <= 0:
+            continue
+        calls, malformed = totals[f"{domain}/tool_calls"], totals[f"{domain}/malformed_calls"]
+        per_domain[domain] = {
+            "turns": totals[f"{domain}/turns"] / episodes,
+            "tool_calls": calls / episodes,
+            "malformed_call_ratio": malformed / max(calls + malformed, 1.0),
+            "tool_result_length": totals[f"{domain}/tool_result_tokens"] / episodes,
+        }
+    return per_domain
+
+
 def agent_groups(
     prompts: Sequence[Prompt],
     n: int,
@@ -74,13 +119,14 @@ def agent_groups(
     tokenizer: Any,
     environment: Environment,
     config: EpisodeConfig,
-) -> list[tuple[list[Completion], list[float]]]:
-    """(completions, rewards) of `n` episodes per prompt, in prompt order."""
+) -> list[tuple[list[Completion], list[float], Counter[str]]]:
+    """(completions, rewards, episode counts) of `n` episodes per prompt, in prompt order."""
     codec = HFCodec(tokenizer)
     tasks = [task for p in prompts for task in [agent_task(p, tokenizer)] * n]
     episodes = run_episodes(tasks, generate, codec, environment, config)
     groups = []
-    for i in range(len(prompts)):
+    for i, prompt in enumerate(prompts):
         mine = episodes[i * n : (i + 1) * n]
-        groups.append(([completion_of(i, e, codec) for e in mine], [e.reward for e in mine]))
+        completions = [completion_of(i, e, codec) for e in mine]
+        groups.append((completions, [e.reward for e in mine], episode_counts(prompt.domain, mine)))
     return groups

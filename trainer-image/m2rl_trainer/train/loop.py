@@ -41,7 +41,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from m2rl_trainer.agent.rollout import agent_task, is_environment
+from m2rl_trainer.agent.rollout import agent_task, episode_figures, episode_keys, is_environment
 from m2rl_trainer.config import TrainerConfig
 from m2rl_trainer.data.datasets import DatasetError, Prompt, load_domain, render_prompt
 from m2rl_trainer.data.mixer import DomainMixer
@@ -97,6 +97,7 @@ class GRPOTrainer:
         self.checkpoint_root = checkpoints if checkpoints.is_absolute() else self.out / checkpoints
         # 1. Everything that can be wrong with the input fails here, before any GPU work.
         self.domains = {d.name: load_domain(d, self.algo.seed) for d in config.data.domains}
+        self.agent_domains = [d.name for d in config.data.domains if is_environment(d.verifier)]
         self.scorer: Any = self._make_scorer()
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -308,6 +309,7 @@ class GRPOTrainer:
         single = [i for i, p in enumerate(prompts) if not is_environment(p.verifier)]
         groups: list[list[Completion]] = [[] for _ in prompts]
         correct: list[list[float]] = [[] for _ in prompts]
+        episodes: list[Counter[str]] = [Counter() for _ in prompts]
         start = time.perf_counter()
         texts = [
             render_prompt(
@@ -334,8 +336,8 @@ class GRPOTrainer:
                 self.environment,
                 self.episode_config,
             )
-            for i, (group, rewards) in zip(agent, found, strict=True):
-                groups[i], correct[i] = group, rewards
+            for i, (group, rewards, counts) in zip(agent, found, strict=True):
+                groups[i], correct[i], episodes[i] = group, rewards, counts
         timings["time_generation_s"] = time.perf_counter() - start
 
         start = time.perf_counter()
@@ -378,7 +380,7 @@ class GRPOTrainer:
             scored_groups.append(
                 ScoredGroup(
                     prompt, list(group[0].prompt_token_ids), group, shaped, correct[i], key, signs,
-                    teacher_logprobs[i],
+                    teacher_logprobs[i], episodes[i],
                 )
             )  # fmt: skip
         return scored_groups, timings
@@ -572,6 +574,12 @@ class GRPOTrainer:
         counts = all_reduce([float(signs[k]) for k in hygiene_keys])
         for name, shares in hygiene.shares(dict(zip(hygiene_keys, counts, strict=True))).items():
             per_domain[name].update(shares)
+        if self.agent_domains:  # turns, tool calls, tool-result tokens of every generated episode
+            agent_keys = episode_keys(self.agent_domains)
+            done = sum((g.episodes for g in generated), Counter[str]())
+            totals = all_reduce([float(done[k]) for k in agent_keys])
+            for name, values in episode_figures(dict(zip(agent_keys, totals, strict=True))).items():
+                per_domain[name].update(values)
         nonfinite = bool(update.pop("nonfinite"))
         record: dict[str, Any] = {
             "step": self.step + 1,

@@ -143,7 +143,18 @@ DOMAIN_GAUGES: dict[str, tuple[str, str]] = {
     "accuracy": (DOMAIN_ACCURACY, "Fraction of the step's completions in a domain judged correct."),
     "response_length": (
         "m2rl_train_domain_response_length_tokens",
-        "Mean completion length in a domain, in tokens.",
+        "Mean completion length in a domain, in tokens (an agent episode: the model's tokens only).",
+    ),
+    # Agent domains (m2rl_trainer.agent.rollout.episode_figures), per episode.
+    "turns": ("m2rl_train_domain_agent_turns", "Mean model turns per agent episode."),
+    "tool_calls": ("m2rl_train_domain_agent_tool_calls", "Mean well-formed tool calls per agent episode."),
+    "malformed_call_ratio": (
+        "m2rl_train_domain_agent_malformed_calls_ratio",
+        "Fraction of an agent domain's tool calls that were malformed (the model read an error instead).",
+    ),
+    "tool_result_length": (
+        "m2rl_train_domain_agent_tool_result_length_tokens",
+        "Mean tool-result tokens per agent episode (context, never trained on).",
     ),
 }
 # JSONL key -> (counter name, help, extra labels): the step's value is added.

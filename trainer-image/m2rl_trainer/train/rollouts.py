@@ -29,6 +29,7 @@ class ScoredGroup:
     hygiene: counts of reward-hacking signs among the group's rewarded code samples.
     teacher_logprobs: MT-OPD: per completion, its domain teacher's log-probs of its tokens (None
         otherwise); scored right after generation, so a prefetched batch carries them.
+    episodes: agent domains: counts of what the group's episodes did (agent.rollout.episode_counts).
     """
 
     prompt: Prompt
@@ -39,6 +40,7 @@ class ScoredGroup:
     key: tuple[int, int]
     hygiene: Counter[str] = field(default_factory=Counter)
     teacher_logprobs: list[list[float]] | None = None
+    episodes: Counter[str] = field(default_factory=Counter)
 
 
 def model_tokens(completion: Completion) -> int:

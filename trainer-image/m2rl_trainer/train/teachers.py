@@ -9,6 +9,11 @@ sync, loaded once.
 
 A teacher's log-probs are of its own distribution (temperature 1), whatever the student's
 sampling temperature: the advantage compares the student with the teacher as it is.
+
+A teacher scores the student's token ids, so both must share one tokenizer (the study's experts
+are fine-tunes of the student's base). A teacher with another tokenizer of the same size would
+score other tokens than the student sampled without any error; it is refused when the teachers
+are loaded (a model folder: same vocabulary; a server: same ids for a probe text, vLLM's `/tokenize`).
 """
 
 from __future__ import annotations
@@ -18,12 +23,17 @@ from typing import Any
 
 import torch
 
-from m2rl_trainer.config import TeacherConfig
+from m2rl_trainer.config import ConfigError, TeacherConfig
 from m2rl_trainer.grpo.opd import align_response_logprobs, route_by_domain
 from m2rl_trainer.rollout.base import Completion
 from m2rl_trainer.train.batching import micro_batches, shared_prefix_batch, shared_prefix_logprobs
 
 Scored = tuple[str, list[int], list[Completion]]  # (domain, prompt ids, completions)
+# Chat markers, digits, JSON and words: two different BPE tokenizers split it differently.
+PROBE_TEXT = (
+    '<|im_start|>user\nQ: max 3 8 1= A: \\boxed{8}<|im_end|>\n<tool_call>\n{"name": "calendar_delete_event", '
+    '"arguments": {"event_id": "00000002"}}\n</tool_call> The final answer is 42, solve it in python.'
+)
 
 
 class Teachers:
@@ -45,24 +55,51 @@ class Teachers:
         self.device, self.micro_batch_size, self.pad_id = torch.device(device), micro_batch_size, pad_id
         self.models: dict[str, Any] = {}
         self.servers: dict[str, Any] = {}
-        for i, t in enumerate(teachers):
-            if t.model is not None:
-                from transformers import AutoModelForCausalLM
+        try:
+            for i, t in enumerate(teachers):
+                if t.model is not None:
+                    self.models[str(i)] = self._load(i, t.model, tokenizer, dtype)
+                else:
+                    self.servers[str(i)] = self._connect(i, t, tokenizer, timeout_s, max_retries)
+        except BaseException:
+            self.close()
+            raise
 
-                model = AutoModelForCausalLM.from_pretrained(t.model, dtype=dtype).eval()
-                model.requires_grad_(False)
-                self.models[str(i)] = model.to(self.device)
-            else:
-                from m2rl_trainer.rollout.server import VLLMServerRollout
+    def _load(self, index: int, path: str, tokenizer: Any, dtype: torch.dtype) -> Any:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
 
-                self.servers[str(i)] = VLLMServerRollout(
-                    t.server_urls,
-                    model_name=t.served_model_name or "",
-                    tokenizer=tokenizer,
-                    timeout_s=timeout_s,
-                    max_retries=max_retries,
-                    policy_logprobs=False,
+        if AutoTokenizer.from_pretrained(path).get_vocab() != tokenizer.get_vocab():
+            raise ConfigError(
+                f"algorithm.teachers[{index}].model: the tokenizer of {path} differs from the student's; "
+                "a teacher scores the student's token ids, so both need the same one"
+            )
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).eval()
+        model.requires_grad_(False)
+        return model.to(self.device)
+
+    def _connect(
+        self, index: int, t: TeacherConfig, tokenizer: Any, timeout_s: float, max_retries: int
+    ) -> Any:
+        from m2rl_trainer.rollout.server import VLLMServerRollout
+
+        server = VLLMServerRollout(
+            t.server_urls,
+            model_name=t.served_model_name or "",
+            tokenizer=tokenizer,
+            timeout_s=timeout_s,
+            max_retries=max_retries,
+            policy_logprobs=False,
+        )
+        expected = list(tokenizer(PROBE_TEXT, add_special_tokens=False)["input_ids"])
+        for url, ids in server.tokenize(PROBE_TEXT).items():
+            if ids != expected:
+                server.close()
+                raise ConfigError(
+                    f"algorithm.teachers[{index}].server_urls: {url} ({t.served_model_name}) tokenizes "
+                    "differently from the student; a teacher scores the student's token ids, so both "
+                    "need the same tokenizer"
                 )
+        return server
 
     def score(self, groups: Sequence[Scored]) -> list[list[list[float]]]:
         """Per group, per completion: its teacher's log-probs of the completion's tokens."""
