@@ -14,6 +14,7 @@ import pytest
 
 from m2rl_operator.local.report import ReportError, collect, difference, reading, table, write_report
 from m2rl_operator.local.store import Record, Store, Usage
+from tests.support.paths import REPO_ROOT
 
 DOMAINS = ("math", "code")
 SFT = "pvc://data/sft"
@@ -243,6 +244,33 @@ def test_an_mt_opd_student_is_its_own_kind_in_table_reading_costs_and_figures(tm
     assert "](distillation.png)" in text and "MT-OPD runs (dashed)" in text
     assert (tmp_path / "report" / "distillation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "an MT-OPD student: its own run plus its teachers' runs" in text
+
+
+def test_the_seed_bench_checks_the_student_without_making_it_a_criterion(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """bench/bench_quickstart.py's checks over seeds: the MT-OPD row is checked and printed, and the
+    exit status stays issue 12's (experts, mixed run, one merge)."""
+    monkeypatch.syspath_prepend(str(REPO_ROOT / "bench"))
+    import bench_quickstart
+
+    scores = {**SCORES, "opd": {"math": 0.30, "code": 0.30}}  # a student below sft
+    workdirs = [
+        make_workdir(tmp_path / f"seed{i}", _shift(scores, by), student=True)
+        for i, by in enumerate((0.0, 0.02, -0.02))
+    ]
+    found = bench_quickstart.checks(collect(workdirs))
+    assert [(role, what, ok) for role, what, ok, _ in found] == [
+        ("expert", "expert-math beats sft on math", True),
+        ("expert", "expert-code beats sft on code", True),
+        ("mixed", "mixed beats sft on the average", True),
+        ("merge", "ta beats sft on the average", True),
+        ("merge", "avg beats sft on the average", True),
+        ("mt-opd", "opd beats sft on the average", False),
+    ]
+    assert bench_quickstart.passed(found)
+    mixed_fails = [(r, w, ok and r != "mixed", d) for r, w, ok, d in found]
+    assert not bench_quickstart.passed(mixed_fails)
 
 
 def test_unfinished_or_missing_workdirs_are_errors(tmp_path: Path) -> None:
