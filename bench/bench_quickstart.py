@@ -8,7 +8,9 @@ RLVRRun's `algorithm.seed` set to that seed (sampling, data order), each in its 
 data root, and writes `m2rl report` over all of them. Prints the table (means ± standard deviation
 over seeds), the reading, and the checks of issue 12: every expert beats the SFT model on its own
 domain by more than the seed-to-seed spread, and the mixed run and at least one merge beat it on
-the average. Also prints each seed's wall-clock time and CPU-seconds.
+the average (the exit status). The MT-OPD student's check (does it beat the SFT model on the
+average?) is printed beside them but does not decide the exit status: issue 12 asks it of mixing
+and merging only. Also prints each seed's wall-clock time and CPU-seconds.
 """
 
 from __future__ import annotations
@@ -25,7 +27,15 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "operator"), str(REPO / "trainer-image")]
 
-from m2rl_operator.local.report import collect, compare, reading, table, write_report  # noqa: E402
+from m2rl_operator.local.report import (  # noqa: E402
+    Difference,
+    Study,
+    collect,
+    compare,
+    reading,
+    table,
+    write_report,
+)
 from m2rl_operator.local.store import Store  # noqa: E402
 from m2rl_trainer.quickstart import prepare  # noqa: E402
 
@@ -40,6 +50,27 @@ def seeded_folder(seed: int, out: Path) -> Path:
                 doc["spec"]["algorithm"]["seed"] = seed
         (out / path.name).write_text(yaml.safe_dump_all(docs, sort_keys=False))
     return out
+
+
+def checks(study: Study) -> list[tuple[str, str, bool, Difference]]:
+    """(role, what, passed, difference): each expert against the SFT model on its own domain, each
+    mixed, merged and MT-OPD model against it on the average; passed = ahead by more than the noise."""
+    sft = study.model("sft")[0]
+    found = []
+    for expert in study.model("expert"):
+        domain = study.expert_domain[expert.name]
+        d = compare(study, expert, sft, domain)
+        found.append(("expert", f"{expert.name} beats sft on {domain}", d.value > d.noise, d))
+    for model in [*study.model("mixed"), *study.model("merge"), *study.model("mt-opd")]:
+        d = compare(study, model, sft, None)
+        found.append((model.role, f"{model.name} beats sft on the average", d.value > d.noise, d))
+    return found
+
+
+def passed(found: list[tuple[str, str, bool, Difference]]) -> bool:
+    """Issue 12: every expert, the mixed run, and at least one merge (MT-OPD is reported only)."""
+    by_role = {role: [ok for r, _, ok, _ in found if r == role] for role in ("expert", "mixed", "merge")}
+    return all(by_role["expert"]) and all(by_role["mixed"]) and any(by_role["merge"])
 
 
 def main() -> int:
@@ -71,21 +102,13 @@ def main() -> int:
     study = collect(workdirs)
     print(table(study))
     print("\n".join(f"- {line}" for line in reading(study)))
-    sft = study.model("sft")[0]
-    checks = []  # (role, what, passed, difference)
-    for expert in study.model("expert"):
-        domain = study.expert_domain[expert.name]
-        d = compare(study, expert, sft, domain)
-        checks.append(("expert", f"{expert.name} beats sft on {domain}", d.value > d.noise, d))
-    for model in [*study.model("mixed"), *study.model("merge")]:
-        d = compare(study, model, sft, None)
-        checks.append((model.role, f"{model.name} beats sft on the average", d.value > d.noise, d))
-    for _, what, ok, d in checks:
-        print(f"{'PASS' if ok else 'FAIL'}  {what}: {d.value * 100:+.1f} points, spread {d.noise * 100:.1f}")
+    found = checks(study)
+    for role, what, ok, d in found:
+        note = " (reported, not a criterion)" if role == "mt-opd" else ""
+        figures = f"{d.value * 100:+.1f} points, spread {d.noise * 100:.1f}"
+        print(f"{'PASS' if ok else 'FAIL'}  {what}: {figures}{note}")
     print(f"report: {path}")
-    passed = {role: [ok for r, _, ok, _ in checks if r == role] for role in ("expert", "mixed", "merge")}
-    # Issue 12: every expert, the mixed run, and at least one merge.
-    return 0 if all(passed["expert"]) and all(passed["mixed"]) and any(passed["merge"]) else 1
+    return 0 if passed(found) else 1
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@
 #   1. installs what is missing (scripts/setup.sh; nothing when it is all there);
 #   2. writes the four-domain toy curriculum and the tiny SFT model (python -m m2rl_trainer.quickstart);
 #   3. runs examples/quickstart/ -- the same YAML the operator runs on a cluster -- with local
-#      processes: four expert RLVRRuns, one mixed RLVRRun, five MergeJobs, one EvalSuite (m2rl run);
+#      processes: four expert RLVRRuns, one mixed RLVRRun, five MergeJobs and one MT-OPD RLVRRun of
+#      the experts, one EvalSuite (m2rl run);
 #   4. writes the report: results table, reward curves, task-vector similarity, costs (m2rl report).
 #
 # Usage: bash scripts/quickstart.sh [WORKDIR]   (default runs/quickstart). Ctrl-C stops every process;

@@ -36,8 +36,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 
 def reduce(objects: list[dict[str, Any]], steps: int) -> list[dict[str, Any]]:
-    """The quickstart's objects with `steps` steps per expert (twice for the mixed run), 4 prompts
-    per step and a checkpoint after every step."""
+    """The quickstart's objects with `steps` steps per expert (twice for the mixed and the MT-OPD
+    runs), 4 prompts per step and a checkpoint after every step."""
     for obj in objects:
         if obj.get("kind") == "RLVRRun":
             spec = obj["spec"]
@@ -171,14 +171,16 @@ def test_reduced_quickstart_interrupted_resumed_and_reported(data: Path, tmp_pat
             assert "[m2rl-train] resumed from" in log
     get = m2rl("get", "-w", str(work))
     assert get.returncode == 0
-    assert "rlvrrun/qs-mixed Succeeded 6 6 grpo" in " ".join(get.stdout.split())
+    listed = " ".join(get.stdout.split())
+    assert "rlvrrun/qs-mixed Succeeded 6 6 grpo" in listed
+    assert "rlvrrun/qs-mt-opd Succeeded 6 6 mt_opd" in listed  # started once its four teachers succeeded
 
     report = m2rl("report", str(work))
     assert report.returncode == 0, report.stderr
     text = (work / "report" / "report.md").read_text()
     cells = table(work, "quickstart")
     benchmarks = ["math", "code", "science", "if"]
-    models = ["base", "sft", "expert-math", "expert-code", "expert-science", "expert-if", "mixed",
+    models = ["base", "sft", "expert-math", "expert-code", "expert-science", "expert-if", "mixed", "mt-opd",
               "merge-ta", "merge-ties", "merge-dare-ties", "merge-sce", "merge-avg"]  # fmt: skip
     assert sorted(cells) == sorted((m, b) for m in models for b in benchmarks)
     rows = {line.split(" | ")[0].strip("| "): line for line in text.splitlines() if line.startswith("| ")}
@@ -186,10 +188,11 @@ def test_reduced_quickstart_interrupted_resumed_and_reported(data: Path, tmp_pat
         values = [cells[(model, b)]["avg@k"] for b in benchmarks]
         shown = [cell.strip("* ") for cell in rows[model].split(" | ")[2:7]]
         assert shown == [f"{v:.3f}" for v in [*values, sum(values) / 4]], rows[model]
+    assert rows["mt-opd"].split(" | ")[1] == "mt-opd (4 teachers)"
     best_math = max(cells[(m, "math")]["avg@k"] for m in models)
     assert f"**{best_math:.3f}**" in "".join(rows.values())
     assert "## Reading" in text and "**the average**: best is" in text
-    for figure in ("reward-curves.png", "task-vectors.png", "cost.png"):
+    for figure in ("reward-curves.png", "task-vectors.png", "cost.png", "distillation.png"):
         assert (work / "report" / figure).stat().st_size > 10_000
 
 

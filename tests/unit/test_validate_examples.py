@@ -33,9 +33,10 @@ def _objects(folder: Path) -> list[dict[str, Any]]:
 def test_examples_cover_the_issue():
     names = {p.relative_to(EXAMPLES).as_posix() for p in EXAMPLE_FILES}
     assert {"expert-run.yaml", "mixed-run.yaml", "merge.yaml", "eval-suite.yaml"} <= names
-    for folder, runs in (("mix-vs-merge", 5), ("m2rl-qwen3-4b", 7)):
+    for folder, runs in (("mix-vs-merge", 5), ("m2rl-qwen3-4b", 7), ("quickstart", 6)):
         kinds = [o["kind"] for o in _objects(EXAMPLES / folder)]
-        # four experts + one mixed run; the study's protocol adds the agent expert and MT-OPD
+        # four experts + one mixed run; the study's protocol adds the agent expert and MT-OPD, the
+        # quickstart MT-OPD
         assert kinds.count("RLVRRun") == runs, folder
         assert kinds.count("MergeJob") >= 4 and kinds.count("EvalSuite") == 1, folder
         assert (EXAMPLES / folder / "README.md").exists()

@@ -39,8 +39,19 @@ def _smooth(values: list[float], window: int) -> list[float]:
     return out
 
 
+def _curve(ax: Any, seeds: list[list[tuple[int, float]]], label: str, style: str = "-") -> None:
+    """One run's curve on `ax`: the mean over seeds, smoothed, with the raw mean faint behind it."""
+    steps = sorted({s for seed in seeds for s, _ in seed})
+    by_seed = [dict(seed) for seed in seeds if seed]
+    mean = [statistics.fmean(seed[s] for seed in by_seed if s in seed) for s in steps]
+    window = max(1, len(steps) // 10)
+    (line,) = ax.plot(steps, _smooth(mean, window), style, label=label, linewidth=1.8)
+    ax.plot(steps, mean, color=line.get_color(), alpha=0.25, linewidth=0.8)
+
+
 def reward_curves(study: Study, path: Path) -> None:
-    """One panel per domain: every run that trains it (mean over seeds, smoothed; raw faint)."""
+    """One panel per domain: every run that trains it (mean over seeds, smoothed; raw faint). MT-OPD
+    runs, which learn from their teachers rather than the reward, are dashed."""
     plt = _pyplot()
     domains = sorted(study.curves)
     cols = 2 if len(domains) > 1 else 1
@@ -48,12 +59,8 @@ def reward_curves(study: Study, path: Path) -> None:
     fig, axes = plt.subplots(rows, cols, figsize=(5.5 * cols, 3.4 * rows), squeeze=False)
     for ax, domain in zip(axes.flat, domains, strict=False):
         for run, seeds in sorted(study.curves[domain].items()):
-            steps = sorted({s for seed in seeds for s, _ in seed})
-            by_seed = [dict(seed) for seed in seeds if seed]
-            mean = [statistics.fmean(seed[s] for seed in by_seed if s in seed) for s in steps]
-            window = max(1, len(steps) // 10)
-            (line,) = ax.plot(steps, _smooth(mean, window), label=run, linewidth=1.8)
-            ax.plot(steps, mean, color=line.get_color(), alpha=0.25, linewidth=0.8)
+            distilled = run in study.distillation
+            _curve(ax, seeds, f"{run} (MT-OPD)" if distilled else run, "--" if distilled else "-")
         ax.set_title(domain)
         ax.set_xlabel("step")
         ax.set_ylabel("mean reward")
@@ -64,6 +71,24 @@ def reward_curves(study: Study, path: Path) -> None:
         ax.axis("off")
     seeds = f" (mean of {study.seeds} seeds)" if study.seeds > 1 else ""
     fig.suptitle(f"Training reward per domain{seeds}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def distillation_curves(study: Study, path: Path) -> None:
+    """Each MT-OPD run's reverse KL to its teachers per step (mean over seeds, smoothed; raw faint)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for run, seeds in sorted(study.distillation.items()):
+        _curve(ax, seeds, run)
+    ax.set_xlabel("step")
+    ax.set_ylabel("reverse KL (nats per token)")
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper right")
+    seeds = f" (mean of {study.seeds} seeds)" if study.seeds > 1 else ""
+    ax.set_title(f"MT-OPD: student to teachers{seeds}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -93,8 +118,12 @@ def similarity_heatmap(study: Study, path: Path) -> None:
     plt.close(fig)
 
 
+ROLE_COLOURS = {"merge": "#dd8452", "mt-opd": "#55a868"}  # other models (runs): "#4c72b0"
+
+
 def cost_bars(study: Study, path: Path) -> None:
-    """CPU-seconds per model (runs, and merges with the runs they merged)."""
+    """CPU-seconds per model (runs; merges with the runs they merged, MT-OPD students with their
+    teachers' runs)."""
     plt = _pyplot()
     models = [m for m in study.models if m.cost]
     values = [statistics.fmean(m.cost) for m in models]
@@ -102,11 +131,11 @@ def cost_bars(study: Study, path: Path) -> None:
     ax.barh(
         [m.name for m in models],
         values,
-        color=["#4c72b0" if m.role != "merge" else "#dd8452" for m in models],
+        color=[ROLE_COLOURS.get(m.role, "#4c72b0") for m in models],
     )
     ax.invert_yaxis()
     ax.set_xlabel("CPU-seconds")
-    ax.set_title("Cost per model (merges include the runs they merge)")
+    ax.set_title("Cost per model\n(merges and MT-OPD students include the runs they are made from)", size=10)
     for y, v in enumerate(values):
         ax.text(v, y, f" {v:.0f}", va="center", fontsize=8)
     ax.grid(axis="x", alpha=0.3)
@@ -121,6 +150,9 @@ def draw(study: Study, out: Path) -> dict[str, str]:
     if study.curves:
         reward_curves(study, out / "reward-curves.png")
         figures["curves"] = "reward-curves.png"
+    if study.distillation:
+        distillation_curves(study, out / "distillation.png")
+        figures["distillation"] = "distillation.png"
     if study.cosine:
         similarity_heatmap(study, out / "task-vectors.png")
         figures["heatmap"] = "task-vectors.png"

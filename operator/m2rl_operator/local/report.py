@@ -7,9 +7,11 @@ means over seeds and every comparison is put against the seed-to-seed spread (th
 deviation over seeds of the difference it reports). With one workdir the yardstick is the
 standard error of each held-out score instead, and the report says so.
 
-The roles of the models are read from the specs, never from their names: a model given by a
-single-domain RLVRRun is that domain's expert, a multi-domain run is mixed, a MergeJob is a merge
-(named by its method), and a model URI that the runs start from is the SFT base.
+The roles of the models are read from the specs, never from their names: a model given by an
+RLVRRun of type mt_opd is an MT-OPD student (distilled from its teachers), another single-domain
+RLVRRun is that domain's expert, a multi-domain run is mixed, a MergeJob is a merge (named by its
+method), and a model URI that the runs start from is the SFT base. The three ways to one model of
+the study (mixing, merging, MT-OPD) are compared in the reading.
 """
 
 from __future__ import annotations
@@ -38,12 +40,15 @@ class Model:
     """A row of the table: one model of the EvalSuite, its role and its scores per seed."""
 
     name: str
-    role: str  # base, sft, expert, mixed, merge
-    detail: str  # the expert's domain, the merge's method, the model's URI
+    role: str  # base, sft, expert, mixed, merge, mt-opd
+    detail: str  # the expert's domain, the merge's method, the student's teachers, the model's URI
     scores: dict[str, list[float]] = field(default_factory=dict)  # benchmark -> one value per seed
     prompts: dict[str, int] = field(default_factory=dict)  # benchmark -> held-out prompts
-    cost: list[float] = field(default_factory=list)  # CPU-seconds per seed (runs, merges + their runs)
-    own_cost: list[float] = field(default_factory=list)  # a merge's own job, per seed
+    # CPU-seconds per seed to make the model: a run's own; a merge's or an MT-OPD student's with
+    # those of the runs (and merges) it is made from
+    cost: list[float] = field(default_factory=list)
+    own_cost: list[float] = field(default_factory=list)  # a merge's or a student's own processes, per seed
+    teachers: dict[str, str] = field(default_factory=dict)  # MT-OPD: domain -> evaluated model teaching it
 
     def mean(self, benchmark: str) -> float:
         return statistics.fmean(self.scores[benchmark])
@@ -66,6 +71,7 @@ class Study:
     metric: dict[str, str]  # benchmark -> the metric shown (its first)
     models: list[Model]
     curves: dict[str, dict[str, list[list[tuple[int, float]]]]]  # domain -> run -> per seed [(step, reward)]
+    distillation: dict[str, list[list[tuple[int, float]]]]  # MT-OPD run -> per seed [(step, reverse KL)]
     cosine: dict[tuple[str, str], list[float]]  # expert pair -> per seed
     analysis_source: str | None
     sign_conflict: list[float]
@@ -100,19 +106,28 @@ def _metrics(path: Path) -> list[dict[str, Any]]:
     return [by_step[s] for s in sorted(by_step)]
 
 
+def _resource(record: Record) -> Resource:
+    return Resource(record.kind, record.name, record.obj, f"{record.kind}/{record.name}")
+
+
 def _cost(key: str, records: dict[str, Record]) -> float | None:
-    """CPU-seconds to make a model: its run's, or its merge's plus those of what it merged."""
-    record = records.get(key)
-    if record is None:
+    """CPU-seconds to make a model: its run's; a merge's or an MT-OPD run's plus those of every run
+    and merge it is made from (its references, transitively: a merge's experts, a student's
+    teachers), each counted once."""
+    if key not in records:
         return None
-    total = record.usage.total_cpu_seconds
-    if record.kind == "MergeJob":
-        spec = MergeJobSpec.model_validate(record.obj["spec"])
-        for expert in spec.experts:
-            if expert.run_ref or expert.merge_ref:
-                sub = f"RLVRRun/{expert.run_ref}" if expert.run_ref else f"MergeJob/{expert.merge_ref}"
-                total += _cost(sub, records) or 0.0
-    return total
+    made_from, todo = {key}, [key]
+    while todo:
+        record = records.get(todo.pop())
+        for ref in _resource(record).references() if record is not None else []:
+            if ref not in made_from:
+                made_from.add(ref)
+                todo.append(ref)
+    return sum(records[k].usage.total_cpu_seconds for k in made_from if k in records)
+
+
+def _is_mt_opd(spec: RLVRRunSpec) -> bool:
+    return spec.algorithm.type == "mt_opd"
 
 
 def _roles(spec: EvalSuiteSpec, records: dict[str, Record]) -> tuple[list[Model], dict[str, str]]:
@@ -122,11 +137,19 @@ def _roles(spec: EvalSuiteSpec, records: dict[str, Record]) -> tuple[list[Model]
     }
     benchmarks = {b.name for b in spec.benchmarks}
     models, experts = [], {}
+    evaluated = {(e.run_ref, e.merge_ref): e.name for e in spec.models if e.run_ref or e.merge_ref}
     for m in spec.models:
         if m.run_ref:
             run = RLVRRunSpec.model_validate(records[f"RLVRRun/{m.run_ref}"].obj["spec"])
             domains = [d.name for d in run.domains]
-            if len(domains) == 1:
+            if _is_mt_opd(run):
+                teachers = run.algorithm.teachers or []
+                student = Model(m.name, "mt-opd", f"{len(teachers)} teachers")
+                for t in teachers:
+                    if (t.run_ref, t.merge_ref) in evaluated:  # a teacher the suite evaluates too
+                        student.teachers |= dict.fromkeys(t.domains, evaluated[t.run_ref, t.merge_ref])
+                models.append(student)
+            elif len(domains) == 1:
                 models.append(Model(m.name, "expert", domains[0]))
                 if domains[0] in benchmarks:
                     experts[m.name] = domains[0]
@@ -170,8 +193,8 @@ def collect(workdirs: Sequence[Path]) -> Study:
             cost = _cost(ref, records) if ref else None
             if cost is not None:
                 model.cost.append(cost)
-            if m.merge_ref:
-                model.own_cost.append(records[f"MergeJob/{m.merge_ref}"].usage.total_cpu_seconds)
+            if model.role in ("merge", "mt-opd") and ref in records:
+                model.own_cost.append(records[ref].usage.total_cpu_seconds)
     study = Study(
         workdirs=list(workdirs),
         suite=key,
@@ -179,6 +202,7 @@ def collect(workdirs: Sequence[Path]) -> Study:
         metric={b.name: b.metrics[0] for b in spec.benchmarks},
         models=models,
         curves={},
+        distillation={},
         cosine={},
         analysis_source=None,
         sign_conflict=[],
@@ -193,20 +217,28 @@ def collect(workdirs: Sequence[Path]) -> Study:
 
 def _add_curves(study: Study, workdir: Path, records: dict[str, Record]) -> None:
     layout = Layout(workdir, Store(workdir).data_root())
-    for key, record in records.items():
+    for record in records.values():
         if record.kind != "RLVRRun":
             continue
-        resource = Resource(record.kind, record.name, record.obj, key)
-        path = output_dir(resource, layout)
+        path = output_dir(_resource(record), layout)
         assert path is not None
+        index = study.workdirs.index(workdir)
         for step in _metrics(path / "metrics.jsonl"):
+            # An MT-OPD run learns from no reward, but its verifiers score its samples all the same:
+            # its curves show what the student's answers earn while it imitates its teachers.
             for domain, values in step.get("per_domain", {}).items():
-                runs = study.curves.setdefault(domain, {})
-                seeds = runs.setdefault(record.name, [])
-                index = study.workdirs.index(workdir)
-                while len(seeds) <= index:
-                    seeds.append([])
-                seeds[index].append((int(step["step"]), float(values["reward"])))
+                seeds = study.curves.setdefault(domain, {}).setdefault(record.name, [])
+                _seed(seeds, index).append((int(step["step"]), float(values["reward"])))
+            if "opd_reverse_kl" in step:  # MT-OPD's own figure: the student's reverse KL to its teachers
+                seeds = study.distillation.setdefault(record.name, [])
+                _seed(seeds, index).append((int(step["step"]), float(step["opd_reverse_kl"])))
+
+
+def _seed(seeds: list[list[tuple[int, float]]], index: int) -> list[tuple[int, float]]:
+    """The points of seed `index` (earlier seeds that lack the curve stay empty)."""
+    while len(seeds) <= index:
+        seeds.append([])
+    return seeds[index]
 
 
 def _add_analysis(study: Study, records: dict[str, Record]) -> None:
@@ -281,21 +313,80 @@ def _against(d: Difference) -> str:
     return f"{d.ratio():.1f}x the {noise} ({d.noise * 100:.1f} points)"
 
 
+PARADIGMS = (("mixed", "mixing"), ("merge", "merging"), ("mt-opd", "MT-OPD"))
+"""The study's three ways to one multi-domain model: role of their models -> the paradigm's name."""
+
+
+def _score(model: Model, benchmark: str | None) -> float:
+    return model.average() if benchmark is None else model.mean(benchmark)
+
+
+def _label(model: Model) -> str:
+    if model.role == "merge":
+        return f"the best merge {model.name} ({model.detail})"
+    if model.role == "mt-opd":
+        return f"the MT-OPD student {model.name}"
+    return model.name
+
+
+def _paradigms(study: Study, benchmark: str | None) -> str:
+    """Which way to one model wins a column: the best model of each paradigm present, the leader
+    against each other one with its noise ("" with fewer than two paradigms)."""
+    best = []
+    for role, paradigm in PARADIGMS:
+        if study.model(role):
+            best.append((paradigm, max(study.model(role), key=lambda m: _score(m, benchmark))))
+    if len(best) < 2:
+        return ""
+    best.sort(key=lambda b: -_score(b[1], benchmark))  # stable: ties keep the order of PARADIGMS
+    (paradigm, leader), others = best[0], best[1:]
+    differences = [compare(study, leader, other, benchmark) for _, other in others]
+    tied = [p for (p, _), d in zip(others, differences, strict=True) if not d.clear]
+    names = [paradigm, *tied]
+    together = f"{', '.join(names[:-1])} and {names[-1]}"
+    verdict = f"{together} are within the noise of each other" if tied else f"{paradigm} wins"
+    against = "; vs ".join(
+        f"{_label(other)} {_score(other, benchmark):.3f}, {_points(d.value)}, {_against(d)}"
+        for (_, other), d in zip(others, differences, strict=True)
+    )
+    return f"; {verdict}: {_label(leader)} {_score(leader, benchmark):.3f} vs {against}"
+
+
+def _distilled(study: Study, sft: Model) -> list[str]:
+    """Per MT-OPD student: the share of each teacher's gain over the SFT model that it kept, on the
+    teacher's domain (where the teacher gained at all)."""
+    lines = []
+    by_name = {m.name: m for m in study.models}
+    for student in study.model("mt-opd"):
+        shares = []
+        for domain, teacher in ((d, by_name[t]) for d, t in student.teachers.items()):
+            gain = teacher.mean(domain) - sft.mean(domain) if domain in study.benchmarks else 0.0
+            if gain > 0:
+                score = student.mean(domain)
+                kept = (score - sft.mean(domain)) / gain
+                shares.append(f"{kept:.0%} on {domain} ({score:.3f}, its teacher {teacher.mean(domain):.3f})")
+        if shares:
+            lines.append(
+                f"MT-OPD: {student.name} keeps this share of its teachers' gains over {sft.name}: "
+                + ", ".join(shares)
+                + "."
+            )
+    return lines
+
+
 def reading(study: Study) -> list[str]:
     """Sentences computed from the numbers: who wins where, by how much, against the noise."""
     lines: list[str] = []
     sft = (study.model("sft") or study.model("base") or [None])[0]
     mixed = (study.model("mixed") or [None])[0]
     merges = study.model("merge")
+    students = study.model("mt-opd")
     columns: list[str | None] = [*study.benchmarks, None]
-
-    def score(model: Model, benchmark: str | None) -> float:
-        return model.average() if benchmark is None else model.mean(benchmark)
 
     for benchmark in columns:
         label = "the average" if benchmark is None else benchmark
-        best = max(study.models, key=lambda m: score(m, benchmark))
-        line = f"**{label}**: best is {best.name} ({score(best, benchmark):.3f})"
+        best = max(study.models, key=lambda m: _score(m, benchmark))
+        line = f"**{label}**: best is {best.name} ({_score(best, benchmark):.3f})"
         if sft is not None and benchmark is not None:
             experts = [m for m in study.models if study.expert_domain.get(m.name) == benchmark]
             for expert in experts:
@@ -303,30 +394,19 @@ def reading(study: Study) -> list[str]:
                 verdict = "beats" if d.value > 0 and d.clear else "does not clearly beat"
                 line += (f"; the {benchmark} expert {verdict} {sft.name} by {_points(d.value)}, "
                          f"{_against(d)}")  # fmt: skip
-        if mixed is not None and merges:
-            best_merge = max(merges, key=lambda m: score(m, benchmark))
-            d = compare(study, mixed, best_merge, benchmark)
-            if not d.clear:
-                verdict = "mixing and merging are within the noise of each other"
-            elif d.value > 0:
-                verdict = "mixing wins"
-            else:
-                verdict = "merging wins"
-            line += (f"; {verdict}: {mixed.name} {score(mixed, benchmark):.3f} vs the best merge "
-                     f"{best_merge.name} ({best_merge.detail}) {score(best_merge, benchmark):.3f}, "
-                     f"{_points(d.value)}, {_against(d)}")  # fmt: skip
-        lines.append(line + ".")
+        lines.append(line + _paradigms(study, benchmark) + ".")
     if sft is not None:
         above = []
-        for model in [m for m in study.models if m.role in ("mixed", "merge")]:
+        for model in [m for m in study.models if m.role in ("mixed", "merge", "mt-opd")]:
             d = compare(study, model, sft, None)
             if d.value > 0 and d.clear:
                 above.append(f"{model.name} ({_points(d.value)})")
         lines.append(
             f"Above {sft.name} on the average by more than the noise: "
-            + (", ".join(above) if above else "none of the mixed and merged models")
+            + (", ".join(above) if above else "none of the mixed, merged and distilled models")
             + "."
         )
+        lines += _distilled(study, sft)
     experts = [m for m in study.model("expert") if m.cost]
     if mixed is not None and mixed.cost and experts:
         together = sum(statistics.fmean(m.cost) for m in experts)
@@ -335,6 +415,9 @@ def reading(study: Study) -> list[str]:
         own = [statistics.fmean(m.own_cost) for m in merges if m.own_cost]
         if own:
             line += f"; a merge adds {min(own):.0f}-{max(own):.0f} CPU-seconds of its own to its experts'"
+        for student in (m for m in students if m.own_cost):
+            line += (f"; the MT-OPD student {student.name} adds {statistics.fmean(student.own_cost):.0f} "
+                     "of its own to its teachers'")  # fmt: skip
         lines.append(line + ".")
     if study.seeds == 1:
         lines.append(
@@ -363,7 +446,7 @@ def table(study: Study) -> str:
     best = {b: max(m.mean(b) for m in study.models) for b in study.benchmarks}
     best_average = max(m.average() for m in study.models)
     for m in study.models:
-        kind = {"expert": f"expert ({m.detail})", "merge": f"merge ({m.detail})"}.get(m.role, m.role)
+        kind = f"{m.role} ({m.detail})" if m.role in ("expert", "merge", "mt-opd") else m.role
         cost = f"{statistics.fmean(m.cost):.0f}" if m.cost else "-"
         cells = [_cell(m, b, best[b], study.seeds) for b in study.benchmarks]
         rows.append(
@@ -387,8 +470,8 @@ def markdown(study: Study, figures: dict[str, str]) -> str:
         table(study),
         "",
         "CPU-seconds: what the local runner measured for each model's processes (a run: trainer, "
-        "verifier and vLLM servers; a merge: its own job plus the runs it merged); the study's "
-        "GPU-hours column.",
+        "verifier and vLLM servers; a merge: its own job plus the runs it merged; an MT-OPD "
+        "student: its own run plus its teachers' runs); the study's GPU-hours column.",
         "",
         "## Reading",
         "",
@@ -396,7 +479,25 @@ def markdown(study: Study, figures: dict[str, str]) -> str:
         "",
     ]
     if "curves" in figures:
-        parts += ["## Training reward per domain", "", f"![reward curves]({figures['curves']})", ""]
+        parts += ["## Training reward per domain", ""]
+        if study.distillation:
+            parts += [
+                "MT-OPD runs (dashed) learn from their teachers, not from the reward: their curves are "
+                "what the verifiers give the student's samples.",
+                "",
+            ]
+        parts += [f"![reward curves]({figures['curves']})", ""]
+    if "distillation" in figures:
+        parts += [
+            "## MT-OPD: distance to the teachers",
+            "",
+            "Reverse KL of the student to its teachers per step: the mean over the student's trained "
+            "tokens of log pi_student - log pi_teacher on its own samples, each scored by its domain's "
+            "teacher (the trainer's `opd_reverse_kl`).",
+            "",
+            f"![MT-OPD reverse KL]({figures['distillation']})",
+            "",
+        ]
     if "heatmap" in figures:
         conflict = (f" Sign conflicts: {statistics.fmean(study.sign_conflict):.1%} of the parameters."
                     if study.sign_conflict else "")  # fmt: skip

@@ -55,14 +55,15 @@ def layout(tmp_path: Path) -> Layout:
 def test_the_quickstart_folder_loads(quickstart: dict[str, Any]) -> None:
     assert sorted(quickstart) == sorted(
         [f"RLVRRun/qs-expert-{d}" for d in ("math", "code", "science", "if")]
-        + ["RLVRRun/qs-mixed"]
+        + ["RLVRRun/qs-mixed", "RLVRRun/qs-mt-opd"]
         + [f"MergeJob/qs-merge-{m}" for m in ("ta", "ties", "dare-ties", "sce", "avg")]
         + ["EvalSuite/quickstart"]
     )  # the PersistentVolumeClaim is not run: a claim is a folder under the data root
-    assert quickstart["MergeJob/qs-merge-ta"].references() == [
-        f"RLVRRun/qs-expert-{d}" for d in ("math", "code", "science", "if")
-    ]
-    assert len(quickstart["EvalSuite/quickstart"].references()) == 10  # 5 runs, 5 merges
+    experts = [f"RLVRRun/qs-expert-{d}" for d in ("math", "code", "science", "if")]
+    assert quickstart["MergeJob/qs-merge-ta"].references() == experts
+    assert quickstart["RLVRRun/qs-mt-opd"].references() == experts  # its teachers, one per domain
+    assert quickstart["RLVRRun/qs-mixed"].references() == []
+    assert len(quickstart["EvalSuite/quickstart"].references()) == 11  # 6 runs, 5 merges
 
 
 def test_problems_name_the_object_and_field(tmp_path: Path) -> None:
@@ -81,9 +82,9 @@ def test_problems_name_the_object_and_field(tmp_path: Path) -> None:
         "to 1",
         "#1: RLVRRun/qs-expert-if: spec.algorithm.schedule.warmupSteps: Invalid value: 0: "
         "schedule.warmupSteps must be smaller than steps: warm-up would never finish",
-        f"#11: RLVRRun/qs-expert-math: RLVRRun/qs-expert-math is also defined in {tmp_path}/objects.yaml#2",
+        f"#12: RLVRRun/qs-expert-math: RLVRRun/qs-expert-math is also defined in {tmp_path}/objects.yaml#2",
         # A reference to the invalid run is not reported again; one to nothing is.
-        "#5: MergeJob/qs-merge-ta: references RLVRRun/expert-missing, which is neither in the input nor "
+        "#6: MergeJob/qs-merge-ta: references RLVRRun/expert-missing, which is neither in the input nor "
         "in the workdir",
     ]
 
@@ -194,7 +195,7 @@ def test_an_evaluation_is_one_process_per_model(quickstart: dict[str, Any], layo
     resolved = resolve_offline([r.obj for r in quickstart.values()])
     plan = plan_eval(quickstart["EvalSuite/quickstart"], layout, resolved, "hf")
     folder = layout.folder("EvalSuite", "quickstart")
-    assert len(plan.processes) == 12
+    assert len(plan.processes) == 13  # base, sft, 4 experts, mixed, MT-OPD, 5 merges
     third = plan.processes[2]
     assert third.component == "eval-expert-math"
     assert third.argv[1:] == ("--config", str(folder / "config" / "eval.yaml"), "--model-index", "2",
@@ -206,6 +207,11 @@ def test_an_evaluation_is_one_process_per_model(quickstart: dict[str, Any], layo
     assert config["models"][2]["path"] == str(
         layout.data_root / "quickstart-checkpoints/runs/qs-expert-math/checkpoints/step-000030/model"
     )
+    assert config["models"][7] == {
+        "name": "mt-opd",
+        "path": str(layout.data_root / "quickstart-checkpoints/runs/qs-mt-opd/checkpoints/step-000060/model"),
+        "chat_template": False,
+    }
 
 
 def test_inputs_are_what_no_resource_produces(quickstart: dict[str, Any], layout: Layout) -> None:
@@ -232,18 +238,16 @@ def test_argument_helpers() -> None:
 
 
 def _mt_opd(quickstart: dict[str, Any], *, server: bool = False) -> Any:
-    """The quickstart's mixed run as MT-OPD: each domain taught by its expert run."""
-    obj = copy.deepcopy(quickstart["RLVRRun/qs-mixed"].obj)
+    """The quickstart's MT-OPD run, its IF teacher given by a model URI instead of the IF expert."""
+    obj = copy.deepcopy(quickstart["RLVRRun/qs-mt-opd"].obj)
     obj["metadata"]["name"] = "qs-opd"
-    obj["spec"]["algorithm"]["type"] = "mt_opd"
-    obj["spec"]["algorithm"]["teachers"] = [
-        {"domains": [d], "runRef": f"qs-expert-{d}"} for d in ("math", "code", "science")
-    ] + [{"domains": ["if"], "model": "pvc://m2rl-data/experts/if"}]
+    assert obj["spec"]["algorithm"]["teachers"][3] == {"domains": ["if"], "runRef": "qs-expert-if"}
+    obj["spec"]["algorithm"]["teachers"][3] = {"domains": ["if"], "model": "pvc://m2rl-data/experts/if"}
     obj["spec"]["checkpoint"]["uri"] = "pvc://quickstart-checkpoints/runs/qs-opd"
     if server:
         obj["spec"]["rollout"] = {"mode": "server", "replicas": 1, "gpusPerReplica": 0}
         obj["spec"]["teacherServers"] = {"gpusPerReplica": 0}
-    return type(quickstart["RLVRRun/qs-mixed"])("RLVRRun", "qs-opd", obj, "test")
+    return type(quickstart["RLVRRun/qs-mt-opd"])("RLVRRun", "qs-opd", obj, "test")
 
 
 def test_an_mt_opd_run_waits_for_its_experts_and_loads_their_final_models(
@@ -260,6 +264,7 @@ def test_an_mt_opd_run_waits_for_its_experts_and_loads_their_final_models(
         {"domains": [d], "model": str(runs / f"qs-expert-{d}" / "checkpoints" / "step-000030" / "model")}
         for d in ("math", "code", "science")
     ] + [{"domains": ["if"], "model": str(layout.data_root / "m2rl-data/experts/if")}]
+    assert (config["algorithm"]["name"], config["algorithm"]["learning_rate"]) == ("mt-opd", 3.0e-4)
     assert [s.component for s in plan.services] == ["verifier"]  # no teacher servers colocated
     # The expert's model is made by a run of the input; the URI teacher must exist beforehand.
     inputs = [name for name, _ in input_paths(resource, layout, resolved)]

@@ -14,6 +14,7 @@ import pytest
 
 from m2rl_operator.local.report import ReportError, collect, difference, reading, table, write_report
 from m2rl_operator.local.store import Record, Store, Usage
+from tests.support.paths import REPO_ROOT
 
 DOMAINS = ("math", "code")
 SFT = "pvc://data/sft"
@@ -48,14 +49,28 @@ def _save(
     store.save(Record(obj, "d", Usage({"main": cpu}, cpu, 1)))
 
 
-def make_workdir(root: Path, scores: dict[str, dict[str, float]], cosine: float = 0.1) -> Path:
-    """A finished study: two experts, a mixed run, two merges, an EvalSuite with `scores`."""
+def _student() -> dict[str, Any]:
+    """An MT-OPD run over both domains: math taught by the math expert, code by the TA merge (whose
+    experts include the math expert again: its cost must count once)."""
+    spec = _run("student", DOMAINS)
+    spec["algorithm"] = {"type": "mt_opd", "steps": 4, "teachers": [
+        {"domains": ["math"], "runRef": "expert-math"}, {"domains": ["code"], "mergeRef": "merge-ta"},
+    ]}  # fmt: skip
+    return spec
+
+
+def make_workdir(
+    root: Path, scores: dict[str, dict[str, float]], cosine: float = 0.1, student: bool = False
+) -> Path:
+    """A finished study: two experts, a mixed run, two merges (and with `student` an MT-OPD run), an
+    EvalSuite with `scores`."""
     work = root / "work"
     store = Store(work)
     store.save_settings(root / "data")
     runs = {"expert-math": ("math",), "expert-code": ("code",), "mixed": DOMAINS}
-    for name, domains in runs.items():
-        _save(store, "RLVRRun", name, _run(name, domains), {}, cpu=100.0 if name != "mixed" else 150.0)
+    for name, domains in [*runs.items(), *([("student", DOMAINS)] if student else [])]:
+        spec = _student() if name == "student" else _run(name, domains)
+        _save(store, "RLVRRun", name, spec, {}, cpu={"mixed": 150.0, "student": 30.0}.get(name, 100.0))
         metrics = root / "data" / "ckpt" / name / "metrics.jsonl"
         metrics.parent.mkdir(parents=True)
         steps = (1, 2, 3, 2, 3, 4)  # a resumed run repeats steps 2 and 3
@@ -64,6 +79,7 @@ def make_workdir(root: Path, scores: dict[str, dict[str, float]], cosine: float 
                 "step": s,
                 "reward": s / 4,
                 "per_domain": {d: {"reward": s / 4, "accuracy": s / 4} for d in domains},
+                **({"opd_reverse_kl": 1 / s} if name == "student" else {}),
             }
             for s in steps
         ]
@@ -82,6 +98,7 @@ def make_workdir(root: Path, scores: dict[str, dict[str, float]], cosine: float 
         {"name": "mixed", "runRef": "mixed"},
         {"name": "ta", "mergeRef": "merge-ta"},
         {"name": "avg", "mergeRef": "merge-avg"},
+        *([{"name": "opd", "runRef": "student"}] if student else []),
     ]
     benchmarks = [{"name": d, "dataset": {"uri": f"pvc://data/h-{d}.jsonl"}, "verifier": {"type": "math"}}
                   for d in DOMAINS]  # fmt: skip
@@ -175,6 +192,85 @@ def test_write_report_draws_the_figures(tmp_path: Path) -> None:
         assert (tmp_path / "report" / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "Sign conflicts: 25.0% of the parameters." in text
     assert "| mixed | mixed | 0.700 | 0.600 | **0.650** | 150 |" in text
+
+
+def test_an_mt_opd_student_is_its_own_kind_in_table_reading_costs_and_figures(tmp_path: Path) -> None:
+    scores = {**SCORES, "opd": {"math": 0.90, "code": 0.46}}
+    work = make_workdir(tmp_path, scores, student=True)
+    study = collect([work])
+    (opd,) = study.model("mt-opd")
+    teachers = {"math": "expert-math", "code": "ta"}  # a teacher merge is matched to its row too
+    assert (opd.name, opd.detail, opd.teachers) == ("opd", "2 teachers", teachers)
+    # Its own run (30) plus what its teachers are made from, each once: expert-math (100), merge-ta
+    # (5) and merge-ta's experts (expert-math again, expert-code 100).
+    assert (opd.cost, opd.own_cost) == ([235.0], [30.0])
+    rows = table(study).splitlines()
+    assert rows[-1] == "| opd | mt-opd (2 teachers) | **0.900** | 0.460 | **0.680** | 235 |"
+    assert study.distillation == {"student": [[(1, 1.0), (2, 0.5), (3, 1 / 3), (4, 0.25)]]}
+    assert study.curves["code"]["student"] == [[(1, 0.25), (2, 0.5), (3, 0.75), (4, 1.0)]]
+
+    def se(a: float, b: float, n: int) -> float:
+        return (a * (1 - a) / n + b * (1 - b) / n) ** 0.5
+
+    lines = reading(study)
+    # math: MT-OPD ahead of the other two ways by more than the noise.
+    mixed, merged = se(0.9, 0.7, 100), se(0.9, 0.6, 100)
+    assert lines[0].endswith(
+        "; MT-OPD wins: the MT-OPD student opd 0.900 vs mixed 0.700, +20.0 points, "
+        f"{0.2 / mixed:.1f}x the standard error ({mixed * 100:.1f} points); vs the best merge ta "
+        f"(task_arithmetic) 0.600, +30.0 points, {0.3 / merged:.1f}x the standard error "
+        f"({merged * 100:.1f} points)."
+    )
+    # code: mixing leads; merging (0.5) and MT-OPD (0.46) both clearly behind it.
+    assert "; mixing wins: mixed 0.600 vs the best merge ta (task_arithmetic) 0.500, +10.0 points" in lines[1]
+    assert "; vs the MT-OPD student opd 0.460, +14.0 points" in lines[1]
+    # the average: MT-OPD (0.680) and mixing (0.650) inside the noise; merging clearly behind.
+    assert (
+        "; MT-OPD and mixing are within the noise of each other: the MT-OPD student opd 0.680 vs mixed "
+        f"0.650, +3.0 points, {0.03 / se(0.68, 0.65, 200):.1f}x the standard error" in lines[2]
+    )
+    assert lines[3] == (
+        "Above sft on the average by more than the noise: mixed (+30.0 points), ta (+20.0 points), "
+        "avg (+5.0 points), opd (+33.0 points)."
+    )
+    # The share of each teacher's gain over sft it kept: math (0.9-0.4)/(0.8-0.4), code (0.46-0.3)/(0.5-0.3).
+    assert lines[4] == (
+        "MT-OPD: opd keeps this share of its teachers' gains over sft: 125% on math (0.900, its teacher "
+        "0.800), 80% on code (0.460, its teacher 0.500)."
+    )
+    assert lines[5].endswith("; the MT-OPD student opd adds 30 of its own to its teachers'.")
+
+    text = write_report([work], tmp_path / "report").read_text()
+    assert "](distillation.png)" in text and "MT-OPD runs (dashed)" in text
+    assert (tmp_path / "report" / "distillation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "an MT-OPD student: its own run plus its teachers' runs" in text
+
+
+def test_the_seed_bench_checks_the_student_without_making_it_a_criterion(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """bench/bench_quickstart.py's checks over seeds: the MT-OPD row is checked and printed, and the
+    exit status stays issue 12's (experts, mixed run, one merge)."""
+    monkeypatch.syspath_prepend(str(REPO_ROOT / "bench"))
+    import bench_quickstart
+
+    scores = {**SCORES, "opd": {"math": 0.30, "code": 0.30}}  # a student below sft
+    workdirs = [
+        make_workdir(tmp_path / f"seed{i}", _shift(scores, by), student=True)
+        for i, by in enumerate((0.0, 0.02, -0.02))
+    ]
+    found = bench_quickstart.checks(collect(workdirs))
+    assert [(role, what, ok) for role, what, ok, _ in found] == [
+        ("expert", "expert-math beats sft on math", True),
+        ("expert", "expert-code beats sft on code", True),
+        ("mixed", "mixed beats sft on the average", True),
+        ("merge", "ta beats sft on the average", True),
+        ("merge", "avg beats sft on the average", True),
+        ("mt-opd", "opd beats sft on the average", False),
+    ]
+    assert bench_quickstart.passed(found)
+    mixed_fails = [(r, w, ok and r != "mixed", d) for r, w, ok, d in found]
+    assert not bench_quickstart.passed(mixed_fails)
 
 
 def test_unfinished_or_missing_workdirs_are_errors(tmp_path: Path) -> None:
