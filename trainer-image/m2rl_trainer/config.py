@@ -234,6 +234,10 @@ class CheckpointConfig:
 class MetricsConfig:
     jsonl: str = "metrics.jsonl"
     prometheus_port: int | None = None  # None: no endpoint (local runs); pods set 9400
+    # At the end, keep the endpoint up until it has been scraped once more (at most this long), so
+    # that the last step's numbers reach Prometheus; 0: close at once. A pod would set about twice
+    # its scrape interval.
+    final_scrape_timeout_s: float = 0.0
 
 
 @dataclass

@@ -108,7 +108,8 @@ def scraped_run(
                 algorithm={"steps": STEPS, "kl_coef": 0.01},  # a KL term: the dashboard plots it
                 checkpoint={"every_steps": 0, "keep": 1},
                 rewards={"service_url": f"http://127.0.0.1:{verifier_port}"},
-                metrics={"prometheus_port": trainer_port},
+                # the endpoint waits for the scrape after the last step (as a pod would)
+                metrics={"prometheus_port": trainer_port, "final_scrape_timeout_s": 30.0},
             )  # fmt: skip
             done = subprocess.run(
                 [sys.executable, "-m", "m2rl_trainer.cli", "--config", str(config)],

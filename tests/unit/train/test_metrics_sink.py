@@ -157,3 +157,32 @@ def test_a_scrape_sees_all_numbers_of_one_step(tmp_path: Path) -> None:
     writer.join()
     assert scrapes > 0
     assert mixed == 0, f"{mixed} of {scrapes} scrapes mixed two steps"
+
+
+def test_the_endpoint_waits_for_the_scrape_after_the_last_step(tmp_path: Path) -> None:
+    """With final_scrape_timeout_s, close() returns once a scrape has seen the last record; a scrape
+    before that record does not count, and without any it gives up after the timeout."""
+    import threading
+    import urllib.request
+
+    from m2rl_trainer.utils.processes import free_port
+
+    port = free_port()
+    sink = MetricsSink(tmp_path / "m.jsonl", port, "r", final_scrape_timeout_s=30.0)
+    url = f"http://127.0.0.1:{port}/metrics"
+    sink.log({"step": 1, "per_domain": {}})
+    urllib.request.urlopen(url, timeout=10).read()  # scraped step 1 ...
+    sink.log({"step": 2, "per_domain": {}})  # ... but not step 2 yet
+    result: list[bool] = []
+    closing = threading.Thread(target=lambda: result.append(sink.close()))
+    closing.start()
+    closing.join(0.3)
+    assert closing.is_alive()  # still waiting for the scrape of step 2
+    text = urllib.request.urlopen(url, timeout=10).read().decode()
+    assert f'{metrics.STEP}{{run="r"}} 2.0' in text
+    closing.join(10)
+    assert result == [True]
+
+    lonely = MetricsSink(tmp_path / "n.jsonl", free_port(), "r", final_scrape_timeout_s=0.2)
+    lonely.log({"step": 1, "per_domain": {}})
+    assert lonely.close() is False  # nobody scraped: gave up after 0.2 s

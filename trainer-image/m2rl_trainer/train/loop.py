@@ -153,7 +153,10 @@ class GRPOTrainer:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
             self.metrics = MetricsSink(
-                self.out / config.metrics.jsonl, config.metrics.prometheus_port, config.run_name
+                self.out / config.metrics.jsonl,
+                config.metrics.prometheus_port,
+                config.run_name,
+                final_scrape_timeout_s=config.metrics.final_scrape_timeout_s,
             )
 
     def _make_reference(self, dtype: torch.dtype, ds: dict[str, Any]) -> Any:

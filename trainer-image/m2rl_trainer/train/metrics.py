@@ -223,18 +223,27 @@ class _SnapshotRegistry(prometheus_client.CollectorRegistry):
     def __init__(self) -> None:
         super().__init__()
         self.update_lock = threading.Lock()
+        self.collected = threading.Event()  # set by a collect that saw every update so far
 
     def collect(self) -> Iterator[Any]:
         with self.update_lock:
             metrics = list(super().collect())
+            self.collected.set()
         yield from metrics
 
 
 class MetricsSink:
     """Writes step records to JSONL and mirrors numbers to Prometheus gauges and counters."""
 
-    def __init__(self, jsonl_path: Path, prometheus_port: int | None, run_name: str) -> None:
+    def __init__(
+        self,
+        jsonl_path: Path,
+        prometheus_port: int | None,
+        run_name: str,
+        final_scrape_timeout_s: float = 0.0,
+    ) -> None:
         self.jsonl_path = jsonl_path
+        self.final_scrape_timeout_s = final_scrape_timeout_s
         jsonl_path.parent.mkdir(parents=True, exist_ok=True)
         self.registry = _SnapshotRegistry()
         self.run_name = run_name
@@ -283,15 +292,23 @@ class MetricsSink:
                         self._export(key, float(value), domain=domain)
             self._child(_STEPS).inc()
             self._child(_LAST_STEP).set(time.time())  # the chart's M2RLStepStalled alert
+            self.registry.collected.clear()
 
     def checkpoint_written(self, step: int) -> None:
         """`m2rl_train_checkpoint_step`: the newest complete checkpoint (the operator's latestCheckpoint)."""
         with self.registry.update_lock:
             self._child(_CHECKPOINT).set(step)
+            self.registry.collected.clear()
 
-    def close(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
+    def close(self) -> bool:
+        """Stop the endpoint, once it has been scraped after the last record when
+        `final_scrape_timeout_s` > 0 (a run's last step would otherwise end with its process, between
+        two scrapes). Returns whether that last scrape came (True without an endpoint)."""
+        if self._server is None:
+            return True
+        scraped = self.registry.collected.wait(self.final_scrape_timeout_s)
+        self._server.shutdown()
+        return scraped
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
