@@ -16,6 +16,8 @@ from m2rl_operator.builders.common import local_path
 from m2rl_operator.builders.references import Resolved, teacher_models
 from m2rl_operator.settings import OperatorOptions
 
+FINAL_SCRAPE_TIMEOUT_S = 60.0  # twice a usual 30 s scrape interval
+
 
 def run_output_uri(name: str, spec: RLVRRunSpec) -> str:
     """The directory the run writes into: spec.checkpoint.uri, else pvc://<run>-checkpoints/<run>."""
@@ -184,7 +186,13 @@ def build_trainer_config(
             "every_steps": spec.checkpoint.every_steps,
             "keep": spec.checkpoint.keep,
         },
-        "metrics": {"jsonl": "metrics.jsonl", "prometheus_port": options.ports.trainer_metrics},
+        # The last step's numbers reach Prometheus and the operator's own progress scrape (which
+        # comes every status interval) before the pod ends.
+        "metrics": {
+            "jsonl": "metrics.jsonl",
+            "prometheus_port": options.ports.trainer_metrics,
+            "final_scrape_timeout_s": FINAL_SCRAPE_TIMEOUT_S,
+        },
     }
     if a.type == "mt_opd":
         config["algorithm"]["teachers"] = _teachers(spec, name, namespace, options, resolved or {})

@@ -212,7 +212,7 @@ def test_trainer_config_of_the_tiny_cpu_run() -> None:
         },
         "rewards": {"service_url": "http://tiny-verifier.research.svc:8080"},
         "checkpoint": {"dir": "/mnt/pvc/checkpoints/runs/tiny/checkpoints", "every_steps": 10, "keep": 0},
-        "metrics": {"jsonl": "metrics.jsonl", "prometheus_port": 9400},
+        "metrics": {"jsonl": "metrics.jsonl", "prometheus_port": 9400, "final_scrape_timeout_s": 60.0},
     }
     assert final_model_uri("tiny", spec) == "pvc://checkpoints/runs/tiny/checkpoints/step-000020/model"
 
