@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -32,3 +36,14 @@ def write_config(path: Path, model: Path, dataset: Path, output_dir: Path, **ove
         config[key] = {**config[key], **value} if isinstance(config.get(key), dict) else value
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+def run_script_json(script: str, *args: str) -> Any:
+    """Run `script` in a fresh interpreter (one intra-op thread, offline) and decode the JSON of its
+    last stdout line; a non-zero exit fails with its stderr."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(
+        [sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=600, env=env
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])

@@ -10,13 +10,11 @@ the tool-result tokens entirely except as context.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.integration.train.conftest import run_script_json
 
 SCRIPT = r"""
 import json, sys
@@ -129,16 +127,7 @@ print(json.dumps(results))
 
 
 def test_opd_advantages_and_loss_masks_match_an_independent_reference(tiny_model_dir: Path) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run(
-        [sys.executable, "-c", SCRIPT, str(tiny_model_dir)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
-    results = json.loads(result.stdout.strip().splitlines()[-1])
+    results = run_script_json(SCRIPT, str(tiny_model_dir))
     for name, found in results.items():
         stats = found["stats"]
         assert stats["updates_applied"] == 3, (name, stats)

@@ -11,13 +11,11 @@ from 1 and the reference's KL away from 0, so every term is exercised.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.integration.train.conftest import run_script_json
 
 SCRIPT = r"""
 import json, math, sys
@@ -157,16 +155,7 @@ print(json.dumps(results))
 
 
 def test_update_matches_an_independent_reference(tmp_path: Path, tiny_model_dir: Path) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run(
-        [sys.executable, "-c", SCRIPT, str(tiny_model_dir)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
-    results = json.loads(result.stdout.strip().splitlines()[-1])
+    results = run_script_json(SCRIPT, str(tiny_model_dir))
     for mode, found in results.items():
         stats = found["stats"]
         assert stats["updates_applied"] == 4, (mode, stats)  # 2 epochs x 2 mini-batches
