@@ -123,7 +123,10 @@ def shares_prompts(model: Any, batch: dict[str, torch.Tensor]) -> bool:
     """Whether `shared_prefix_logprobs` runs the batch as two forwards (prompts once, then the
     completions on their cache) rather than one over whole sequences: prompts are shared, some
     response has more than one token, and this transformers keeps a cache under checkpointing."""
-    _, _, checkpointing = _checkpointing_layers(model)
+    return _can_share(batch, _checkpointing_layers(model)[2])
+
+
+def _can_share(batch: dict[str, torch.Tensor], checkpointing: bool) -> bool:
     return (
         len(batch["owner"]) != batch["prompt_ids"].shape[0]
         and batch["ids"].shape[1] > 1
@@ -167,7 +170,7 @@ def shared_prefix_logprobs(
 
     # Whole sequences when nothing is shared, or when this transformers cannot keep a cache under
     # checkpointing (`_can_checkpoint_with_cache` is recent): then each prompt runs once per completion.
-    if not (shares_prompts(model, batch) if share is None else share):
+    if not (_can_share(batch, checkpointing) if share is None else share):
         return _whole_sequences(model, batch, head)
     with _layer_flags(flagged, "gradient_checkpointing", False, checkpointing):
         prefix = model(
